@@ -1,0 +1,32 @@
+use super::{load_hyper, HyperArgs};
+use crate::features::FeatureSet;
+use anyhow::Context;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+    /// Features file(s): `arcface` [N,512], `clip` [N,257,D], optional `clip_base`; all images are fused.
+    #[arg(long = "features", value_name = "FILE", required = true)]
+    pub features: Vec<PathBuf>,
+    /// Where to write the identity (.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if !a.force && a.out.exists() {
+        anyhow::bail!("{}: already exists; refusing to overwrite it (use --force)", a.out.display());
+    }
+    let sets = a.features.iter().map(|p| FeatureSet::load(p)).collect::<crate::Result<Vec<_>>>()?;
+    let set = FeatureSet::concat(&sets)?;
+    let hyper = load_hyper(&a.hyper.hyperlora)?;
+    let id = hyper.identity(&set).context("computing the identity")?;
+    id.save(&a.out, a.force)?;
+    println!("{} → {}", id.summary(), a.out.display());
+    Ok(())
+}

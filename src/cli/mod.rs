@@ -1,0 +1,68 @@
+//! The command line: one file per command, errors as `anyhow` with context.
+mod bench;
+mod export;
+mod identity;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hyperlora",
+    version,
+    about = "Tuning-free portrait personalisation with HyperLoRA",
+    after_long_help = "Quick start (precomputed encoder outputs):\n  hyperlora identity --hyperlora DIR --features me.safetensors --out me.id.safetensors\n  hyperlora export-lora --hyperlora DIR me.id.safetensors --weight 0.85 --out me.lora.safetensors"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Fuse precomputed encoder outputs (ArcFace + CLIP features of one person's photos) into an identity.
+    Identity(identity::Args),
+    /// Turn a saved identity into a kohya LoRA file (ComfyUI LoraLoaderModelOnly, diffusers' kohya loader).
+    ExportLora(export::Args),
+    /// Print benchmark tables (real-size random weights unless --hyperlora is given).
+    Bench(bench::Args),
+}
+
+/// Storage dtype of written LoRA factors.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl OutDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            OutDtype::F32 => candle_core::DType::F32,
+            OutDtype::F16 => candle_core::DType::F16,
+            OutDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
+/// Arguments shared by commands that load a HyperLoRA variant.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HyperArgs {
+    /// HyperLoRA variant folder (hyper_lora_modules.json/.safetensors, resampler.safetensors, id_projector.safetensors).
+    #[arg(long, env = "HYPERLORA_HYPERLORA", value_name = "DIR")]
+    pub hyperlora: PathBuf,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Identity(a) => identity::run(a),
+        Cmd::ExportLora(a) => export::run(a),
+        Cmd::Bench(a) => bench::run(a),
+    }
+}
+
+fn load_hyper(dir: &std::path::Path) -> anyhow::Result<crate::HyperLora> {
+    use anyhow::Context;
+    crate::HyperLora::load(dir, &crate::hyper::LoadOptions::default()).with_context(|| format!("loading HyperLoRA from {}", dir.display()))
+}

@@ -1,0 +1,63 @@
+//! The library's error type: every variant carries the facts (file, key, shapes) a user needs to fix the input.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not a valid safetensors file ({reason})")]
+    Header { file: PathBuf, reason: String },
+    #[error("{file}: missing tensor `{key}` (expected shape {expected:?}){hint}")]
+    Missing {
+        file: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        hint: String,
+    },
+    #[error("{file}: tensor `{key}` has shape {found:?}, expected {expected:?}{hint}")]
+    Shape {
+        file: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        hint: String,
+    },
+    #[error("{file}: {count} unexpected tensor(s), e.g. `{first}`{hint}")]
+    Unexpected {
+        file: PathBuf,
+        count: usize,
+        first: String,
+        hint: String,
+    },
+    #[error("{file}: tensor `{key}` has dtype {found}, expected F16, BF16 or F32")]
+    Dtype {
+        file: PathBuf,
+        key: String,
+        found: String,
+    },
+    /// A file that parses but whose content is wrong (bad JSON, dimensions that disagree, wrong format).
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+    /// Two values that cannot be combined (identities of different variants, a Base weight without Base files…).
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("{path}: already exists; refusing to overwrite it (use --force / overwrite: true)")]
+    Exists { path: PathBuf },
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn invalid(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Invalid { file: file.into(), message: message.into() }
+    }
+    pub fn io(file: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { file: file.into(), source }
+    }
+}

@@ -1,0 +1,121 @@
+//! LoRA synthesis from coefficients (spec §2.3 steps 4–5): module i owns tokens 8i…8i+7; projection j
+//! (q, k, v, out) owns tokens 8i+2j (α → down) and 8i+2j+1 (β → up);
+//! `lora_down = (Σₖ αₖ·down_basis[k])ᵀ` [r, in], `lora_up = (Σₖ βₖ·up_basis[k])ᵀ` [out, r] —
+//! computed as one [1,K]×[K, in·r] matmul per basis tensor. Bases stay memory-mapped in their file dtype and
+//! are converted to f32 one tensor at a time.
+use super::modules::{ModuleSpec, Proj};
+use crate::error::{Error, Result};
+use crate::lora::LoraLayer;
+use crate::weights::{Expected, StFile};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+/// Which set of bases: the identity LoRA (`id_*_basis`, rank r) or the Base LoRA (`base_*_basis`, rank r_b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    Id,
+    Base,
+}
+
+impl Branch {
+    fn prefix(self) -> &'static str {
+        match self {
+            Branch::Id => "id",
+            Branch::Base => "base",
+        }
+    }
+}
+
+pub struct Bases {
+    file: StFile,
+    modules: Vec<ModuleSpec>,
+    k: usize,
+    rank: usize,
+    base_rank: Option<usize>,
+}
+
+fn key(i: usize, p: Proj, b: Branch, dir: &str) -> String {
+    format!("{i}.{}.{}_{dir}_basis", p.attr(), b.prefix())
+}
+
+impl Bases {
+    /// The strict key set: for every module and projection `{i}.{p}.id_down_basis` [K, in, r] and
+    /// `{i}.{p}.id_up_basis` [K, r, out] (+ `base_*` with rank r_b).
+    pub fn expected(modules: &[ModuleSpec], k: usize, rank: usize, base_rank: Option<usize>) -> Vec<Expected> {
+        let mut e = Vec::new();
+        for (i, m) in modules.iter().enumerate() {
+            let why = format!(
+                "hyper_lora_modules.json entry {i} `{}`: hidden_size {}, cross_attention_dim {}",
+                m.name,
+                m.hidden_size,
+                m.cross_attention_dim.map(|c| c.to_string()).unwrap_or_else(|| "null".into())
+            );
+            for p in Proj::ALL {
+                let (inp, out) = m.dims(p);
+                for (b, r) in [(Branch::Id, Some(rank)), (Branch::Base, base_rank)] {
+                    if let Some(r) = r {
+                        e.push(Expected::new(key(i, p, b, "down"), &[k, inp, r]).because(why.clone()));
+                        e.push(Expected::new(key(i, p, b, "up"), &[k, r, out]).because(why.clone()));
+                    }
+                }
+            }
+        }
+        e
+    }
+
+    /// `file` must already have passed the strict check against [`Bases::expected`].
+    pub fn new(file: StFile, modules: Vec<ModuleSpec>, k: usize, rank: usize, base_rank: Option<usize>) -> Self {
+        Bases { file, modules, k, rank, base_rank }
+    }
+
+    pub fn file(&self) -> &StFile {
+        &self.file
+    }
+
+    /// Bytes the bases of one branch occupy (for bandwidth figures).
+    pub fn branch_bytes(&self, b: Branch) -> usize {
+        let mut n = 0;
+        for i in 0..self.modules.len() {
+            for p in Proj::ALL {
+                for dir in ["down", "up"] {
+                    n += self.file.raw(&key(i, p, b, dir)).map_or(0, |r| r.len());
+                }
+            }
+        }
+        n
+    }
+
+    fn combine(&self, key: &str, c: &[f32]) -> Result<Tensor> {
+        let basis = self.file.to_f32_vec(key)?;
+        let cols = basis.len() / self.k;
+        let basis = Tensor::from_vec(basis, (self.k, cols), &Device::Cpu)?;
+        Ok(Tensor::from_slice(c, (1, self.k), &Device::Cpu)?.matmul(&basis)?)
+    }
+
+    /// One LoRA layer per projection (scale 1; the caller applies strength · alpha/rank).
+    /// `coeffs`: normalised coefficient tokens [Q, K].
+    pub fn synthesize(&self, coeffs: &Tensor, branch: Branch) -> Result<Vec<LoraLayer>> {
+        let rank = match branch {
+            Branch::Id => self.rank,
+            Branch::Base => self.base_rank.ok_or_else(|| Error::Mismatch("this HyperLoRA variant has no Base-LoRA bases".into()))?,
+        };
+        let q = 8 * self.modules.len();
+        if coeffs.dims() != [q, self.k] {
+            return Err(Error::Mismatch(format!("coefficients have shape {:?}, this variant needs [{q}, {}]", coeffs.dims(), self.k)));
+        }
+        let c = coeffs.to_dtype(candle_core::DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let jobs: Vec<(usize, Proj)> = (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect();
+        jobs.par_iter()
+            .map(|&(i, p)| {
+                let m = &self.modules[i];
+                let (inp, out) = m.dims(p);
+                let t = 8 * i + 2 * p.index();
+                let alpha = &c[t * self.k..(t + 1) * self.k];
+                let beta = &c[(t + 1) * self.k..(t + 2) * self.k];
+                let down = self.combine(&key(i, p, branch, "down"), alpha)?.reshape((inp, rank))?.t()?.contiguous()?;
+                let up = self.combine(&key(i, p, branch, "up"), beta)?.reshape((rank, out))?.t()?.contiguous()?;
+                Ok(LoraLayer { target: m.proj_target(p), down, up, scale: 1.0 })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,18 @@
+//! hyperlora: tuning-free portrait personalisation with HyperLoRA, in Rust.
+//!
+//! Data flows one way: photo → encoders → [`hyper`] (hypernetwork) → [`Identity`] → [`LoraMix`] → LoRA weights
+//! ([`lora`]) → SDXL. The CLI (and later the session, scripts and TUI) are thin shells over these.
+pub mod cli;
+pub mod error;
+pub mod features;
+pub mod hyper;
+pub mod identity;
+pub mod lora;
+pub mod mix;
+pub mod output;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use hyper::HyperLora;
+pub use identity::Identity;
+pub use mix::LoraMix;

@@ -1,0 +1,104 @@
+//! Writing user-visible files: atomically (temp file + rename/link in the same folder) and never over an existing
+//! file unless the caller says so.
+use crate::error::{Error, Result};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Write `bytes` to `path`. Without `overwrite`, an existing `path` is an error and is left untouched.
+pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::Exists { path: path.to_path_buf() });
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok::<(), std::io::Error>(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    let placed = if overwrite {
+        std::fs::rename(&tmp, path)
+    } else {
+        // A hard link fails if `path` appeared meanwhile, so a concurrent writer's file is never replaced.
+        let r = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        r
+    };
+    placed.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Exists { path: path.to_path_buf() }
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+/// A tensor ready to be written: dtype, shape, little-endian bytes.
+pub struct RawTensor {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl safetensors::View for &RawTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+impl RawTensor {
+    /// From a candle tensor, stored as F32, F16 or BF16.
+    pub fn from_tensor(t: &candle_core::Tensor, dtype: candle_core::DType) -> Result<Self> {
+        use crate::weights::bytemuck_lite::as_bytes;
+        let shape = t.dims().to_vec();
+        let flat = t.flatten_all()?.to_device(&candle_core::Device::Cpu)?;
+        let (dtype, data) = match dtype {
+            candle_core::DType::F16 => {
+                let v = flat.to_dtype(dtype)?.to_vec1::<half::f16>()?;
+                (safetensors::Dtype::F16, as_bytes(&v).to_vec())
+            }
+            candle_core::DType::BF16 => {
+                let v = flat.to_dtype(dtype)?.to_vec1::<half::bf16>()?;
+                (safetensors::Dtype::BF16, as_bytes(&v).to_vec())
+            }
+            _ => {
+                let v = flat.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                (safetensors::Dtype::F32, as_bytes(&v).to_vec())
+            }
+        };
+        Ok(RawTensor { dtype, shape, data })
+    }
+
+    pub fn scalar_f32(v: f32) -> Self {
+        RawTensor { dtype: safetensors::Dtype::F32, shape: vec![], data: v.to_le_bytes().to_vec() }
+    }
+}
+
+/// Serialize named tensors plus string metadata into a safetensors image.
+pub fn safetensors_bytes(tensors: &[(String, RawTensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let meta = if metadata.is_empty() { None } else { Some(metadata) };
+    safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), meta)
+        .map_err(|e| Error::Mismatch(format!("cannot serialize safetensors: {e:?}")))
+}
