@@ -76,6 +76,19 @@ fn classify(key: &str) -> Option<(String, &'static str, Spelling)> {
         (".lora.down.weight", "down", Spelling::Diffusers),
         (".lora.up.weight", "up", Spelling::Diffusers),
     ];
+    let well_formed = |path: &str| names::dotted(&path.replace('.', "_")).as_deref() == Some(path);
+    // diffusers attention-processor spelling: `….attn1.processor.to_out_lora.down.weight`
+    if let Some((module, rest)) = key.rsplit_once(".processor.") {
+        let module = module.strip_prefix("unet.").unwrap_or(module);
+        let (proj, role) = rest.split_once("_lora.")?;
+        let role = match role {
+            "down.weight" => "down",
+            "up.weight" => "up",
+            _ => return None,
+        };
+        let target = format!("{module}.{}", if proj == "to_out" { "to_out.0" } else { proj });
+        return well_formed(&target).then_some((target, role, Spelling::Diffusers));
+    }
     let (stem, role, mut spelling) = SUFFIXES.iter().find_map(|(s, r, sp)| key.strip_suffix(s).map(|st| (st, *r, *sp)))?;
     if let Some(t) = names::target_from_kohya(stem) {
         return Some((t, role, Spelling::Kohya));
@@ -89,17 +102,8 @@ fn classify(key: &str) -> Option<(String, &'static str, Spelling)> {
             }
         }
     }
-    // diffusers attention-processor spelling: `….attn1.processor.to_q_lora.down.weight`
-    let owned;
-    if let Some((module, proj)) = path.rsplit_once(".processor.") {
-        let proj = proj.strip_suffix("_lora")?;
-        let proj = if proj == "to_out" { "to_out.0" } else { proj };
-        owned = format!("{module}.{proj}");
-        path = &owned;
-        spelling = Spelling::Diffusers;
-    }
     // Accept only well-formed UNet paths (the same vocabulary as kohya names).
-    (names::dotted(&path.replace('.', "_")).as_deref() == Some(path)).then(|| (path.to_string(), role, spelling))
+    well_formed(path).then(|| (path.to_string(), role, spelling))
 }
 
 /// Read a LoRA file in kohya, diffusers or PEFT spelling. Scale = alpha / rank (alpha defaults to the rank).
