@@ -205,3 +205,33 @@ fn combined_id_and_base_delta_matches_reference() {
     }
     assert_eq!(deltas_checked, 16);
 }
+
+/// The loader accepts fp16 (as released), bf16 and fp32 files. An f32 copy of the fp16 weights is the same model;
+/// a bf16 copy rounds the weights, so it is compared by cosine similarity (README §1: > 0.999).
+#[test]
+fn f32_and_bf16_copies_of_the_weights_load() {
+    use hyperlora::output::RawTensor;
+    let reference = tiny().identity(&features(3)).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let d = copy_dir(&fixture("hyperlora-tiny"));
+        for f in ["id_projector.safetensors", "resampler.safetensors", "hyper_lora_modules.safetensors"] {
+            let src = StFile::open(fixture(&format!("hyperlora-tiny/{f}"))).unwrap();
+            rewrite(&fixture(&format!("hyperlora-tiny/{f}")), &d.path().join(f), |t| {
+                for (k, e) in t.iter_mut() {
+                    *e = RawTensor::from_tensor(&src.tensor(k, DType::F32, &Device::Cpu).unwrap(), dtype).unwrap();
+                }
+            });
+        }
+        let h = HyperLora::load(d.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(StFile::open(d.path().join("resampler.safetensors")).unwrap().dtype("latents"), Some(if dtype == DType::F32 { safetensors::Dtype::F32 } else { safetensors::Dtype::BF16 }));
+        let id = h.identity(&features(3)).unwrap();
+        let (a, b) = (id.coefficients().unwrap(), reference.coefficients().unwrap());
+        if dtype == DType::F32 {
+            assert_max_abs("f32 copy", &a, &b, 1e-6);
+        } else {
+            let cos = ((&a * &b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+                / (a.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() * b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap());
+            assert!(cos > 0.999, "bf16 copy: cosine {cos}");
+        }
+    }
+}
