@@ -33,11 +33,12 @@ pub enum Error {
         first: String,
         hint: String,
     },
-    #[error("{file}: tensor `{key}` has dtype {found}, expected F16, BF16 or F32")]
+    #[error("{file}: tensor `{key}` has dtype {found}, expected {expected}")]
     Dtype {
         file: PathBuf,
         key: String,
         found: String,
+        expected: String,
     },
     /// A file that parses but whose content is wrong (bad JSON, dimensions that disagree, wrong format).
     #[error("{file}: {message}")]

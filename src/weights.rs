@@ -125,7 +125,7 @@ impl StFile {
         })?;
         match dt {
             StDtype::F16 | StDtype::BF16 | StDtype::F32 => Ok(dt),
-            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}") }),
+            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "F16, BF16 or F32".into() }),
         }
     }
 
@@ -161,6 +161,16 @@ impl StFile {
             }
             _ => bytes_to::<f32>(raw),
         })
+    }
+
+    /// An integer tensor (I64 or I32 on disk) as i64 values.
+    pub fn to_i64_vec(&self, key: &str) -> Result<Vec<i64>> {
+        let raw = self.raw(key).ok_or_else(|| Error::Missing { file: self.path.clone(), key: key.into(), expected: vec![], hint: String::new() })?;
+        match self.dtype(key) {
+            Some(StDtype::I64) => Ok(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+            Some(StDtype::I32) => Ok(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()),
+            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "I64 or I32".into() }),
+        }
     }
 
     /// PyTorch-style strict check: every expected key present with its shape and a float dtype, no other keys.

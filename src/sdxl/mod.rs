@@ -1,0 +1,3 @@
+//! The SDXL generator that HyperLoRA's LoRAs act on. It knows LoRA *weights* (per-layer up/down/scale), never
+//! identities.
+pub mod scheduler;
