@@ -1,3 +1,4 @@
 //! The SDXL generator that HyperLoRA's LoRAs act on. It knows LoRA *weights* (per-layer up/down/scale), never
 //! identities.
 pub mod scheduler;
+pub mod text;

@@ -1,0 +1,286 @@
+//! SDXL's two text encoders as diffusers stores them: `text_encoder/` (CLIP ViT-L, `CLIPTextModel`) and
+//! `text_encoder_2/` (OpenCLIP bigG, `CLIPTextModelWithProjection`), keys `text_model.*` (+ `text_projection`).
+//! The UNet reads the penultimate hidden states of both, concatenated; the pooled conditioning is encoder 2's
+//! projected EOS state. Tokenizers come from `tokenizer*/` (tokenizer.json, or vocab.json + merges.txt).
+use crate::error::{Error, Result};
+use crate::weights::StFile;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipTextConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub max_position_embeddings: usize,
+    pub vocab_size: usize,
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+    pub projection_dim: Option<usize>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_eos() -> u32 {
+    49407
+}
+
+impl ClipTextConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: Self = serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a CLIP text config: {e}")))?;
+        if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(Error::invalid(path, format!("hidden_act `{}` is not supported (quick_gelu or gelu)", c.hidden_act)));
+        }
+        if c.hidden_size % c.num_attention_heads != 0 {
+            return Err(Error::invalid(path, format!("hidden_size {} is not divisible by {} heads", c.hidden_size, c.num_attention_heads)));
+        }
+        Ok(c)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(c: &ClipTextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            q: linear(h, h, vb.pp("q_proj"))?,
+            k: linear(h, h, vb.pp("k_proj"))?,
+            v: linear(h, h, vb.pp("v_proj"))?,
+            out: linear(h, h, vb.pp("out_proj"))?,
+            heads: c.num_attention_heads,
+        })
+    }
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, h) = x.dims3()?;
+        let dh = h / self.heads;
+        let split = |t: Tensor| t.reshape((b, n, self.heads, dh))?.transpose(1, 2)?.contiguous();
+        let q = split(self.q.forward(x)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let w = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (dh as f64).sqrt()))?.broadcast_add(mask)?;
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        self.out.forward(&w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?)
+    }
+}
+
+struct Layer {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    quick_gelu: bool,
+}
+
+impl Layer {
+    fn new(c: &ClipTextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            ln1: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            attn: Attention::new(c, vb.pp("self_attn"))?,
+            ln2: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: linear(c.hidden_size, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: linear(c.intermediate_size, c.hidden_size, vb.pp("mlp").pp("fc2"))?,
+            quick_gelu: c.hidden_act == "quick_gelu",
+        })
+    }
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        // transformers' "gelu" is the exact erf form; quick_gelu is x·σ(1.702x)
+        let h = if self.quick_gelu { (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)? } else { h.gelu_erf()? };
+        &x + self.fc2.forward(&h)?
+    }
+}
+
+/// What SDXL takes from one text encoder.
+pub struct TextOutput {
+    /// Output of the second-to-last layer, no final LayerNorm: [B, 77, hidden].
+    pub penultimate: Tensor,
+    /// Final LayerNorm of the last layer: [B, 77, hidden].
+    pub last_hidden: Tensor,
+    /// Final-LN state at the first EOS: [B, hidden].
+    pub pooled: Tensor,
+    /// `text_projection(pooled)` for encoder 2: [B, projection_dim].
+    pub text_embeds: Option<Tensor>,
+}
+
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
+    config: ClipTextConfig,
+}
+
+impl ClipTextModel {
+    /// `vb` at the checkpoint root (`text_model.*`, `text_projection.weight`); `with_projection` for encoder 2.
+    pub fn new(c: &ClipTextConfig, vb: VarBuilder, with_projection: bool) -> candle_core::Result<Self> {
+        let tm = vb.pp("text_model");
+        let e = tm.pp("embeddings");
+        let text_projection = match (with_projection, c.projection_dim) {
+            (true, Some(p)) => Some(linear_no_bias(c.hidden_size, p, vb.pp("text_projection"))?),
+            (true, None) => candle_core::bail!("text encoder 2 needs projection_dim in its config"),
+            _ => None,
+        };
+        Ok(Self {
+            token_embedding: embedding(c.vocab_size, c.hidden_size, e.pp("token_embedding"))?,
+            position_embedding: embedding(c.max_position_embeddings, c.hidden_size, e.pp("position_embedding"))?,
+            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, tm.pp("encoder").pp("layers").pp(i))).collect::<candle_core::Result<_>>()?,
+            final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, tm.pp("final_layer_norm"))?,
+            text_projection,
+            config: c.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// `ids`: [B, L] u32 token ids.
+    pub fn forward(&self, ids: &Tensor) -> Result<TextOutput> {
+        let (b, l) = ids.dims2()?;
+        let dev = ids.device();
+        let pos = Tensor::arange(0u32, l as u32, dev)?;
+        let mut x = self.token_embedding.forward(ids)?.broadcast_add(&self.position_embedding.forward(&pos)?)?;
+        let dtype = x.dtype();
+        let mask: Vec<f32> = (0..l * l).map(|i| if i % l > i / l { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (l, l), dev)?.to_dtype(dtype)?;
+        let mut penultimate = None;
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &mask)?;
+            if i + 2 == n {
+                penultimate = Some(x.clone());
+            }
+        }
+        let last_hidden = self.final_layer_norm.forward(&x)?;
+        // the first position holding the EOS id (transformers' rule for eos_token_id ≠ 2)
+        let ids_v = ids.to_device(&Device::Cpu)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let mut rows = Vec::with_capacity(b);
+        for (r, row) in ids_v.iter().enumerate() {
+            let p = row.iter().position(|&t| t == self.config.eos_token_id).unwrap_or(l - 1);
+            rows.push(last_hidden.get(r)?.get(p)?);
+        }
+        let pooled = Tensor::stack(&rows, 0)?;
+        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(&pooled)).transpose()?;
+        Ok(TextOutput { penultimate: penultimate.unwrap_or_else(|| x.clone()), last_hidden, pooled, text_embeds })
+    }
+}
+
+/// Load a text encoder folder (`config.json` + `model.safetensors`).
+pub fn load_text_encoder(dir: &Path, with_projection: bool, dtype: DType, device: &Device) -> Result<ClipTextModel> {
+    let cfg = ClipTextConfig::load(&dir.join("config.json"))?;
+    let file = StFile::open(dir.join("model.safetensors"))?;
+    let keys: Vec<String> = file.keys().into_iter().filter(|k| k.starts_with("text_model.") || k == "text_projection.weight").collect();
+    let tensors = file.load_all(keys, dtype, device)?;
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    ClipTextModel::new(&cfg, vb, with_projection).map_err(|e| Error::invalid(file.path(), format!("does not fit its config.json: {e}")))
+}
+
+/// A prompt as the encoder sees it.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// BOS, up to 75 prompt tokens, EOS, padding: exactly `max_len` ids.
+    pub ids: Vec<u32>,
+    /// The part of the prompt that did not fit, if any (diffusers drops it with a warning; we report it).
+    pub truncated: Option<String>,
+}
+
+/// CLIP BPE tokenizer with SDXL's padding rules.
+pub struct ClipTokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: u32,
+    eos: u32,
+    pad: u32,
+    max_len: usize,
+}
+
+/// tokenizer.json for CLIP built from vocab.json + merges.txt (the files SDXL repositories ship).
+fn clip_tokenizer_json(vocab: &str, merges: &str, pad: &str) -> Result<String> {
+    let vocab: serde_json::Value = serde_json::from_str(vocab).map_err(|e| Error::Mismatch(format!("vocab.json: {e}")))?;
+    let merges: Vec<serde_json::Value> = merges
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap_or((l, ""));
+            serde_json::json!([a, b])
+        })
+        .collect();
+    let id = |t: &str| vocab.get(t).and_then(|v| v.as_u64());
+    let mut added = vec![];
+    for t in [pad, "<|startoftext|>", "<|endoftext|>"] {
+        if let Some(i) = id(t) {
+            if !added.iter().any(|a: &serde_json::Value| a["id"] == i) {
+                added.push(serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+            }
+        }
+    }
+    let j = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"}, "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+    });
+    Ok(j.to_string())
+}
+
+impl ClipTokenizer {
+    /// Load from a `tokenizer*/` folder: `tokenizer.json` if present, else `vocab.json` + `merges.txt`.
+    /// The pad token comes from `special_tokens_map.json` (SDXL: `<|endoftext|>` for tokenizer, `!` for tokenizer_2).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| Error::io(dir.join(f), e));
+        let pad_name = match read("special_tokens_map.json") {
+            Ok(t) => serde_json::from_str::<serde_json::Value>(&t)
+                .ok()
+                .and_then(|v| v.get("pad_token").and_then(|p| p.as_str().map(str::to_string).or_else(|| p.get("content")?.as_str().map(str::to_string))))
+                .unwrap_or_else(|| "<|endoftext|>".into()),
+            Err(_) => "<|endoftext|>".into(),
+        };
+        let json_path = dir.join("tokenizer.json");
+        let inner = if json_path.exists() {
+            tokenizers::Tokenizer::from_file(&json_path).map_err(|e| Error::invalid(&json_path, format!("cannot load tokenizer: {e}")))?
+        } else {
+            let json = clip_tokenizer_json(&read("vocab.json")?, &read("merges.txt")?, &pad_name)?;
+            json.parse::<tokenizers::Tokenizer>().map_err(|e| Error::invalid(dir, format!("cannot build a CLIP tokenizer from vocab.json + merges.txt: {e}")))?
+        };
+        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| Error::invalid(dir, format!("the vocabulary has no `{t}` token")));
+        Ok(ClipTokenizer { bos: id("<|startoftext|>")?, eos: id("<|endoftext|>")?, pad: id(&pad_name)?, inner, max_len: 77 })
+    }
+
+    pub fn encode(&self, prompt: &str) -> Result<Tokens> {
+        let enc = self.inner.encode(prompt, false).map_err(|e| Error::Mismatch(format!("cannot tokenize {prompt:?}: {e}")))?;
+        let room = self.max_len - 2;
+        let content = enc.get_ids();
+        let truncated = (content.len() > room).then(|| {
+            let start = enc.get_offsets()[room].0;
+            prompt.get(start..).unwrap_or("").trim().to_string()
+        });
+        let mut ids = Vec::with_capacity(self.max_len);
+        ids.push(self.bos);
+        ids.extend(content.iter().take(room));
+        ids.push(self.eos);
+        ids.resize(self.max_len, self.pad);
+        Ok(Tokens { ids, truncated })
+    }
+}
