@@ -283,3 +283,93 @@ pub mod bytemuck_lite {
         unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
     }
 }
+
+/// A `VarBuilder` backend over one file that records every key a model asks for, so that after building the model
+/// a missing key, a wrong shape (with both shapes) or an unused key is reported like PyTorch's strict loading.
+/// `rename` maps the model's (diffusers) key to the file's key, for checkpoints with another layout.
+pub struct StrictBackend {
+    file: std::sync::Arc<StFile>,
+    rename: Box<dyn Fn(&str) -> String + Send + Sync>,
+    seen: std::sync::Mutex<BTreeSet<String>>,
+    first_error: std::sync::Mutex<Option<Error>>,
+}
+
+impl StrictBackend {
+    fn fail(&self, e: Error) -> candle_core::Error {
+        let msg = e.to_string();
+        let mut slot = self.first_error.lock().expect("lock");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        candle_core::Error::Msg(msg)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for StrictBackend {
+    fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let key = (self.rename)(name);
+        self.seen.lock().expect("lock").insert(key.clone());
+        match self.file.shape(&key) {
+            None => Err(self.fail(Error::Missing { file: self.file.path.clone(), key, expected: s.dims().to_vec(), hint: String::new() })),
+            Some(found) if found != s.dims() => Err(self.fail(Error::Shape {
+                file: self.file.path.clone(),
+                key,
+                expected: s.dims().to_vec(),
+                found: found.to_vec(),
+                hint: String::new(),
+            })),
+            Some(_) => self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e)),
+        }
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let key = (self.rename)(name);
+        self.seen.lock().expect("lock").insert(key.clone());
+        self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.file.contains(&(self.rename)(name))
+    }
+}
+
+/// Build a model strictly from `file`. `owned` selects the file keys this model must consume (a single-file
+/// checkpoint holds several models); any of them left unused is an "unexpected tensor" error.
+pub fn build_strict<T>(
+    file: std::sync::Arc<StFile>,
+    dtype: DType,
+    device: &Device,
+    rename: impl Fn(&str) -> String + Send + Sync + 'static,
+    owned: impl Fn(&str) -> bool,
+    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<T>,
+) -> Result<T> {
+    let backend = std::sync::Arc::new(StrictBackend {
+        file: file.clone(),
+        rename: Box::new(rename),
+        seen: Default::default(),
+        first_error: Default::default(),
+    });
+    struct Shared(std::sync::Arc<StrictBackend>);
+    impl candle_nn::var_builder::SimpleBackend for Shared {
+        fn get(&self, s: candle_core::Shape, n: &str, h: candle_nn::Init, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
+            self.0.get(s, n, h, d, dev)
+        }
+        fn get_unchecked(&self, n: &str, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
+            self.0.get_unchecked(n, d, dev)
+        }
+        fn contains_tensor(&self, n: &str) -> bool {
+            self.0.contains_tensor(n)
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(Shared(backend.clone())), dtype, device.clone());
+    let model = match build(vb) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(backend.first_error.lock().expect("lock").take().unwrap_or_else(|| Error::invalid(file.path(), format!("cannot build the model: {e}"))))
+        }
+    };
+    let seen = backend.seen.lock().expect("lock");
+    let extra: Vec<String> = file.keys().into_iter().filter(|k| owned(k) && !seen.contains(k)).collect();
+    if let Some(first) = extra.first() {
+        return Err(Error::Unexpected { file: file.path().to_path_buf(), count: extra.len(), first: first.clone(), hint: String::new() });
+    }
+    Ok(model)
+}

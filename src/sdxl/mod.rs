@@ -2,3 +2,4 @@
 //! identities.
 pub mod scheduler;
 pub mod text;
+pub mod unet;
