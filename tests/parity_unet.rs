@@ -23,3 +23,74 @@ fn unet_forward_matches_with_intermediates() {
     }
     assert_max_abs("noise_pred", &out, &load(R, "output.noise_pred"), 1e-4);
 }
+
+fn inputs() -> [candle_core::Tensor; 4] {
+    [load(R, "input.sample"), load(R, "input.encoder_hidden_states"), load(R, "input.text_embeds"), load(R, "input.time_ids")]
+}
+
+fn run(unet: &hyperlora::sdxl::unet::UNet) -> candle_core::Tensor {
+    let [s, c, te, ti] = inputs();
+    unet.forward(&s, 451.0, &c, &te, &ti).unwrap()
+}
+
+/// `hyperlora-tiny/lora_n1.safetensors` merged at strength 0.8, both from the file and from our own synthesis.
+#[test]
+fn unet_with_hyperlora_merged_matches() {
+    use hyperlora::hyper::{HyperLora, LoadOptions};
+    let want = load("sdxl-tiny/reference/unet_forward_lora.safetensors", "output.noise_pred");
+    let mut unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
+    let plain = run(&unet);
+    let file = hyperlora::lora::file::import(&fixture("hyperlora-tiny/lora_n1.safetensors")).unwrap();
+    let r = unet.set_lora(&file.weights.scaled(0.8)).unwrap();
+    assert_eq!((r.merged, r.unmatched.len()), (136, 0));
+    assert_max_abs("noise_pred with LoRA file at 0.8", &run(&unet), &want, 1e-4);
+
+    let h = HyperLora::load(fixture("hyperlora-tiny"), &LoadOptions::default()).unwrap();
+    let f = hyperlora::features::FeatureSet::new(load("hyperlora-tiny/inputs.safetensors", "arcface_n1"), load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"), None, vec![]).unwrap();
+    let id = h.identity(&f).unwrap();
+    let w = h.lora_weights(&hyperlora::LoraMix::lora(&id, 0.8)).unwrap();
+    let r = unet.set_lora(&w).unwrap();
+    assert_eq!(r.merged + r.unchanged, 136);
+    assert_max_abs("noise_pred with synthesized LoRA at 0.8", &run(&unet), &want, 1e-4);
+    // the same mix again touches nothing
+    let r = unet.set_lora(&w).unwrap();
+    assert_eq!((r.merged, r.restored, r.unchanged), (0, 0, 136));
+    // removing restores the loaded weights exactly
+    let r = unet.clear_lora().unwrap();
+    assert_eq!(r.restored, 136);
+    assert_max_abs("noise_pred after clear", &run(&unet), &plain, 0.0);
+}
+
+/// Applying, switching and removing 100 random mixes leaves the UNet bit-identical to the freshly loaded one.
+#[test]
+fn hundred_random_mixes_leave_the_unet_bit_identical() {
+    use hyperlora::hyper::{synthetic, HyperLora, LoadOptions};
+    let h = HyperLora::load(fixture("hyperlora-tiny"), &LoadOptions::default()).unwrap();
+    let ids: Vec<_> = (0..6).map(|s| h.identity(&synthetic::random_features(1, 512, 257, 32, 100 + s).unwrap()).unwrap()).collect();
+    let fresh = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
+    let mut unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
+    let mut rng = synthetic::Rng::new(42);
+    for i in 0..100 {
+        let mut mix = hyperlora::LoraMix::empty();
+        for id in &ids {
+            if rng.uniform() > 0.3 {
+                mix = mix.add(&hyperlora::LoraMix::lora(id, 1.5 * rng.uniform() as f64));
+            }
+        }
+        let w = h.lora_weights(&mix).unwrap();
+        let r = unet.set_lora(&w).unwrap();
+        assert!(r.unmatched.is_empty());
+        if i % 3 == 0 {
+            unet.clear_lora().unwrap();
+        }
+    }
+    unet.clear_lora().unwrap();
+    let mut a = unet;
+    let mut b = fresh;
+    for (p, q) in a.projections_mut().into_iter().zip(b.projections_mut()) {
+        assert_eq!(p.target, q.target);
+        let d = (p.weight() - q.weight()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{} differs after 100 mixes", p.target);
+    }
+    assert_max_abs("noise_pred", &run(&a), &run(&b), 0.0);
+}

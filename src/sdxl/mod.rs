@@ -3,3 +3,4 @@
 pub mod scheduler;
 pub mod text;
 pub mod unet;
+pub mod lora;

@@ -95,29 +95,45 @@ impl UNetConfig {
     }
 }
 
-/// A Linear whose weight can be swapped (LoRA merges); `target` is its diffusers path.
+/// A Linear whose weight can be patched by a LoRA merge; `target` is its diffusers path. The loaded weight is
+/// kept (shared, not copied) so that removing a LoRA restores it bit for bit — never by subtracting ΔW.
 pub struct Projection {
     pub target: String,
-    pub weight: Tensor,
+    original: Tensor,
     bias: Option<Tensor>,
     linear: Linear,
+    /// Content signature of the LoRA terms merged now (None: the original weight is in use).
+    pub(crate) merged: Option<[u8; 32]>,
 }
 
 impl Projection {
     fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { target: vb.prefix(), linear: Linear::new(weight.clone(), bias.clone()), weight, bias })
+        Ok(Self { target: vb.prefix(), linear: Linear::new(weight.clone(), bias.clone()), original: weight, bias, merged: None })
     }
-    /// Replace the weight (same shape and dtype).
-    pub fn set_weight(&mut self, w: Tensor) -> Result<()> {
-        if w.dims() != self.weight.dims() {
-            return Err(Error::Mismatch(format!("{}: weight {:?} cannot replace {:?}", self.target, w.dims(), self.weight.dims())));
+    /// The weight as loaded.
+    pub fn original(&self) -> &Tensor {
+        &self.original
+    }
+    /// The weight in use.
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+    /// Use `original + delta` (delta [out, in], any float dtype; summed in f32, cast once).
+    pub(crate) fn merge(&mut self, delta: &Tensor, signature: [u8; 32]) -> Result<()> {
+        if delta.dims() != self.original.dims() {
+            return Err(Error::Mismatch(format!("{}: LoRA ΔW is {:?} but the weight is {:?}", self.target, delta.dims(), self.original.dims())));
         }
-        let w = w.to_dtype(self.weight.dtype())?;
-        self.linear = Linear::new(w.clone(), self.bias.clone());
-        self.weight = w;
+        let w = (self.original.to_dtype(DType::F32)? + delta.to_device(self.original.device())?.to_dtype(DType::F32)?)?.to_dtype(self.original.dtype())?;
+        self.linear = Linear::new(w, self.bias.clone());
+        self.merged = Some(signature);
         Ok(())
+    }
+    /// Back to the loaded weight (the same tensor, bit-identical).
+    pub(crate) fn restore(&mut self) {
+        self.linear = Linear::new(self.original.clone(), self.bias.clone());
+        self.merged = None;
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.linear.forward(x)
