@@ -4,3 +4,4 @@ pub mod scheduler;
 pub mod text;
 pub mod unet;
 pub mod lora;
+pub mod vae;

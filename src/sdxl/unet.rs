@@ -241,35 +241,39 @@ impl Transformer2D {
     }
 }
 
-/// diffusers `ResnetBlock2D` (time embedding added after conv1, 1×1 shortcut when channels change).
-struct Resnet {
+/// diffusers `ResnetBlock2D` (time embedding, if any, added after conv1; 1×1 shortcut when channels change).
+pub(crate) struct Resnet {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv2d,
     shortcut: Option<Conv2d>,
 }
 
-fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
+pub(crate) fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
     conv2d(i, o, k, Conv2dConfig { padding: k / 2, stride, ..Default::default() }, vb)
 }
 
 impl Resnet {
     fn new(c: &UNetConfig, i: usize, o: usize, temb: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::with(c.norm_num_groups, c.norm_eps, i, o, Some(temb), vb)
+    }
+    pub(crate) fn with(groups: usize, eps: f64, i: usize, o: usize, temb: Option<usize>, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            norm1: group_norm(c.norm_num_groups, i, c.norm_eps, vb.pp("norm1"))?,
+            norm1: group_norm(groups, i, eps, vb.pp("norm1"))?,
             conv1: conv(i, o, 3, 1, vb.pp("conv1"))?,
-            time_emb_proj: linear(temb, o, vb.pp("time_emb_proj"))?,
-            norm2: group_norm(c.norm_num_groups, o, c.norm_eps, vb.pp("norm2"))?,
+            time_emb_proj: temb.map(|t| linear(t, o, vb.pp("time_emb_proj"))).transpose()?,
+            norm2: group_norm(groups, o, eps, vb.pp("norm2"))?,
             conv2: conv(o, o, 3, 1, vb.pp("conv2"))?,
             shortcut: if i != o { Some(conv(i, o, 1, 1, vb.pp("conv_shortcut"))?) } else { None },
         })
     }
-    fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
+    pub(crate) fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        if let (Some(p), Some(temb)) = (&self.time_emb_proj, temb) {
+            h = h.broadcast_add(&p.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
         let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
         match &self.shortcut {
             Some(s) => s.forward(x)? + h,
@@ -465,7 +469,7 @@ impl UNet {
         let mut skips = vec![x.clone()];
         for (i, blk) in self.down.iter().enumerate() {
             for (j, r) in blk.resnets.iter().enumerate() {
-                x = r.forward(&x, &emb)?;
+                x = r.forward(&x, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
                     x = a.forward(&x, &context)?;
                 }
@@ -477,14 +481,14 @@ impl UNet {
             }
             record(format!("down_blocks.{i}"), &x);
         }
-        x = self.mid_resnets[0].forward(&x, &emb)?;
+        x = self.mid_resnets[0].forward(&x, Some(&emb))?;
         x = self.mid_attn.forward(&x, &context)?;
-        x = self.mid_resnets[1].forward(&x, &emb)?;
+        x = self.mid_resnets[1].forward(&x, Some(&emb))?;
         record("mid_block".into(), &x);
         for (i, blk) in self.up.iter().enumerate() {
             for (j, r) in blk.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| Error::Mismatch("UNet skip connections out of balance".into()))?;
-                x = r.forward(&Tensor::cat(&[&x, &skip], 1)?, &emb)?;
+                x = r.forward(&Tensor::cat(&[&x, &skip], 1)?, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
                     x = a.forward(&x, &context)?;
                 }
