@@ -124,8 +124,8 @@ impl StFile {
             hint: String::new(),
         })?;
         match dt {
-            StDtype::F16 | StDtype::BF16 | StDtype::F32 => Ok(dt),
-            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "F16, BF16 or F32".into() }),
+            StDtype::F16 | StDtype::BF16 | StDtype::F32 | StDtype::F64 => Ok(dt),
+            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "F16, BF16, F32 or F64".into() }),
         }
     }
 
@@ -137,6 +137,7 @@ impl StFile {
         let t = match dt {
             StDtype::F16 => Tensor::from_vec(bytes_to::<half::f16>(raw), shape, &Device::Cpu)?,
             StDtype::BF16 => Tensor::from_vec(bytes_to::<half::bf16>(raw), shape, &Device::Cpu)?,
+            StDtype::F64 => Tensor::from_vec(bytes_to::<f64>(raw), shape, &Device::Cpu)?,
             _ => Tensor::from_vec(bytes_to::<f32>(raw), shape, &Device::Cpu)?,
         };
         Ok(t.to_dtype(dtype)?.to_device(device)?)
@@ -159,6 +160,7 @@ impl StFile {
                 half::slice::HalfFloatSliceExt::convert_to_f32_slice(h.as_slice(), &mut out);
                 out
             }
+            StDtype::F64 => bytes_to::<f64>(raw).into_iter().map(|v| v as f32).collect(),
             _ => bytes_to::<f32>(raw),
         })
     }
@@ -265,6 +267,7 @@ pub mod bytemuck_lite {
     /// Implement only for such types.
     pub unsafe trait Pod: Copy + Default + 'static {}
     unsafe impl Pod for f32 {}
+    unsafe impl Pod for f64 {}
     unsafe impl Pod for half::f16 {}
     unsafe impl Pod for half::bf16 {}
     unsafe impl Pod for u8 {}

@@ -5,3 +5,4 @@ pub mod text;
 pub mod unet;
 pub mod lora;
 pub mod vae;
+pub mod pipeline;

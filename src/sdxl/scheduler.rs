@@ -222,6 +222,23 @@ impl Sampler {
         })
     }
 
+    /// Noise clean latents `z` to the level of step `i` (img2img): z + σᵢ·n for σ-samplers,
+    /// √ᾱₜ·z + √(1−ᾱₜ)·n for DDIM and DPM++ (which work on unscaled latents).
+    pub fn add_noise(&self, z: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        Ok(match self.kind {
+            SamplerKind::Euler | SamplerKind::EulerA => (z + (noise * self.sigmas[i])?)?,
+            SamplerKind::DpmPp2mKarras => {
+                let s = self.sigmas[i];
+                let a = 1.0 / (s * s + 1.0).sqrt();
+                ((z * a)? + (noise * (s * a))?)?
+            }
+            SamplerKind::Ddim => {
+                let a = self.alphas_cumprod[self.timesteps[i] as usize];
+                ((z * a.sqrt())? + (noise * (1.0 - a).sqrt())?)?
+            }
+        })
+    }
+
     /// Advance `x` by one step given the model's ε prediction. `noise` (unit Gaussian, x's shape) is required
     /// for ancestral sampling.
     pub fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
