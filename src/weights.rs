@@ -287,12 +287,58 @@ pub mod bytemuck_lite {
     }
 }
 
+/// How a file tensor becomes the model's tensor (single-file checkpoints store some differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    Same,
+    /// A 1×1 conv [O, I, 1, 1] used as a Linear [O, I].
+    Squeeze1x1,
+    /// Part `index` of `of` equal slices along axis 0 (OpenCLIP's fused q/k/v `in_proj`).
+    Chunk { index: usize, of: usize },
+    /// A matrix stored transposed (OpenCLIP's `text_projection`, used as x @ P).
+    Transpose,
+}
+
+impl Transform {
+    /// The model-side shape of a file tensor of shape `s`.
+    pub fn shape(&self, s: &[usize]) -> Vec<usize> {
+        match self {
+            Transform::Same => s.to_vec(),
+            Transform::Squeeze1x1 if s.len() == 4 && s[2] == 1 && s[3] == 1 => s[..2].to_vec(),
+            Transform::Squeeze1x1 => s.to_vec(),
+            Transform::Chunk { of, .. } => {
+                let mut v = s.to_vec();
+                if let Some(first) = v.first_mut() {
+                    *first /= of;
+                }
+                v
+            }
+            Transform::Transpose if s.len() == 2 => vec![s[1], s[0]],
+            Transform::Transpose => s.to_vec(),
+        }
+    }
+    pub fn apply(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Transform::Same => Ok(t),
+            Transform::Squeeze1x1 => {
+                let d = t.dims().to_vec();
+                if d.len() == 4 { t.reshape((d[0], d[1])) } else { Ok(t) }
+            }
+            Transform::Chunk { index, of } => {
+                let n = t.dim(0)? / of;
+                t.narrow(0, index * n, n)?.contiguous()
+            }
+            Transform::Transpose => t.t()?.contiguous(),
+        }
+    }
+}
+
 /// A `VarBuilder` backend over one file that records every key a model asks for, so that after building the model
 /// a missing key, a wrong shape (with both shapes) or an unused key is reported like PyTorch's strict loading.
 /// `rename` maps the model's (diffusers) key to the file's key, for checkpoints with another layout.
 pub struct StrictBackend {
     file: std::sync::Arc<StFile>,
-    rename: Box<dyn Fn(&str) -> String + Send + Sync>,
+    rename: Box<dyn Fn(&str) -> (String, Transform) + Send + Sync>,
     seen: std::sync::Mutex<BTreeSet<String>>,
     first_error: std::sync::Mutex<Option<Error>>,
 }
@@ -310,27 +356,26 @@ impl StrictBackend {
 
 impl candle_nn::var_builder::SimpleBackend for StrictBackend {
     fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let key = (self.rename)(name);
+        let (key, tf) = (self.rename)(name);
         self.seen.lock().expect("lock").insert(key.clone());
-        match self.file.shape(&key) {
-            None => Err(self.fail(Error::Missing { file: self.file.path.clone(), key, expected: s.dims().to_vec(), hint: String::new() })),
-            Some(found) if found != s.dims() => Err(self.fail(Error::Shape {
-                file: self.file.path.clone(),
-                key,
-                expected: s.dims().to_vec(),
-                found: found.to_vec(),
-                hint: String::new(),
-            })),
-            Some(_) => self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e)),
+        let hint = if key != name { format!(" (model key `{name}`)") } else { String::new() };
+        match self.file.shape(&key).map(|f| (f.to_vec(), tf.shape(f))) {
+            None => Err(self.fail(Error::Missing { file: self.file.path.clone(), key, expected: s.dims().to_vec(), hint })),
+            Some((found, model)) if model != s.dims() => Err(self.fail(Error::Shape { file: self.file.path.clone(), key, expected: s.dims().to_vec(), found, hint })),
+            Some(_) => {
+                let t = self.file.tensor(&key, DType::F32, &Device::Cpu).map_err(|e| self.fail(e))?;
+                tf.apply(t)?.to_dtype(dtype)?.to_device(dev)
+            }
         }
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let key = (self.rename)(name);
+        let (key, tf) = (self.rename)(name);
         self.seen.lock().expect("lock").insert(key.clone());
-        self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))
+        let t = self.file.tensor(&key, DType::F32, &Device::Cpu).map_err(|e| self.fail(e))?;
+        tf.apply(t)?.to_dtype(dtype)?.to_device(dev)
     }
     fn contains_tensor(&self, name: &str) -> bool {
-        self.file.contains(&(self.rename)(name))
+        self.file.contains(&(self.rename)(name).0)
     }
 }
 
@@ -340,7 +385,7 @@ pub fn build_strict<T>(
     file: std::sync::Arc<StFile>,
     dtype: DType,
     device: &Device,
-    rename: impl Fn(&str) -> String + Send + Sync + 'static,
+    rename: impl Fn(&str) -> (String, Transform) + Send + Sync + 'static,
     owned: impl Fn(&str) -> bool,
     build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<T>,
 ) -> Result<T> {

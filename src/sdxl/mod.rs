@@ -6,3 +6,5 @@ pub mod unet;
 pub mod lora;
 pub mod vae;
 pub mod pipeline;
+pub mod single_file;
+pub mod model;

@@ -170,11 +170,17 @@ impl ClipTextModel {
             }
         }
         let last_hidden = self.final_layer_norm.forward(&x)?;
-        // the first position holding the EOS id (transformers' rule for eos_token_id ≠ 2)
+        // the first position holding the EOS id; configs with the legacy eos_token_id 2 (the real SDXL repos)
+        // take the first position of the largest id instead, as transformers does
         let ids_v = ids.to_device(&Device::Cpu)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let mut rows = Vec::with_capacity(b);
         for (r, row) in ids_v.iter().enumerate() {
-            let p = row.iter().position(|&t| t == self.config.eos_token_id).unwrap_or(l - 1);
+            let p = if self.config.eos_token_id == 2 {
+                let m = row.iter().copied().max().unwrap_or(0);
+                row.iter().position(|&t| t == m).unwrap_or(0)
+            } else {
+                row.iter().position(|&t| t == self.config.eos_token_id).unwrap_or(l - 1)
+            };
             rows.push(last_hidden.get(r)?.get(p)?);
         }
         let pooled = Tensor::stack(&rows, 0)?;
@@ -183,14 +189,18 @@ impl ClipTextModel {
     }
 }
 
-/// Load a text encoder folder (`config.json` + `model.safetensors`).
+/// Load a text encoder folder (`config.json` + `model.safetensors`), strictly (buffers like `position_ids` aside).
 pub fn load_text_encoder(dir: &Path, with_projection: bool, dtype: DType, device: &Device) -> Result<ClipTextModel> {
     let cfg = ClipTextConfig::load(&dir.join("config.json"))?;
-    let file = StFile::open(dir.join("model.safetensors"))?;
-    let keys: Vec<String> = file.keys().into_iter().filter(|k| k.starts_with("text_model.") || k == "text_projection.weight").collect();
-    let tensors = file.load_all(keys, dtype, device)?;
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    ClipTextModel::new(&cfg, vb, with_projection).map_err(|e| Error::invalid(file.path(), format!("does not fit its config.json: {e}")))
+    let file = std::sync::Arc::new(StFile::open(dir.join("model.safetensors"))?);
+    crate::weights::build_strict(
+        file,
+        dtype,
+        device,
+        |k| (k.to_string(), crate::weights::Transform::Same),
+        |k| !k.ends_with("position_ids") && (with_projection || k != "text_projection.weight"),
+        |vb| ClipTextModel::new(&cfg, vb, with_projection),
+    )
 }
 
 /// A prompt as the encoder sees it.

@@ -511,5 +511,5 @@ impl UNet {
 pub fn load_unet(dir: &Path, dtype: DType, device: &candle_core::Device) -> Result<UNet> {
     let cfg = UNetConfig::load(&dir.join("config.json"))?;
     let file = std::sync::Arc::new(crate::weights::StFile::open(dir.join("diffusion_pytorch_model.safetensors"))?);
-    crate::weights::build_strict(file, dtype, device, |k| k.to_string(), |_| true, |vb| UNet::new(&cfg, vb))
+    crate::weights::build_strict(file, dtype, device, |k| (k.to_string(), crate::weights::Transform::Same), |_| true, |vb| UNet::new(&cfg, vb))
 }

@@ -247,5 +247,5 @@ impl Vae {
 pub fn load_vae(dir: &Path, dtype: DType, device: &candle_core::Device) -> Result<Vae> {
     let cfg = VaeConfig::load(&dir.join("config.json"))?;
     let file = std::sync::Arc::new(crate::weights::StFile::open(dir.join("diffusion_pytorch_model.safetensors"))?);
-    crate::weights::build_strict(file, dtype, device, |k| k.to_string(), |_| true, |vb| Vae::new(&cfg, vb))
+    crate::weights::build_strict(file, dtype, device, |k| (k.to_string(), crate::weights::Transform::Same), |_| true, |vb| Vae::new(&cfg, vb))
 }

@@ -1,0 +1,179 @@
+//! A loaded SDXL checkpoint: both layouts (diffusers folder, single SGM file) behind one type.
+use super::pipeline::Conditioning;
+use super::scheduler::SchedulerConfig;
+use super::single_file::{self, Component, UnetLayout};
+use super::text::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use super::unet::{UNet, UNetConfig};
+use super::vae::{Vae, VaeConfig};
+use crate::error::{Error, Result};
+use crate::weights::{build_strict, StFile, Transform};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// SDXL base 1.0's configurations, for single files loaded without a config folder.
+const SDXL_UNET: &str = r#"{"in_channels":4,"out_channels":4,"block_out_channels":[320,640,1280],"down_block_types":["DownBlock2D","CrossAttnDownBlock2D","CrossAttnDownBlock2D"],"up_block_types":["CrossAttnUpBlock2D","CrossAttnUpBlock2D","UpBlock2D"],"layers_per_block":2,"transformer_layers_per_block":[1,2,10],"attention_head_dim":[5,10,20],"num_attention_heads":null,"cross_attention_dim":2048,"norm_num_groups":32,"norm_eps":1e-5,"addition_embed_type":"text_time","addition_time_embed_dim":256,"projection_class_embeddings_input_dim":2816,"flip_sin_to_cos":true,"freq_shift":0,"use_linear_projection":true}"#;
+const SDXL_VAE: &str = r#"{"in_channels":3,"out_channels":3,"latent_channels":4,"block_out_channels":[128,256,512,512],"layers_per_block":2,"norm_num_groups":32,"scaling_factor":0.13025}"#;
+const SDXL_TE1: &str = r#"{"hidden_size":768,"intermediate_size":3072,"num_attention_heads":12,"num_hidden_layers":12,"max_position_embeddings":77,"vocab_size":49408,"hidden_act":"quick_gelu","layer_norm_eps":1e-5,"eos_token_id":2,"projection_dim":768}"#;
+const SDXL_TE2: &str = r#"{"hidden_size":1280,"intermediate_size":5120,"num_attention_heads":20,"num_hidden_layers":32,"max_position_embeddings":77,"vocab_size":49408,"hidden_act":"gelu","layer_norm_eps":1e-5,"eos_token_id":2,"projection_dim":1280}"#;
+
+#[derive(Debug, Clone)]
+pub struct SdxlOptions {
+    pub device: Device,
+    /// UNet and text encoders.
+    pub dtype: DType,
+    /// The VAE (f32 by default: SDXL's VAE overflows in f16).
+    pub vae_dtype: DType,
+}
+
+impl Default for SdxlOptions {
+    fn default() -> Self {
+        SdxlOptions { device: Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32 }
+    }
+}
+
+pub struct Sdxl {
+    pub name: String,
+    pub tokenizer: ClipTokenizer,
+    pub tokenizer_2: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub text_encoder_2: ClipTextModel,
+    pub unet: UNet,
+    pub vae: Vae,
+    pub scheduler: SchedulerConfig,
+    /// `force_zeros_for_empty_prompt` from model_index.json (SDXL: true).
+    pub force_zeros_for_empty_prompt: bool,
+    pub options: SdxlOptions,
+}
+
+fn json_or<T: serde::de::DeserializeOwned>(path: &Path, fallback: &str, load: impl Fn(&Path) -> Result<T>) -> Result<T> {
+    if path.exists() {
+        load(path)
+    } else {
+        serde_json::from_str(fallback).map_err(|e| Error::Mismatch(format!("built-in config: {e}")))
+    }
+}
+
+/// The weights file of a diffusers component folder (full precision preferred, `.fp16` variant accepted).
+fn component_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+    for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
+        let p = dir.join(&name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(Error::invalid(dir, format!("no {stem}.safetensors (or .fp16.safetensors) here")))
+}
+
+impl Sdxl {
+    /// `path`: a diffusers folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/) or a
+    /// single-file checkpoint. For a single file, `config` names a diffusers-layout folder whose configs and
+    /// tokenizers to use (weights there are not read); without it the SDXL base configs are built in, but the
+    /// tokenizers must come from somewhere.
+    pub fn load(path: &Path, config: Option<&Path>, opts: &SdxlOptions) -> Result<Self> {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if path.is_dir() {
+            return Self::load_folder(path, name, opts);
+        }
+        if !path.exists() {
+            return Err(Error::invalid(path, "no such file or folder (expected an SDXL diffusers folder or a single-file .safetensors checkpoint)"));
+        }
+        let cfg_dir = config.map(Path::to_path_buf);
+        let tok_dir = cfg_dir.clone().ok_or_else(|| {
+            Error::invalid(path, "a single-file checkpoint carries no tokenizer: also give a folder with tokenizer/ and tokenizer_2/ (any SDXL diffusers folder, weights not needed)")
+        })?;
+        let file = Arc::new(StFile::open(path)?);
+        single_file::detect(&file)?;
+        let c = |sub: &str, f: &str| tok_dir.join(sub).join(f);
+        let unet_cfg = json_or(&c("unet", "config.json"), SDXL_UNET, UNetConfig::load)?;
+        let vae_cfg = json_or(&c("vae", "config.json"), SDXL_VAE, VaeConfig::load)?;
+        let te1_cfg = json_or(&c("text_encoder", "config.json"), SDXL_TE1, ClipTextConfig::load)?;
+        let te2_cfg = json_or(&c("text_encoder_2", "config.json"), SDXL_TE2, ClipTextConfig::load)?;
+        let layout = UnetLayout {
+            layers_per_block: unet_cfg.layers_per_block,
+            up_has_attention: unet_cfg.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
+        };
+        let levels = vae_cfg.block_out_channels.len();
+        let build = |comp: Component, dtype: DType| {
+            let rename = single_file::renamer(comp, layout.clone(), levels);
+            (file.clone(), dtype, rename, move |k: &str| single_file::owned_by(comp, k))
+        };
+        let (f, d, r, o) = build(Component::Unet, opts.dtype);
+        let unet = build_strict(f, d, &opts.device, r, o, |vb| UNet::new(&unet_cfg, vb))?;
+        let (f, d, r, o) = build(Component::Vae, opts.vae_dtype);
+        let vae = build_strict(f, d, &opts.device, r, o, |vb| Vae::new(&vae_cfg, vb))?;
+        let (f, d, r, o) = build(Component::TextEncoder, opts.dtype);
+        let text_encoder = build_strict(f, d, &opts.device, r, o, |vb| ClipTextModel::new(&te1_cfg, vb, false))?;
+        let (f, d, r, o) = build(Component::TextEncoder2, opts.dtype);
+        let text_encoder_2 = build_strict(f, d, &opts.device, r, o, |vb| ClipTextModel::new(&te2_cfg, vb, true))?;
+        let scheduler = match tok_dir.join("scheduler/scheduler_config.json") {
+            p if p.exists() => SchedulerConfig::load(&p)?,
+            _ => SchedulerConfig::default(),
+        };
+        Ok(Sdxl {
+            name,
+            tokenizer: ClipTokenizer::load(&tok_dir.join("tokenizer"))?,
+            tokenizer_2: ClipTokenizer::load(&tok_dir.join("tokenizer_2"))?,
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae,
+            scheduler,
+            force_zeros_for_empty_prompt: true,
+            options: opts.clone(),
+        })
+    }
+
+    fn load_folder(dir: &Path, name: String, opts: &SdxlOptions) -> Result<Self> {
+        let index = dir.join("model_index.json");
+        let mi: serde_json::Value = match std::fs::read_to_string(&index) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| Error::invalid(&index, format!("not valid JSON: {e}")))?,
+            Err(e) => return Err(Error::io(&index, e)),
+        };
+        let class = mi.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+        if class != "StableDiffusionXLPipeline" && class != "StableDiffusionXLImg2ImgPipeline" {
+            return Err(Error::invalid(&index, format!("_class_name is `{class}`; an SDXL pipeline (StableDiffusionXLPipeline) is needed")));
+        }
+        let same = |k: &str| (k.to_string(), Transform::Same);
+        let unet_dir = dir.join("unet");
+        let unet_cfg = UNetConfig::load(&unet_dir.join("config.json"))?;
+        let unet = build_strict(Arc::new(StFile::open(component_file(&unet_dir, "diffusion_pytorch_model")?)?), opts.dtype, &opts.device, same, |_| true, |vb| UNet::new(&unet_cfg, vb))?;
+        let vae_dir = dir.join("vae");
+        let vae_cfg = VaeConfig::load(&vae_dir.join("config.json"))?;
+        let vae = build_strict(Arc::new(StFile::open(component_file(&vae_dir, "diffusion_pytorch_model")?)?), opts.vae_dtype, &opts.device, same, |_| true, |vb| Vae::new(&vae_cfg, vb))?;
+        Ok(Sdxl {
+            name,
+            tokenizer: ClipTokenizer::load(&dir.join("tokenizer"))?,
+            tokenizer_2: ClipTokenizer::load(&dir.join("tokenizer_2"))?,
+            text_encoder: super::text::load_text_encoder(&dir.join("text_encoder"), false, opts.dtype, &opts.device)?,
+            text_encoder_2: super::text::load_text_encoder(&dir.join("text_encoder_2"), true, opts.dtype, &opts.device)?,
+            unet,
+            vae,
+            scheduler: SchedulerConfig::load(&dir.join("scheduler/scheduler_config.json"))?,
+            force_zeros_for_empty_prompt: mi.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(true),
+            options: opts.clone(),
+        })
+    }
+
+    /// Both encoders' penultimate states concatenated, and encoder 2's projected pooled state. Returns the part
+    /// of the prompt that did not fit the 77-token window, if any.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<(Conditioning, Option<String>)> {
+        let dev = &self.options.device;
+        let t1 = self.tokenizer.encode(prompt)?;
+        let t2 = self.tokenizer_2.encode(prompt)?;
+        let ids = |t: &[u32]| Tensor::new(t, dev).and_then(|t| t.unsqueeze(0));
+        let o1 = self.text_encoder.forward(&ids(&t1.ids)?)?;
+        let o2 = self.text_encoder_2.forward(&ids(&t2.ids)?)?;
+        let pooled = o2.text_embeds.ok_or_else(|| Error::Mismatch("text encoder 2 has no projection".into()))?;
+        let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate.to_dtype(o1.penultimate.dtype())?], 2)?;
+        Ok((Conditioning { embeds, pooled }, t1.truncated.or(t2.truncated)))
+    }
+
+    /// The negative conditioning: zeros when there is no negative prompt (SDXL's rule), else its encoding.
+    pub fn encode_negative(&self, negative: Option<&str>, like: &Conditioning) -> Result<Conditioning> {
+        match negative {
+            None if self.force_zeros_for_empty_prompt => Conditioning::zeros_like(like),
+            n => Ok(self.encode_prompt(n.unwrap_or(""))?.0),
+        }
+    }
+}
