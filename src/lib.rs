@@ -10,6 +10,7 @@ pub mod identity;
 pub mod lora;
 pub mod mix;
 pub mod output;
+pub mod png_meta;
 pub mod sdxl;
 pub mod weights;
 

@@ -1,7 +1,9 @@
 //! The command line: one file per command, errors as `anyhow` with context.
 mod bench;
 mod export;
+mod generate;
 mod identity;
+mod info;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -24,6 +26,10 @@ pub enum Cmd {
     Identity(identity::Args),
     /// Turn a saved identity into a kohya LoRA file (ComfyUI LoraLoaderModelOnly, diffusers' kohya loader).
     ExportLora(export::Args),
+    /// Generate images with SDXL (diffusers folder or single-file checkpoint), optionally with LoRA files.
+    Generate(generate::Args),
+    /// Show what a file is: a generated PNG's settings, an identity, a LoRA.
+    Info(info::Args),
     /// Print benchmark tables (real-size random weights unless --hyperlora is given).
     Bench(bench::Args),
 }
@@ -58,6 +64,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Identity(a) => identity::run(a),
         Cmd::ExportLora(a) => export::run(a),
+        Cmd::Generate(a) => generate::run(a),
+        Cmd::Info(a) => info::run(a),
         Cmd::Bench(a) => bench::run(a),
     }
 }

@@ -177,3 +177,87 @@ impl Sdxl {
         }
     }
 }
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub seed: u64,
+    pub steps: usize,
+    pub cfg: f64,
+    pub sampler: super::scheduler::SamplerKind,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    /// Unit-Gaussian starting noise [batch, 4, h/8, w/8] instead of seeded noise (to reproduce another tool's run).
+    pub init_noise: Option<Tensor>,
+    /// img2img: an image in [-1, 1] [1, 3, H, W] and the strength (fraction of the schedule to run).
+    pub init_image: Option<(Tensor, f64)>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        GenerateRequest {
+            prompt: prompt.into(),
+            negative: None,
+            seed: 0,
+            steps: 20,
+            cfg: 5.0,
+            sampler: super::scheduler::SamplerKind::DpmPp2mKarras,
+            width: 1024,
+            height: 1024,
+            batch: 1,
+            init_noise: None,
+            init_image: None,
+        }
+    }
+}
+
+pub struct Generated {
+    /// [3, H, W] each, in about [-1, 1].
+    pub images: Vec<Tensor>,
+    pub latents: Tensor,
+    /// Prompt text beyond the 77-token window (dropped, as diffusers does).
+    pub truncated: Option<String>,
+}
+
+impl Sdxl {
+    /// txt2img (or img2img with `init_image`). `progress` sees every step; `Break` cancels (returns `Ok(None)`).
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(super::pipeline::StepProgress, Option<&super::pipeline::StepTrace>) -> std::ops::ControlFlow<()>,
+    ) -> Result<Option<Generated>> {
+        use super::pipeline::{sample, seeded_noise, time_ids, SampleSpec};
+        if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
+            return Err(Error::Mismatch(format!("width and height must be positive multiples of 8, got {}×{}", req.width, req.height)));
+        }
+        if req.batch == 0 {
+            return Err(Error::Mismatch("batch must be at least 1".into()));
+        }
+        let dev = &self.options.device;
+        let (cond, truncated) = self.encode_prompt(&req.prompt)?;
+        let uncond = self.encode_negative(req.negative.as_deref(), &cond)?;
+        let shape = [req.batch, self.vae.config().latent_channels, req.height / 8, req.width / 8];
+        let noise = match &req.init_noise {
+            Some(n) if n.dims() == shape => n.to_device(dev)?.to_dtype(self.options.dtype)?,
+            Some(n) => return Err(Error::Mismatch(format!("initial latents have shape {:?}; this request needs {shape:?}", n.dims()))),
+            None => seeded_noise(req.seed, &shape, dev)?.to_dtype(self.options.dtype)?,
+        };
+        let (init, strength) = match &req.init_image {
+            Some((img, s)) => {
+                let z = self.vae.encode_latents(&img.to_device(dev)?.to_dtype(self.options.vae_dtype)?, None)?.to_dtype(self.options.dtype)?;
+                (Some(z.repeat((req.batch, 1, 1, 1))?), *s)
+            }
+            None => (None, 1.0),
+        };
+        let spec = SampleSpec { sampler: req.sampler, steps: req.steps, cfg: req.cfg, cond: &cond, uncond: &uncond, time_ids: time_ids(req.height, req.width, dev)?, strength };
+        let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), req.seed, progress)? else {
+            return Ok(None);
+        };
+        let decoded = self.vae.decode(&latents.to_dtype(self.options.vae_dtype)?)?;
+        let images = (0..req.batch).map(|i| decoded.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Some(Generated { images, latents, truncated }))
+    }
+}

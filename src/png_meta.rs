@@ -1,0 +1,66 @@
+//! PNG output with the generation settings in text chunks (UTF-8 `iTXt`), readable back by `hyperlora info`.
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+use std::path::Path;
+
+/// [3, H, W] in [-1, 1] → RGB8, as diffusers post-processes: round((clamp(x, −1, 1) + 1) · 127.5).
+pub fn to_rgb8(img: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
+    let (c, h, w) = img.dims3()?;
+    if c != 3 {
+        return Err(Error::Mismatch(format!("an RGB image needs 3 channels, got {c}")));
+    }
+    let v = ((img.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.permute((1, 2, 0))?.flatten_all()?.to_vec1::<f32>()?;
+    Ok((v.into_iter().map(|x| x.round().clamp(0.0, 255.0) as u8).collect(), w, h))
+}
+
+/// Encode RGB8 pixels with text chunks.
+pub fn encode_png(rgb: &[u8], width: usize, height: usize, text: &[(String, String)]) -> Result<Vec<u8>> {
+    let err = |e: png::EncodingError| Error::Mismatch(format!("PNG encoding failed: {e}"));
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            enc.add_itxt_chunk(k.clone(), v.clone()).map_err(err)?;
+        }
+        let mut w = enc.write_header().map_err(err)?;
+        w.write_image_data(rgb).map_err(err)?;
+        w.finish().map_err(err)?;
+    }
+    Ok(out)
+}
+
+/// Write a generated image; never over an existing file unless `overwrite`.
+pub fn write_png(path: &Path, img: &Tensor, text: &[(String, String)], overwrite: bool) -> Result<()> {
+    let (rgb, w, h) = to_rgb8(img)?;
+    crate::output::write_file(path, &encode_png(&rgb, w, h, text)?, overwrite)
+}
+
+/// A PNG's pixels (RGB8) and all its text chunks (tEXt, zTXt, iTXt) in file order.
+pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, String)>)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: png::DecodingError| Error::invalid(path, format!("not a readable PNG: {e}"));
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = dec.read_info().map_err(bad)?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).map_err(bad)?;
+    buf.truncate(frame.buffer_size());
+    let info = reader.info();
+    let mut text: Vec<(String, String)> = info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
+    for z in &info.compressed_latin1_text {
+        text.push((z.keyword.clone(), z.get_text().unwrap_or_default()));
+    }
+    for i in &info.utf8_text {
+        text.push((i.keyword.clone(), i.get_text().unwrap_or_default()));
+    }
+    let rgb = match frame.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => buf.chunks(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Indexed => return Err(Error::invalid(path, "indexed PNG after expansion")),
+    };
+    Ok((rgb, frame.width as usize, frame.height as usize, text))
+}
