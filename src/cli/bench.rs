@@ -7,8 +7,39 @@ use crate::Identity;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What to measure.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum What {
+    /// The hypernetwork: load, identity forward, LoRA synthesis, identity algebra.
+    Hyper,
+    /// SDXL sampling: s/step and s/image (real-size random UNet unless --model is given).
+    Sdxl,
+    /// LoRA merge (switch cost) vs low-rank terms at run time (per-step cost) on SDXL's 560 attention projections.
+    Lora,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    #[arg(value_enum, default_value = "hyper")]
+    pub what: What,
+    /// sdxl: a diffusers folder or single file to time instead of random real-size weights.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    pub model: Option<PathBuf>,
+    /// sdxl: config/tokenizer folder for a single-file --model.
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// sdxl/lora: `cpu`, `cuda`, `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// sdxl/lora: compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: super::OutDtype,
+    /// sdxl: image size (square).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// sdxl: denoising steps per image.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
     /// Benchmark a real variant folder instead of real-size random f16 weights.
     #[arg(long, value_name = "DIR")]
     pub hyperlora: Option<PathBuf>,
@@ -20,14 +51,14 @@ pub struct Args {
     pub repeat: usize,
 }
 
-struct Table(Vec<(String, Duration, String)>);
+pub(super) struct Table(pub(super) Vec<(String, Duration, String)>);
 
 impl Table {
-    fn row(&mut self, name: &str, d: Duration, note: String) {
+    pub(super) fn row(&mut self, name: &str, d: Duration, note: String) {
         eprintln!("  {name}: {:.1} ms", d.as_secs_f64() * 1e3);
         self.0.push((name.to_string(), d, note));
     }
-    fn print(&self) {
+    pub(super) fn print(&self) {
         println!("| step | time | note |\n|---|---:|---|");
         for (n, d, note) in &self.0 {
             println!("| {n} | {:.2} ms | {note} |", d.as_secs_f64() * 1e3);
@@ -35,7 +66,7 @@ impl Table {
     }
 }
 
-fn median<T>(repeat: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(Duration, T)> {
+pub(super) fn median<T>(repeat: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(Duration, T)> {
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..repeat.max(1) {
@@ -48,6 +79,14 @@ fn median<T>(repeat: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow:
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    match a.what {
+        What::Hyper => run_hyper(a),
+        What::Sdxl => super::bench_sdxl::sdxl(a),
+        What::Lora => super::bench_sdxl::lora(a),
+    }
+}
+
+fn run_hyper(a: Args) -> anyhow::Result<()> {
     let mut table = Table(Vec::new());
     let tmp = std::env::temp_dir().join(format!("hyperlora-bench-{}", std::process::id()));
     let dir = match &a.hyperlora {

@@ -17,6 +17,11 @@ const SDXL_VAE: &str = r#"{"in_channels":3,"out_channels":3,"latent_channels":4,
 const SDXL_TE1: &str = r#"{"hidden_size":768,"intermediate_size":3072,"num_attention_heads":12,"num_hidden_layers":12,"max_position_embeddings":77,"vocab_size":49408,"hidden_act":"quick_gelu","layer_norm_eps":1e-5,"eos_token_id":2,"projection_dim":768}"#;
 const SDXL_TE2: &str = r#"{"hidden_size":1280,"intermediate_size":5120,"num_attention_heads":20,"num_hidden_layers":32,"max_position_embeddings":77,"vocab_size":49408,"hidden_act":"gelu","layer_norm_eps":1e-5,"eos_token_id":2,"projection_dim":1280}"#;
 
+/// SDXL base 1.0's UNet configuration.
+pub fn sdxl_base_unet_config() -> UNetConfig {
+    serde_json::from_str(SDXL_UNET).expect("built-in config")
+}
+
 #[derive(Debug, Clone)]
 pub struct SdxlOptions {
     pub device: Device,
