@@ -64,3 +64,13 @@ pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, Stri
     };
     Ok((rgb, frame.width as usize, frame.height as usize, text))
 }
+
+/// A PNG as a [1, 3, H, W] tensor in [-1, 1] (img2img input); it must be `width`×`height`.
+pub fn load_image(path: &Path, width: usize, height: usize) -> Result<Tensor> {
+    let (rgb, w, h, _) = read_png(path)?;
+    if (w, h) != (width, height) {
+        return Err(Error::invalid(path, format!("image is {w}×{h}; this run is {width}×{height} (resize it or change --width/--height)")));
+    }
+    let t = Tensor::from_vec(rgb, (h, w, 3), &candle_core::Device::Cpu)?.permute((2, 0, 1))?.to_dtype(DType::F32)?;
+    Ok(((t / 127.5)? - 1.0)?.unsqueeze(0)?)
+}

@@ -82,3 +82,27 @@ fn generate_cli_writes_png_with_settings() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("model_index.json"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn img2img_runs_the_strength_fraction_of_the_schedule() {
+    let m = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = m.generate(&req(7), &mut |_, _| ControlFlow::Continue(())).unwrap().unwrap();
+    let p = tmp.path().join("init.png");
+    write_png(&p, &base.images[0], &[], false).unwrap();
+    let init = hyperlora::png_meta::load_image(&p, 128, 96).unwrap();
+    assert!(hyperlora::png_meta::load_image(&p, 64, 64).err().unwrap().to_string().contains("128×96"));
+    let r = GenerateRequest { steps: 10, init_image: Some((init.clone(), 0.5)), ..req(9) };
+    let mut steps = Vec::new();
+    let a = m.generate(&r, &mut |s, _| { steps.push(s.step); ControlFlow::Continue(()) }).unwrap().unwrap();
+    assert_eq!(steps, vec![6, 7, 8, 9, 10], "strength 0.5 of 10 steps runs the last 5");
+    let b = m.generate(&r, &mut |_, _| ControlFlow::Continue(())).unwrap().unwrap();
+    assert_max_abs("img2img is deterministic", &a.images[0], &b.images[0], 0.0);
+    let weaker = m.generate(&GenerateRequest { init_image: Some((init.clone(), 0.2)), ..r.clone() }, &mut |_, _| ControlFlow::Continue(())).unwrap().unwrap();
+    assert!(max_abs(&weaker.images[0], &a.images[0]).0 > 1e-4);
+    let e = m.generate(&GenerateRequest { init_image: Some((init, 0.0)), ..r.clone() }, &mut |_, _| ControlFlow::Continue(())).err().unwrap();
+    assert!(e.to_string().contains("strength"), "{e}");
+    let wrong = load("sdxl-tiny/reference/vae.safetensors", "encode.image"); // 128×128, the request is 128×96
+    let e = m.generate(&GenerateRequest { init_image: Some((wrong, 0.5)), ..r }, &mut |_, _| ControlFlow::Continue(())).err().unwrap();
+    assert!(e.to_string().contains("128×128") && e.to_string().contains("128×96"), "{e}");
+}

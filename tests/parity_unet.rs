@@ -94,3 +94,36 @@ fn hundred_random_mixes_leave_the_unet_bit_identical() {
     }
     assert_max_abs("noise_pred", &run(&a), &run(&b), 0.0);
 }
+
+/// kohya LoRAs named after single-file (LDM/SGM) checkpoints reach the same projections.
+#[test]
+fn sgm_named_kohya_lora_reaches_the_same_targets() {
+    use hyperlora::output::RawTensor;
+    use hyperlora::sdxl::single_file::{ldm_module_path, UnetLayout};
+    let layout = UnetLayout { layers_per_block: 2, up_has_attention: vec![true, true, false] };
+    let src = StFile::open(fixture("hyperlora-tiny/lora_n1.safetensors")).unwrap();
+    let mut entries = Vec::new();
+    for k in src.keys() {
+        let (stem, suffix) = k.split_once('.').unwrap();
+        let target = hyperlora::lora::names::target_from_kohya(stem).unwrap();
+        let ldm = ldm_module_path(&target, &layout).unwrap();
+        assert!(ldm.starts_with("input_blocks.") || ldm.starts_with("output_blocks.") || ldm.starts_with("middle_block."), "{ldm}");
+        let raw = RawTensor { dtype: src.dtype(&k).unwrap(), shape: src.shape(&k).unwrap().to_vec(), data: src.raw(&k).unwrap().to_vec() };
+        entries.push((format!("{}.{suffix}", hyperlora::lora::names::kohya_name(&ldm)), raw));
+    }
+    assert!(entries.iter().any(|(k, _)| k.starts_with("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.")));
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("sgm.safetensors");
+    std::fs::write(&p, hyperlora::output::safetensors_bytes(&entries, Default::default()).unwrap()).unwrap();
+    let imp = hyperlora::lora::file::import(&p).unwrap();
+    assert!(imp.unmatched.is_empty(), "{:?}", imp.unmatched);
+    let mut unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
+    let r = unet.set_lora(&imp.weights.scaled(0.8)).unwrap();
+    assert_eq!((r.merged, r.unmatched.len()), (136, 0), "{:?}", r.unmatched);
+    assert_max_abs("noise_pred, SGM-named LoRA", &run(&unet), &load("sdxl-tiny/reference/unet_forward_lora.safetensors", "output.noise_pred"), 1e-4);
+    // names that fit no projection are reported, not dropped silently
+    let mut w = imp.weights.clone();
+    w.layers[0].target = "down_blocks.9.attentions.0.transformer_blocks.0.attn1.to_q".into();
+    let r = unet.set_lora(&w).unwrap();
+    assert_eq!(r.unmatched, vec!["down_blocks.9.attentions.0.transformer_blocks.0.attn1.to_q".to_string()]);
+}

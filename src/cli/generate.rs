@@ -40,6 +40,12 @@ pub struct Args {
     /// Unit-Gaussian starting latents (.safetensors, first tensor or `latents`) instead of seeded noise.
     #[arg(long, value_name = "FILE")]
     pub init_latents: Option<PathBuf>,
+    /// img2img: start from this PNG (same size as --width × --height).
+    #[arg(long, value_name = "PNG")]
+    pub init_image: Option<PathBuf>,
+    /// img2img: fraction of the schedule to run (1.0 = ignore the image's content).
+    #[arg(long, default_value_t = 0.6)]
+    pub strength: f64,
     /// UNet/text-encoder dtype (the VAE stays f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: OutDtype,
@@ -127,7 +133,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         height: a.height,
         batch: a.batch,
         init_noise,
-        init_image: None,
+        init_image: match &a.init_image {
+            Some(p) => Some((crate::png_meta::load_image(p, a.width, a.height)?, a.strength)),
+            None => None,
+        },
     };
     let bar = indicatif::ProgressBar::new(a.steps as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));

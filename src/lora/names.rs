@@ -8,6 +8,8 @@ const SEGMENTS: &[&str] = &[
     "to_q", "to_k", "to_v", "to_out", "proj_in", "proj_out", "ff", "net", "proj", "norm1", "norm2", "norm3",
     "norm", "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers", "upsamplers", "conv",
     "time_embedding", "linear_1", "linear_2", "add_embedding", "conv_in", "conv_out", "conv_norm_out",
+    // LDM/SGM block names (kohya LoRAs trained on single-file checkpoints); the UNet maps them to diffusers paths
+    "input_blocks", "middle_block", "output_blocks",
 ];
 
 /// The prefix kohya uses for UNet modules.

@@ -1,6 +1,7 @@
 //! LoRA transactions on the UNet: a `LoraWeights` set is merged into the attention projections as
 //! W = W₀ + Σ scale·up·down (f32 sum, cast once). The loaded W₀ is kept, so switching or removing a LoRA restores
 //! bit-identical weights; targets whose terms did not change are not touched.
+use super::single_file::{ldm_module_path, UnetLayout};
 use super::unet::UNet;
 use crate::error::Result;
 use crate::lora::{LoraLayer, LoraWeights};
@@ -37,16 +38,32 @@ fn signature(terms: &[&LoraLayer]) -> Result<[u8; 32]> {
 impl UNet {
     /// Make `weights` the UNet's LoRA (replacing whatever was merged before). An empty set removes all LoRAs.
     pub fn set_lora(&mut self, weights: &LoraWeights) -> Result<ApplyReport> {
-        let mut by_target: HashMap<&str, Vec<&LoraLayer>> = HashMap::new();
+        // LoRA targets may use diffusers paths or LDM/SGM paths (kohya LoRAs trained on single files): one lookup
+        // from both spellings of this UNet's own projection names.
+        let layout = UnetLayout {
+            layers_per_block: self.config().layers_per_block,
+            up_has_attention: self.config().up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
+        };
+        let mut alias: HashMap<String, String> = HashMap::new();
+        for p in self.projections_mut() {
+            if let Some(ldm) = ldm_module_path(&p.target, &layout) {
+                alias.insert(ldm, p.target.clone());
+            }
+            alias.insert(p.target.clone(), p.target.clone());
+        }
+        let mut by_target: HashMap<String, Vec<&LoraLayer>> = HashMap::new();
+        let mut unknown: Vec<String> = Vec::new();
         for l in &weights.layers {
-            by_target.entry(l.target.as_str()).or_default().push(l);
+            match alias.get(&l.target) {
+                Some(t) => by_target.entry(t.clone()).or_default().push(l),
+                None if !unknown.contains(&l.target) => unknown.push(l.target.clone()),
+                None => {}
+            }
         }
         let mut report = ApplyReport::default();
-        let mut matched = std::collections::HashSet::new();
         for p in self.projections_mut() {
             match by_target.get(p.target.as_str()) {
                 Some(terms) => {
-                    matched.insert(p.target.clone());
                     let sig = signature(terms)?;
                     if p.merged == Some(sig) {
                         report.unchanged += 1;
@@ -66,7 +83,7 @@ impl UNet {
                 None => report.unchanged += 1,
             }
         }
-        report.unmatched = weights.targets().into_iter().filter(|t| !matched.contains(*t)).map(str::to_string).collect();
+        report.unmatched = unknown;
         Ok(report)
     }
 

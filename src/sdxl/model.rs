@@ -252,6 +252,15 @@ impl Sdxl {
         };
         let (init, strength) = match &req.init_image {
             Some((img, s)) => {
+                let d = img.dims();
+                if d.len() != 4 || d[1] != 3 || d[2] != req.height || d[3] != req.width {
+                    return Err(Error::Mismatch(format!(
+                        "init image is {}; this request is {}×{} (width×height)",
+                        if d.len() == 4 { format!("{}×{}", d[3], d[2]) } else { format!("{d:?}") },
+                        req.width,
+                        req.height
+                    )));
+                }
                 let z = self.vae.encode_latents(&img.to_device(dev)?.to_dtype(self.options.vae_dtype)?, None)?.to_dtype(self.options.dtype)?;
                 (Some(z.repeat((req.batch, 1, 1, 1))?), *s)
             }

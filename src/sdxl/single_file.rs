@@ -92,6 +92,12 @@ fn unet_key(k: &str, l: &UnetLayout) -> Option<String> {
     }
 }
 
+/// The LDM/SGM path of a diffusers UNet module path (`down_blocks.1.attentions.0.…attn1.to_q` →
+/// `input_blocks.4.1.…attn1.to_q`), for LoRAs named after single-file checkpoints.
+pub fn ldm_module_path(target: &str, layout: &UnetLayout) -> Option<String> {
+    unet_key(&format!("{target}.weight"), layout).and_then(|k| k.strip_suffix(".weight").map(str::to_string))
+}
+
 fn vae_resnet(rest: &str) -> String {
     rest.replacen("conv_shortcut.", "nin_shortcut.", 1)
 }
