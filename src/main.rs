@@ -14,7 +14,8 @@ fn main() -> ExitCode {
 /// The error and its causes on one line.
 fn one_line(e: &anyhow::Error) -> String {
     let mut out = String::new();
-    for cause in e.chain().map(|c| c.to_string()) {
+    // first line of each cause: candle errors can carry a backtrace after the message
+    for cause in e.chain().map(|c| c.to_string().lines().next().unwrap_or_default().trim().to_string()) {
         if !out.contains(&cause) {
             if !out.is_empty() {
                 out.push_str(": ");

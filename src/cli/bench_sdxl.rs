@@ -68,6 +68,31 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     sync(&dev)?;
     let total = t.elapsed();
     table.row(&format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, a.size), total, format!("{:.3} s/step", total.as_secs_f64() / a.steps as f64));
+    if model.is_none() {
+        // the rest of an image with random real-size weights: both text encoders and the VAE decode (f32)
+        let rv = |dt: DType| candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dt, dev.clone());
+        let (c1, c2) = crate::sdxl::model::sdxl_base_text_configs();
+        let te1 = crate::sdxl::text::ClipTextModel::new(&c1, rv(dtype), false)?;
+        let te2 = crate::sdxl::text::ClipTextModel::new(&c2, rv(dtype), true)?;
+        let vae = crate::sdxl::vae::Vae::new(&crate::sdxl::model::sdxl_base_vae_config(), rv(DType::F32))?;
+        let mut ids = vec![49407u32; 77];
+        ids[0] = 49406;
+        let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &dev)?;
+        let run_rest = || -> anyhow::Result<()> {
+            te1.forward(&ids)?;
+            te2.forward(&ids)?;
+            vae.decode(&z)?;
+            sync(&dev)?;
+            Ok(())
+        };
+        run_rest()?; // warm-up
+        let t = Instant::now();
+        run_rest()?;
+        let rest = t.elapsed();
+        table.row(&format!("text encoders + VAE decode at {}² (f32 VAE)", a.size), rest, String::new());
+        table.row("whole image = sampling + the above", total + rest, "s/image".into());
+    }
     if let Some(m) = &model {
         let t = Instant::now();
         let req = GenerateRequest { steps: a.steps, width: a.size, height: a.size, ..GenerateRequest::new("fcsks fxhks fhyks, a portrait") };

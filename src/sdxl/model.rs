@@ -17,6 +17,16 @@ const SDXL_VAE: &str = r#"{"in_channels":3,"out_channels":3,"latent_channels":4,
 const SDXL_TE1: &str = r#"{"hidden_size":768,"intermediate_size":3072,"num_attention_heads":12,"num_hidden_layers":12,"max_position_embeddings":77,"vocab_size":49408,"hidden_act":"quick_gelu","layer_norm_eps":1e-5,"eos_token_id":2,"projection_dim":768}"#;
 const SDXL_TE2: &str = r#"{"hidden_size":1280,"intermediate_size":5120,"num_attention_heads":20,"num_hidden_layers":32,"max_position_embeddings":77,"vocab_size":49408,"hidden_act":"gelu","layer_norm_eps":1e-5,"eos_token_id":2,"projection_dim":1280}"#;
 
+/// SDXL base 1.0's VAE configuration.
+pub fn sdxl_base_vae_config() -> VaeConfig {
+    serde_json::from_str(SDXL_VAE).expect("built-in config")
+}
+
+/// SDXL base 1.0's text encoder configurations (CLIP ViT-L, OpenCLIP bigG).
+pub fn sdxl_base_text_configs() -> (ClipTextConfig, ClipTextConfig) {
+    (serde_json::from_str(SDXL_TE1).expect("built-in config"), serde_json::from_str(SDXL_TE2).expect("built-in config"))
+}
+
 /// SDXL base 1.0's UNet configuration.
 pub fn sdxl_base_unet_config() -> UNetConfig {
     serde_json::from_str(SDXL_UNET).expect("built-in config")
@@ -76,6 +86,9 @@ impl Sdxl {
     /// tokenizers to use (weights there are not read); without it the SDXL base configs are built in, but the
     /// tokenizers must come from somewhere.
     pub fn load(path: &Path, config: Option<&Path>, opts: &SdxlOptions) -> Result<Self> {
+        if opts.device.is_cpu() && (opts.dtype == DType::BF16 || opts.vae_dtype == DType::BF16) {
+            return Err(Error::Mismatch("bf16 needs a GPU (candle has no bf16 matmul on the CPU); use f32 or f16 on the CPU".into()));
+        }
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if path.is_dir() {
             return Self::load_folder(path, name, opts);
