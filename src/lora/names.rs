@@ -63,7 +63,12 @@ mod tests {
         ] {
             assert_eq!(target_from_kohya(&kohya_name(t)).as_deref(), Some(t));
         }
-        assert_eq!(target_from_kohya("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"), None);
+        // LDM/SGM spellings parse to LDM paths; the UNet resolves them to its own projections
+        assert_eq!(
+            target_from_kohya("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q").as_deref(),
+            Some("input_blocks.4.1.transformer_blocks.0.attn1.to_q")
+        );
+        assert_eq!(target_from_kohya("lora_unet_down_blocks_1_bogus_0"), None);
         assert_eq!(target_from_kohya("lora_te1_text_model_encoder_layers_0_mlp_fc1"), None);
     }
 }
