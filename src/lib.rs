@@ -3,6 +3,7 @@
 //! Data flows one way: photo → encoders → [`hyper`] (hypernetwork) → [`Identity`] → [`LoraMix`] → LoRA weights
 //! ([`lora`]) → SDXL. The CLI (and later the session, scripts and TUI) are thin shells over these.
 pub mod cli;
+pub mod clip;
 pub mod error;
 pub mod features;
 pub mod hyper;

@@ -2,10 +2,11 @@
 //! `text_encoder_2/` (OpenCLIP bigG, `CLIPTextModelWithProjection`), keys `text_model.*` (+ `text_projection`).
 //! The UNet reads the penultimate hidden states of both, concatenated; the pooled conditioning is encoder 2's
 //! projected EOS state. Tokenizers come from `tokenizer*/` (tokenizer.json, or vocab.json + merges.txt).
+use crate::clip::ClipLayer;
 use crate::error::{Error, Result};
 use crate::weights::StFile;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -46,67 +47,6 @@ impl ClipTextConfig {
     }
 }
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
-}
-
-impl Attention {
-    fn new(c: &ClipTextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let h = c.hidden_size;
-        Ok(Self {
-            q: linear(h, h, vb.pp("q_proj"))?,
-            k: linear(h, h, vb.pp("k_proj"))?,
-            v: linear(h, h, vb.pp("v_proj"))?,
-            out: linear(h, h, vb.pp("out_proj"))?,
-            heads: c.num_attention_heads,
-        })
-    }
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, h) = x.dims3()?;
-        let dh = h / self.heads;
-        let split = |t: Tensor| t.reshape((b, n, self.heads, dh))?.transpose(1, 2)?.contiguous();
-        let q = split(self.q.forward(x)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
-        let w = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (dh as f64).sqrt()))?.broadcast_add(mask)?;
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
-        self.out.forward(&w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?)
-    }
-}
-
-struct Layer {
-    ln1: LayerNorm,
-    attn: Attention,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    quick_gelu: bool,
-}
-
-impl Layer {
-    fn new(c: &ClipTextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            ln1: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            attn: Attention::new(c, vb.pp("self_attn"))?,
-            ln2: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: linear(c.hidden_size, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
-            fc2: linear(c.intermediate_size, c.hidden_size, vb.pp("mlp").pp("fc2"))?,
-            quick_gelu: c.hidden_act == "quick_gelu",
-        })
-    }
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
-        // transformers' "gelu" is the exact erf form; quick_gelu is x·σ(1.702x)
-        let h = if self.quick_gelu { (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)? } else { h.gelu_erf()? };
-        &x + self.fc2.forward(&h)?
-    }
-}
-
 /// What SDXL takes from one text encoder.
 pub struct TextOutput {
     /// Output of the second-to-last layer, no final LayerNorm: [B, 77, hidden].
@@ -122,7 +62,7 @@ pub struct TextOutput {
 pub struct ClipTextModel {
     token_embedding: Embedding,
     position_embedding: Embedding,
-    layers: Vec<Layer>,
+    layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,
     text_projection: Option<Linear>,
     config: ClipTextConfig,
@@ -141,7 +81,11 @@ impl ClipTextModel {
         Ok(Self {
             token_embedding: embedding(c.vocab_size, c.hidden_size, e.pp("token_embedding"))?,
             position_embedding: embedding(c.max_position_embeddings, c.hidden_size, e.pp("position_embedding"))?,
-            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, tm.pp("encoder").pp("layers").pp(i))).collect::<candle_core::Result<_>>()?,
+            layers: (0..c.num_hidden_layers)
+                .map(|i| {
+                    ClipLayer::new(c.hidden_size, c.num_attention_heads, c.intermediate_size, &c.hidden_act, c.layer_norm_eps, tm.pp("encoder").pp("layers").pp(i))
+                })
+                .collect::<candle_core::Result<_>>()?,
             final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, tm.pp("final_layer_norm"))?,
             text_projection,
             config: c.clone(),
@@ -164,7 +108,7 @@ impl ClipTextModel {
         let mut penultimate = None;
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, Some(&mask))?;
             if i + 2 == n {
                 penultimate = Some(x.clone());
             }
