@@ -13,6 +13,7 @@ pub mod mix;
 pub mod output;
 pub mod png_meta;
 pub mod sdxl;
+pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};
