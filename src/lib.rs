@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod clip;
 pub mod error;
+pub mod face;
 pub mod features;
 pub mod hyper;
 pub mod identity;

@@ -1,0 +1,149 @@
+//! insightface's ONNX models run in pure Rust with tract (no onnxruntime library): the SCRFD detector at any det
+//! size, and any insightface-style ArcFace recognizer (input size from the graph; normalisation decided as
+//! insightface does: a graph whose first 8 nodes include Sub and Mul normalises itself, else (x − 127.5)/127.5).
+use super::scrfd::{self, Face, RawHeads};
+use crate::error::{Error, Result};
+use crate::vision::processor::Rgb8;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::*;
+
+type Plan = Arc<TypedRunnableModel>;
+
+fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::invalid(path, format!("{what}: {e}"))
+}
+
+fn plan(path: &Path, shape: [usize; 4]) -> Result<Plan> {
+    let model = tract_onnx::onnx().model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
+    model
+        .with_input_fact(0, f32::fact(shape).into())
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| err(path, &format!("cannot prepare the model for input {shape:?}"), e))
+}
+
+/// Run and return every output flattened, in graph order.
+fn run(p: &Plan, path: &Path, input: Vec<f32>, shape: [usize; 4]) -> Result<Vec<Vec<f32>>> {
+    let t = tract_ndarray::Array4::from_shape_vec(shape, input).map_err(|e| err(path, "input", e))?;
+    let out = p.run(tvec!(Tensor::from(t).into())).map_err(|e| err(path, "inference failed", e))?;
+    out.iter()
+        .map(|o| Ok(o.to_plain_array_view::<f32>().map_err(|e| err(path, "output is not f32", e))?.iter().copied().collect()))
+        .collect()
+}
+
+/// The SCRFD detector (`scrfd_10g_bnkps.onnx`): 9 outputs, score/bbox/kps for strides 8/16/32.
+pub struct Scrfd {
+    path: PathBuf,
+    plans: Mutex<HashMap<usize, Plan>>,
+}
+
+impl Scrfd {
+    pub fn load(path: &Path) -> Result<Self> {
+        let s = Scrfd { path: path.to_path_buf(), plans: Mutex::new(HashMap::new()) };
+        s.plan(640)?; // fail early on a bad file
+        Ok(s)
+    }
+
+    fn plan(&self, det: usize) -> Result<Plan> {
+        let mut plans = self.plans.lock().map_err(|_| Error::Mismatch("detector lock poisoned".into()))?;
+        if let Some(p) = plans.get(&det) {
+            return Ok(p.clone());
+        }
+        let p = plan(&self.path, [1, 3, det, det])?;
+        plans.insert(det, p.clone());
+        Ok(p)
+    }
+
+    /// The raw heads for an already letterboxed det×det image.
+    pub fn heads(&self, boxed: &Rgb8) -> Result<RawHeads> {
+        self.heads_from_blob(scrfd::blob(boxed), boxed.width)
+    }
+
+    /// The raw heads for a ready input blob [1, 3, det, det].
+    pub fn heads_from_blob(&self, blob: Vec<f32>, det: usize) -> Result<RawHeads> {
+        let out = run(&self.plan(det)?, &self.path, blob, [1, 3, det, det])?;
+        if out.len() != 9 {
+            return Err(Error::invalid(&self.path, format!("SCRFD with keypoints has 9 outputs, this model has {}", out.len())));
+        }
+        let mut it = out.into_iter();
+        let mut next3 = || [it.next().unwrap_or_default(), it.next().unwrap_or_default(), it.next().unwrap_or_default()];
+        Ok(RawHeads { scores: next3(), boxes: next3(), kps: next3() })
+    }
+
+    /// Faces in `img` at one det size, best first.
+    pub fn detect(&self, img: &Rgb8, det: usize, threshold: f32) -> Result<Vec<Face>> {
+        let (boxed, scale) = scrfd::letterbox(img, det);
+        scrfd::decode(&self.heads(&boxed)?, det, scale, threshold, 0.4)
+    }
+}
+
+/// An insightface ArcFace recognizer (glintr100, w600k_r50, …).
+pub struct ArcFace {
+    path: PathBuf,
+    plan: Plan,
+    pub input_size: usize,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl ArcFace {
+    pub fn load(path: &Path) -> Result<Self> {
+        let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
+        let graph = proto.graph.as_ref().ok_or_else(|| Error::invalid(path, "ONNX file has no graph"))?;
+        let names: Vec<&str> = graph.node.iter().take(8).map(|n| n.name.as_str()).collect();
+        let sub = names.iter().any(|n| n.starts_with("Sub") || n.starts_with("_minus"));
+        let mul = names.iter().any(|n| n.starts_with("Mul") || n.starts_with("_mul"));
+        let (mean, std) = if sub && mul { (0.0, 1.0) } else { (127.5, 127.5) };
+        let dims: Vec<i64> = graph
+            .input
+            .first()
+            .and_then(|i| i.r#type.as_ref())
+            .and_then(|t| match &t.value {
+                Some(tract_onnx::pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
+                _ => None,
+            })
+            .map(|s| {
+                s.dim.iter().map(|d| match &d.value {
+                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) => *v,
+                    _ => -1,
+                }).collect()
+            })
+            .unwrap_or_default();
+        let size = match dims.as_slice() {
+            [_, 3, h, w] if h == w && *h > 0 => *h as usize,
+            _ => return Err(Error::invalid(path, format!("not an ArcFace recognizer: input shape {dims:?}, expected [N, 3, S, S]"))),
+        };
+        Ok(ArcFace { plan: plan(path, [1, 3, size, size])?, path: path.to_path_buf(), input_size: size, mean, std })
+    }
+
+    /// The recognizer's input for an aligned crop: (RGB − mean)/std, CHW.
+    pub fn blob(&self, crop: &Rgb8) -> Vec<f32> {
+        let n = crop.width * crop.height;
+        let mut v = vec![0f32; 3 * n];
+        for i in 0..n {
+            for c in 0..3 {
+                v[c * n + i] = (crop.data[i * 3 + c] as f32 - self.mean) / self.std;
+            }
+        }
+        v
+    }
+
+    /// Raw embedding of a blob [1, 3, S, S].
+    pub fn embed_blob(&self, blob: Vec<f32>) -> Result<Vec<f32>> {
+        let s = self.input_size;
+        let out = run(&self.plan, &self.path, blob, [1, 3, s, s])?;
+        out.into_iter().next().ok_or_else(|| Error::invalid(&self.path, "model has no output"))
+    }
+
+    /// insightface's `normed_embedding` of an aligned crop.
+    pub fn normed_embedding(&self, crop: &Rgb8) -> Result<Vec<f32>> {
+        if crop.width != self.input_size || crop.height != self.input_size {
+            return Err(Error::Mismatch(format!("ArcFace crop is {}×{}; the model takes {}²", crop.width, crop.height, self.input_size)));
+        }
+        let e = self.embed_blob(self.blob(crop))?;
+        let n = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+        Ok(e.iter().map(|v| v / n.max(1e-12)).collect())
+    }
+}
