@@ -84,3 +84,29 @@ fn scrfd_decoding_matches_insightface() {
     // the wrong det size for these heads is an error, not a misread
     assert!(decode(&raw, 512, 1.0, 0.5, 0.4).is_err());
 }
+
+#[test]
+fn landmark_crop_and_decoding_match_insightface() {
+    use hyperlora::face::landmark::{crop, decode};
+    let f = StFile::open(fixture("face/face_reference.safetensors")).unwrap();
+    let b = f.to_f32_vec("landmark106_bbox").unwrap();
+    let bbox = [b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64];
+    let (input, m) = crop(&png("photo.png"), bbox);
+    let want_m = f.to_f32_vec("landmark106_M").unwrap();
+    for (i, w) in want_m.iter().enumerate() {
+        assert!((m[i / 3][i % 3] - *w as f64).abs() < 1e-4, "M[{i}]");
+    }
+    let want = png("face/landmark106_input_192.png");
+    let worst = input.data.iter().zip(&want.data).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst <= 1, "landmark crop differs from OpenCV's by {worst}");
+    let pts = decode(&f.to_f32_vec("landmark106_raw_output").unwrap(), &m).unwrap();
+    let dec = f.to_f32_vec("landmark106_decoded").unwrap();
+    let truth = f.to_f32_vec("landmarks_106").unwrap();
+    for (i, p) in pts.iter().enumerate() {
+        for c in 0..2 {
+            assert!((p[c] - dec[i * 2 + c] as f64).abs() < 1e-3, "landmark {i}: {p:?}");
+            assert!((p[c] - truth[i * 2 + c] as f64).abs() < 1e-3, "landmark {i} vs the planted landmarks");
+        }
+    }
+    assert!(decode(&[0.0; 10], &m).is_err());
+}

@@ -1,0 +1,35 @@
+//! The 106-point landmark model's crop and decoding (insightface `Landmark.get`, `2d106det.onnx`): a square crop
+//! centred on the box, scale 192/(1.5·max(w, h)), no rotation; raw [1, 212] → (106, 2) → (v + 1)·96 → inverse
+//! affine back to image coordinates. The model input is the crop as float 0–255, no normalisation.
+use super::align::{apply, invert, warp_affine, Affine};
+use crate::error::{Error, Result};
+use crate::vision::processor::Rgb8;
+
+pub const INPUT: usize = 192;
+
+/// The crop transform for a face box (x1, y1, x2, y2).
+pub fn crop_transform(bbox: [f64; 4]) -> Affine {
+    let (w, h) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let (cx, cy) = ((bbox[0] + bbox[2]) / 2.0, (bbox[1] + bbox[3]) / 2.0);
+    let s = INPUT as f64 / (w.max(h) * 1.5);
+    [[s, 0.0, INPUT as f64 / 2.0 - s * cx], [0.0, s, INPUT as f64 / 2.0 - s * cy]]
+}
+
+/// The model's input image and the transform that made it.
+pub fn crop(img: &Rgb8, bbox: [f64; 4]) -> (Rgb8, Affine) {
+    let m = crop_transform(bbox);
+    (warp_affine(img, &m, INPUT, INPUT), m)
+}
+
+/// Raw model output (212 values) → 106 points in image coordinates.
+pub fn decode(raw: &[f32], m: &Affine) -> Result<Vec<[f64; 2]>> {
+    if raw.len() != 212 {
+        return Err(Error::Mismatch(format!("the 106-landmark model returns 212 values, got {}", raw.len())));
+    }
+    let inv = invert(m);
+    let half = INPUT as f64 / 2.0;
+    Ok(raw.chunks(2).map(|p| {
+        let (x, y) = apply(&inv, (p[0] as f64 + 1.0) * half, (p[1] as f64 + 1.0) * half);
+        [x, y]
+    }).collect())
+}
