@@ -110,3 +110,65 @@ fn landmark_crop_and_decoding_match_insightface() {
     }
     assert!(decode(&[0.0; 10], &m).is_err());
 }
+
+fn landmarks() -> Vec<[f64; 2]> {
+    let f = StFile::open(fixture("face/face_reference.safetensors")).unwrap();
+    f.to_f32_vec("landmarks_106").unwrap();
+    // f64 values from the JSON (the tensor is float64 too)
+    face_json()["landmarks_106"].as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()]).collect()
+}
+
+fn level_diffs(a: &Rgb8, b: &Rgb8) -> (i32, f64) {
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    let d: Vec<i32> = a.data.iter().zip(&b.data).map(|(x, y)| (*x as i32 - *y as i32).abs()).collect();
+    (*d.iter().max().unwrap(), d.iter().sum::<i32>() as f64 / d.len() as f64)
+}
+
+/// Share of values more than 2 levels off (the fixture allows that only along the polygon edge).
+fn over_2(a: &Rgb8, b: &Rgb8) -> f64 {
+    a.data.iter().zip(&b.data).filter(|(x, y)| (**x as i32 - **y as i32).abs() > 2).count() as f64 / a.data.len() as f64
+}
+
+#[test]
+fn pillow_gaussian_blur_is_reproduced() {
+    use hyperlora::face::cutout::gaussian_blur;
+    let (d, mean) = level_diffs(&gaussian_blur(&png("face/idcond_mask_512.png"), 15.0), &png("face/idcond_mask_512_blurred.png"));
+    assert!(d <= 1, "GaussianBlur(15) differs from Pillow's by {d} levels (mean {mean})");
+}
+
+#[test]
+fn id_condition_matches_the_official_node() {
+    use hyperlora::face::cutout::id_condition;
+    let j = face_json();
+    let boxed = |k: &str| -> Vec<i64> { j[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect() };
+    let c = id_condition(&png("photo.png"), &landmarks(), true, false).unwrap();
+    assert_eq!(c.outline_box.to_vec(), boxed("outline_crop_box_rounded"));
+    assert_eq!(vec![c.paste_position.0, c.paste_position.1], boxed("paste_position"));
+    assert_eq!(c.clip_box.to_vec(), boxed("clip_box_rounded"));
+    assert_eq!(c.arcface_box.to_vec(), boxed("arcface_redetect_box_rounded"));
+    assert_eq!(c.arcface_crop, png("face/idcond_arcface_redetect_crop.png"));
+    for (name, got, want) in [("face on grey", &c.face, png("face/idcond_face_on_grey.png")), ("CLIP crop", &c.clip_crop, png("face/idcond_clip_crop.png"))] {
+        let (d, mean) = level_diffs(got, &want);
+        let off = over_2(got, &want);
+        assert!(off < 0.02, "{name}: {:.2}% of values beyond ±2 levels (max {d}, mean {mean:.3})", off * 100.0);
+    }
+    // the fixture's tolerance for the processor output: max-abs ≤ 0.05, mean-abs ≤ 0.005
+    let px = hyperlora::vision::processor::clip_pixel_values(&c.clip_crop, 224).unwrap();
+    let want = load("face/face_reference.safetensors", "idcond_clip_pixel_values");
+    let diff = (px - &want).unwrap().abs().unwrap();
+    let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
+    let mean = diff.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(max <= 0.05 && mean <= 0.005, "idcond_clip_pixel_values: max {max}, mean {mean}");
+}
+
+#[test]
+fn outline_mask_matches_pillow_but_for_a_few_edge_pixels() {
+    use hyperlora::face::cutout::{polygon_mask, OUTLINE};
+    let want = png("face/idcond_mask_full.png");
+    let lm = landmarks();
+    let pts: Vec<[f64; 2]> = OUTLINE.iter().map(|&i| lm[i]).collect();
+    let got = polygon_mask(want.width, want.height, &pts);
+    let differing = got.data.iter().zip(&want.data).step_by(3).filter(|(a, b)| a != b).count();
+    let area = want.data.iter().step_by(3).filter(|v| **v > 0).count();
+    assert!(area > 5000 && differing <= 20, "{differing} of {area} mask pixels differ from Pillow's");
+}
