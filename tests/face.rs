@@ -172,3 +172,34 @@ fn outline_mask_matches_pillow_but_for_a_few_edge_pixels() {
     let area = want.data.iter().step_by(3).filter(|v| **v > 0).count();
     assert!(area > 5000 && differing <= 20, "{differing} of {area} mask pixels differ from Pillow's");
 }
+
+/// Base condition (spec §3.3; fixture README §1b): geometry exact, image within Pillow's rounding, and the CLIP
+/// features of all three variants close to the stored ones (cosine > 0.999).
+#[test]
+fn base_condition_matches_the_official_node() {
+    use hyperlora::face::cutout::{base_condition, parse_lrtb};
+    use hyperlora::vision::processor::clip_pixel_values;
+    let clip = hyperlora::vision::clip::load_clip_vision(&fixture("clip-vision-tiny"), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let want_feats = load("hyperlora-tiny-base/base_inputs.safetensors", "base_clip_hidden_states_n3");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("hyperlora-tiny-base/base_inputs.json")).unwrap()).unwrap();
+    let photo = png("photo.png");
+    for (i, v) in meta["variants"].as_array().unwrap().iter().enumerate() {
+        let c = base_condition(&photo, &landmarks(), v["crop"].as_bool().unwrap(), parse_lrtb(v["crop_scale_LRTB"].as_str().unwrap()).unwrap(), v["safe_crop"].as_bool().unwrap()).unwrap();
+        let size: Vec<usize> = v["output_size"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        assert_eq!(vec![c.image.width, c.image.height], size, "variant {i}");
+        if let Some(r) = v["crop_box_rounded"].as_array() {
+            let r: Vec<i64> = r.iter().map(|x| x.as_i64().unwrap()).collect();
+            assert_eq!(c.crop_box_rounded.unwrap().to_vec(), r, "variant {i}");
+        }
+        if i == 0 {
+            let want = png("hyperlora-tiny-base/base_cond_default.png");
+            assert!(over_2(&c.image, &want) < 0.02, "base_cond_default: {:.2}% beyond ±2 levels", over_2(&c.image, &want) * 100.0);
+        }
+        let got = clip.penultimate(&clip_pixel_values(&c.image, 224).unwrap()).unwrap().flatten_all().unwrap();
+        let want = want_feats.get(i).unwrap().flatten_all().unwrap();
+        let cos = (&got * &want).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            / (got.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() * want.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap());
+        assert!(cos > 0.999, "variant {i}: CLIP feature cosine {cos}");
+    }
+    assert!(parse_lrtb("1,1,1").is_err());
+}

@@ -211,3 +211,52 @@ pub fn id_condition(img: &Rgb8, lm: &[[f64; 2]], remove_background: bool, graysc
     let arcface_crop = img.crop(arcface_box[0], arcface_box[1], arcface_box[2], arcface_box[3])?;
     Ok(IdCondition { face, clip_crop, arcface_crop, outline_box, paste_position, clip_box, arcface_box })
 }
+
+/// The Base-branch condition (spec §3.3): the face region blurred beyond recognition and pasted back in place,
+/// then an optional crop around the face. `lrtb` = (left, right, top, bottom) multiples of the half-size.
+pub struct BaseCondition {
+    pub image: Rgb8,
+    /// The float crop box after the optional clamp, and as Pillow rounds it.
+    pub crop_box: Option<[f64; 4]>,
+    pub crop_box_rounded: Option<[i64; 4]>,
+}
+
+pub fn base_condition(img: &Rgb8, lm: &[[f64; 2]], crop: bool, lrtb: [f64; 4], safe_crop: bool) -> Result<BaseCondition> {
+    if lm.len() != 106 {
+        return Err(Error::Mismatch(format!("the Base condition needs the 106 landmarks, got {}", lm.len())));
+    }
+    let pts: Vec<[f64; 2]> = OUTLINE.iter().map(|&i| lm[i]).collect();
+    let n = pts.len() as f64;
+    let (cx, cy) = (pts.iter().map(|p| p[0]).sum::<f64>() / n, pts.iter().map(|p| p[1]).sum::<f64>() / n);
+    let (x0, y0, x1, y1) = bbox(&pts);
+    let l = 0.8 * (x1 - x0).max(y1 - y0);
+    let [a, b, c, d] = round_box([cx - l, cy - l, cx + l, cy + l]);
+    // the mask polygon is scaled by 1.4 about the centre; the crop box is not
+    let scaled: Vec<[f64; 2]> = pts.iter().map(|p| [(p[0] - cx) * 1.4 + cx, (p[1] - cy) * 1.4 + cy]).collect();
+    let mask = polygon_mask(img.width, img.height, &scaled).crop(a, b, c, d)?;
+    let face = img.crop(a, b, c, d)?;
+    let blurred = gaussian_blur(&face.resize_bicubic(512, 512)?, 45.0).resize_bicubic(face.width, face.height)?;
+    let mask = gaussian_blur(&mask.resize_bicubic(512, 512)?, 15.0).resize_bicubic(face.width, face.height)?;
+    let mut image = img.clone();
+    paste_masked(&mut image, &blurred, &mask, (cx - l).trunc() as i64, (cy - l).trunc() as i64);
+    if !crop {
+        return Ok(BaseCondition { image, crop_box: None, crop_box_rounded: None });
+    }
+    let (x0, y0, x1, y1) = bbox(lm);
+    let (fx, mut fy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+    let l = 0.75 * (x1 - x0).max(y1 - y0);
+    fy -= 0.125 * l;
+    let [left, right, top, bottom] = lrtb;
+    let mut bx = [fx - left * l, fy - top * l, fx + right * l, fy + bottom * l];
+    if safe_crop {
+        bx = [bx[0].max(0.0), bx[1].max(0.0), bx[2].min(img.width as f64), bx[3].min(img.height as f64)];
+    }
+    let r = round_box(bx);
+    Ok(BaseCondition { image: image.crop(r[0], r[1], r[2], r[3])?, crop_box: Some(bx), crop_box_rounded: Some(r) })
+}
+
+/// Parse ComfyUI's `crop_scale_LRTB` string ("1,1,1,1").
+pub fn parse_lrtb(s: &str) -> Result<[f64; 4]> {
+    let v: Vec<f64> = s.split(',').map(|t| t.trim().parse::<f64>()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Mismatch(format!("crop_scale_LRTB `{s}`: expected four numbers like 1,1,1,1")))?;
+    <[f64; 4]>::try_from(v).map_err(|_| Error::Mismatch(format!("crop_scale_LRTB `{s}`: expected four numbers like 1,1,1,1")))
+}
