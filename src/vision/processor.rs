@@ -149,3 +149,22 @@ pub fn clip_pixel_values(img: &Rgb8, size: usize) -> Result<Tensor> {
     }
     Ok(Tensor::from_vec(v, (1, 3, size, size), &Device::Cpu)?)
 }
+
+/// Read a photo (JPEG, PNG or WebP; the format is sniffed from the bytes) as 8-bit RGB: EXIF orientation applied,
+/// grey and 16-bit converted, alpha dropped (as PIL's `convert("RGB")`). A file that cannot be decoded is an
+/// error naming it.
+pub fn load_photo(path: &std::path::Path) -> Result<Rgb8> {
+    use image::ImageDecoder;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: image::ImageError| Error::invalid(path, format!("not a readable photo ({e})"));
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(Error::invalid(path, "not a readable photo (unknown format; JPEG, PNG and WebP are supported)"));
+    }
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let orientation = decoder.orientation().map_err(bad)?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    let rgb = img.to_rgb8();
+    Rgb8::new(rgb.width() as usize, rgb.height() as usize, rgb.into_raw())
+}
