@@ -21,6 +21,22 @@ fn bbox(pts: &[[f64; 2]]) -> (f64, f64, f64, f64) {
     pts.iter().fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |(a, b, c, d), p| (a.min(p[0]), b.min(p[1]), c.max(p[0]), d.max(p[1])))
 }
 
+/// The outline points, their mean (cx, cy) and the crop half-size l = 0.8·max(w, h) of their bounding box.
+fn outline(lm: &[[f64; 2]]) -> (Vec<[f64; 2]>, f64, f64, f64) {
+    let pts: Vec<[f64; 2]> = OUTLINE.iter().map(|&i| lm[i]).collect();
+    let n = pts.len() as f64;
+    let (cx, cy) = (pts.iter().map(|p| p[0]).sum::<f64>() / n, pts.iter().map(|p| p[1]).sum::<f64>() / n);
+    let (x0, y0, x1, y1) = bbox(&pts);
+    (pts, cx, cy, 0.8 * (x1 - x0).max(y1 - y0))
+}
+
+/// `face_bbox` over all 106 landmarks: box centre shifted up by l/8, half-size l = 0.75·max(w, h).
+fn face_frame(lm: &[[f64; 2]]) -> (f64, f64, f64) {
+    let (x0, y0, x1, y1) = bbox(lm);
+    let l = 0.75 * (x1 - x0).max(y1 - y0);
+    ((x0 + x1) / 2.0, (y0 + y1) / 2.0 - 0.125 * l, l)
+}
+
 /// Fill a polygon with 255 on a black single-channel image (returned as grey RGB) the way Pillow's
 /// `ImageDraw.polygon` lands on this fixture: vertices truncated to integers, integer scanlines that include
 /// both ends of every edge (an edge ending on a scanline counts twice there, except at the bottom), spans from
@@ -174,11 +190,7 @@ pub fn id_condition(img: &Rgb8, lm: &[[f64; 2]], remove_background: bool, graysc
     if lm.len() != 106 {
         return Err(Error::Mismatch(format!("the ID condition needs the 106 landmarks, got {}", lm.len())));
     }
-    let pts: Vec<[f64; 2]> = OUTLINE.iter().map(|&i| lm[i]).collect();
-    let n = pts.len() as f64;
-    let (cx, cy) = (pts.iter().map(|p| p[0]).sum::<f64>() / n, pts.iter().map(|p| p[1]).sum::<f64>() / n);
-    let (x0, y0, x1, y1) = bbox(&pts);
-    let l = 0.8 * (x1 - x0).max(y1 - y0);
+    let (pts, cx, cy, l) = outline(lm);
     let outline_box = round_box([cx - l, cy - l, cx + l, cy + l]);
     let paste_position = ((cx - l).trunc() as i64, (cy - l).trunc() as i64);
     let face = if remove_background {
@@ -193,10 +205,7 @@ pub fn id_condition(img: &Rgb8, lm: &[[f64; 2]], remove_background: bool, graysc
     } else {
         img.clone()
     };
-    let (x0, y0, x1, y1) = bbox(lm);
-    let (cx, mut cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
-    let l = 0.75 * (x1 - x0).max(y1 - y0);
-    cy -= 0.125 * l;
+    let (cx, cy, l) = face_frame(lm);
     let clip_box = round_box([cx - l, cy - l, cx + l, cy + l]);
     let mut clip_crop = face.crop(clip_box[0], clip_box[1], clip_box[2], clip_box[3])?;
     if grayscale {
@@ -225,11 +234,7 @@ pub fn base_condition(img: &Rgb8, lm: &[[f64; 2]], crop: bool, lrtb: [f64; 4], s
     if lm.len() != 106 {
         return Err(Error::Mismatch(format!("the Base condition needs the 106 landmarks, got {}", lm.len())));
     }
-    let pts: Vec<[f64; 2]> = OUTLINE.iter().map(|&i| lm[i]).collect();
-    let n = pts.len() as f64;
-    let (cx, cy) = (pts.iter().map(|p| p[0]).sum::<f64>() / n, pts.iter().map(|p| p[1]).sum::<f64>() / n);
-    let (x0, y0, x1, y1) = bbox(&pts);
-    let l = 0.8 * (x1 - x0).max(y1 - y0);
+    let (pts, cx, cy, l) = outline(lm);
     let [a, b, c, d] = round_box([cx - l, cy - l, cx + l, cy + l]);
     // the mask polygon is scaled by 1.4 about the centre; the crop box is not
     let scaled: Vec<[f64; 2]> = pts.iter().map(|p| [(p[0] - cx) * 1.4 + cx, (p[1] - cy) * 1.4 + cy]).collect();
@@ -242,10 +247,7 @@ pub fn base_condition(img: &Rgb8, lm: &[[f64; 2]], crop: bool, lrtb: [f64; 4], s
     if !crop {
         return Ok(BaseCondition { image, crop_box: None, crop_box_rounded: None });
     }
-    let (x0, y0, x1, y1) = bbox(lm);
-    let (fx, mut fy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
-    let l = 0.75 * (x1 - x0).max(y1 - y0);
-    fy -= 0.125 * l;
+    let (fx, fy, l) = face_frame(lm);
     let [left, right, top, bottom] = lrtb;
     let mut bx = [fx - left * l, fy - top * l, fx + right * l, fy + bottom * l];
     if safe_crop {
