@@ -57,3 +57,23 @@ fn arcface_tiny_matches_onnxruntime() {
     let e = ArcFace::load(&fixture("onnx-tiny/scrfd_tiny.onnx")).err().unwrap().to_string();
     assert!(e.contains("not an ArcFace recognizer"), "{e}");
 }
+
+/// The multi-size retry: the first size that finds a face wins, coordinates stay the photo's, a border is
+/// added when no size finds one, and finding none at all names the photo and the sizes.
+#[test]
+fn detection_retries_sizes_then_pads() {
+    use hyperlora::face::onnx::DET_SIZES;
+    let det = Scrfd::load(&fixture("onnx-tiny/scrfd_tiny.onnx")).unwrap();
+    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture("face/scrfd_input.png")).unwrap();
+    let img = Rgb8::new(w, h, rgb).unwrap();
+    let found = det.detect_any_size(&img, 0.5, "scrfd_input.png").unwrap();
+    assert_eq!(found.padding, 0);
+    let first = DET_SIZES.iter().position(|&s| s == found.det_size).unwrap();
+    for &s in &DET_SIZES[..first] {
+        assert!(det.detect(&img, s, 0.5).unwrap().is_empty(), "size {s} found faces but was skipped");
+    }
+    assert_eq!(found.faces, det.detect(&img, found.det_size, 0.5).unwrap());
+    // a threshold nothing passes: every size, then the padded photo, then an error naming both
+    let e = det.detect_any_size(&img, 1.1, "scrfd_input.png").err().unwrap().to_string();
+    assert!(e.contains("scrfd_input.png") && e.contains("[640, 512, 384, 256]") && e.contains("240-pixel border"), "{e}");
+}

@@ -79,6 +79,47 @@ impl Scrfd {
     }
 }
 
+/// The det sizes HyperLoRA tries, largest first (spec §3.1).
+pub const DET_SIZES: [usize; 4] = [640, 512, 384, 256];
+
+/// Faces found at the first det size that finds any, and that size.
+pub struct Detection {
+    pub faces: Vec<Face>,
+    pub det_size: usize,
+    /// Black border added on each side before the face was found (0 when none was needed).
+    pub padding: usize,
+}
+
+impl Scrfd {
+    /// Try 640, 512, 384, 256; if none finds a face (a face filling the frame is too large for the anchors),
+    /// pad the photo with a black border of half its longer side and try again. Coordinates are the photo's.
+    /// No face: an error naming the photo and every size tried.
+    pub fn detect_any_size(&self, img: &Rgb8, threshold: f32, what: &str) -> Result<Detection> {
+        for &det in &DET_SIZES {
+            let faces = self.detect(img, det, threshold)?;
+            if !faces.is_empty() {
+                return Ok(Detection { faces, det_size: det, padding: 0 });
+            }
+        }
+        let pad = img.width.max(img.height) / 2;
+        let padded = img.crop(-(pad as i64), -(pad as i64), (img.width + pad) as i64, (img.height + pad) as i64)?;
+        for &det in &DET_SIZES {
+            let mut faces = self.detect(&padded, det, threshold)?;
+            if !faces.is_empty() {
+                let p = pad as f32;
+                for f in &mut faces {
+                    f.bbox = [f.bbox[0] - p, f.bbox[1] - p, f.bbox[2] - p, f.bbox[3] - p];
+                    f.kps.iter_mut().for_each(|k| *k = [k[0] - p, k[1] - p]);
+                }
+                return Ok(Detection { faces, det_size: det, padding: pad });
+            }
+        }
+        Err(Error::Mismatch(format!(
+            "{what}: no face detected at det sizes {DET_SIZES:?}, nor with a {pad}-pixel border added (score threshold {threshold})"
+        )))
+    }
+}
+
 /// An insightface ArcFace recognizer (glintr100, w600k_r50, …).
 pub struct ArcFace {
     path: PathBuf,
