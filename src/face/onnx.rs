@@ -161,14 +161,7 @@ impl ArcFace {
 
     /// The recognizer's input for an aligned crop: (RGB − mean)/std, CHW.
     pub fn blob(&self, crop: &Rgb8) -> Vec<f32> {
-        let n = crop.width * crop.height;
-        let mut v = vec![0f32; 3 * n];
-        for i in 0..n {
-            for c in 0..3 {
-                v[c * n + i] = (crop.data[i * 3 + c] as f32 - self.mean) / self.std;
-            }
-        }
-        v
+        scrfd::chw_normalized(crop, self.mean, self.std)
     }
 
     /// Raw embedding of a blob [1, 3, S, S].

@@ -54,16 +54,21 @@ pub fn letterbox(img: &Rgb8, det: usize) -> (Rgb8, f32) {
     (Rgb8 { width: det, height: det, data }, scale)
 }
 
-/// Model input: (RGB − 127.5)/128, CHW, [1, 3, det, det].
-pub fn blob(img: &Rgb8) -> Vec<f32> {
+/// (RGB − mean)/std as a CHW float buffer: the input of insightface's ONNX models.
+pub fn chw_normalized(img: &Rgb8, mean: f32, std: f32) -> Vec<f32> {
     let n = img.width * img.height;
     let mut v = vec![0f32; 3 * n];
     for i in 0..n {
         for c in 0..3 {
-            v[c * n + i] = (img.data[i * 3 + c] as f32 - 127.5) / 128.0;
+            v[c * n + i] = (img.data[i * 3 + c] as f32 - mean) / std;
         }
     }
     v
+}
+
+/// Model input: (RGB − 127.5)/128, CHW, [1, 3, det, det].
+pub fn blob(img: &Rgb8) -> Vec<f32> {
+    chw_normalized(img, 127.5, 128.0)
 }
 
 /// The 9 raw heads for one image, per stride: scores [n], boxes [n·4], keypoints [n·10], n = (det/s)²·2.
