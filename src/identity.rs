@@ -39,6 +39,8 @@ pub struct Identity {
     base_photos: usize,
     sources: Vec<Source>,
     variant: Variant,
+    /// Content hash, computed on first use (the coefficients never change after construction).
+    hash: std::sync::OnceLock<String>,
 }
 
 impl Identity {
@@ -55,7 +57,7 @@ impl Identity {
             }
             None => (None, 0),
         };
-        Ok(Identity { raw, base_raw, photos, base_photos, sources, variant })
+        Ok(Identity { raw, base_raw, photos, base_photos, sources, variant, hash: std::sync::OnceLock::new() })
     }
 
     /// Raw fused coefficient tokens [Q, K] (f32, CPU).
@@ -92,6 +94,10 @@ impl Identity {
 
     /// Content hash of the coefficients and the variant (hex, 64 chars).
     pub fn hash(&self) -> String {
+        self.hash.get_or_init(|| self.compute_hash()).clone()
+    }
+
+    fn compute_hash(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.variant.hash.as_bytes());
         for t in std::iter::once(&self.raw).chain(self.base_raw.as_ref()) {
