@@ -363,16 +363,16 @@ impl candle_nn::var_builder::SimpleBackend for StrictBackend {
             None => Err(self.fail(Error::Missing { file: self.file.path.clone(), key, expected: s.dims().to_vec(), hint })),
             Some((found, model)) if model != s.dims() => Err(self.fail(Error::Shape { file: self.file.path.clone(), key, expected: s.dims().to_vec(), found, hint })),
             Some(_) => {
-                let t = self.file.tensor(&key, DType::F32, &Device::Cpu).map_err(|e| self.fail(e))?;
-                tf.apply(t)?.to_dtype(dtype)?.to_device(dev)
+                let t = self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))?;
+                tf.apply(t)
             }
         }
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let (key, tf) = (self.rename)(name);
         self.seen.lock().expect("lock").insert(key.clone());
-        let t = self.file.tensor(&key, DType::F32, &Device::Cpu).map_err(|e| self.fail(e))?;
-        tf.apply(t)?.to_dtype(dtype)?.to_device(dev)
+        let t = self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))?;
+        tf.apply(t)
     }
     fn contains_tensor(&self, name: &str) -> bool {
         self.file.contains(&(self.rename)(name).0)
