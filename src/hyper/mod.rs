@@ -82,6 +82,15 @@ fn strict_load<T>(
     build(vb).map_err(|e| Error::invalid(file.path(), format!("cannot build the module: {e}")))
 }
 
+/// Run `f` on images [s, s + len) in chunks of `CHUNK` and stack the f32 CPU results.
+fn chunked(n: usize, mut f: impl FnMut(usize, usize) -> Result<Tensor>) -> Result<Tensor> {
+    let mut outs = Vec::new();
+    for s in (0..n).step_by(CHUNK) {
+        outs.push(f(s, CHUNK.min(n - s))?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
 impl HyperLora {
     /// Load a variant folder: `hyper_lora_modules.json`, `hyper_lora_modules.safetensors`, `resampler.safetensors`,
     /// `id_projector.safetensors`, and optionally `base_resampler.safetensors` and `config.json`.
@@ -238,14 +247,11 @@ impl HyperLora {
         if n != clip.dim(0)? || n == 0 {
             return Err(Error::Mismatch(format!("{n} ArcFace embeddings but {} CLIP feature rows", clip.dim(0)?)));
         }
-        let mut outs = Vec::new();
-        for s in (0..n).step_by(CHUNK) {
-            let len = CHUNK.min(n - s);
+        chunked(n, |s, len| {
             let tokens = self.id_tokens(&arcface.narrow(0, s, len)?)?;
             let y = clip.narrow(0, s, len)?.to_dtype(self.opts.dtype)?.to_device(&self.opts.device)?;
-            outs.push(self.resampler.forward(&tokens, Some(&y))?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-        }
-        Ok(Tensor::cat(&outs, 0)?)
+            Ok(self.resampler.forward(&tokens, Some(&y))?)
+        })
     }
 
     /// Raw Base-resampler outputs [M, Q, K] for M base-condition images' CLIP features.
@@ -254,13 +260,10 @@ impl HyperLora {
             Error::Mismatch(format!("{} has no Base branch (no {BASE_RESAMPLER_FILE}); Base features cannot be used", self.dir.display()))
         })?;
         self.check_clip(clip_base, "Base CLIP features")?;
-        let m = clip_base.dim(0)?;
-        let mut outs = Vec::new();
-        for s in (0..m).step_by(CHUNK) {
-            let x = clip_base.narrow(0, s, CHUNK.min(m - s))?.to_dtype(self.opts.dtype)?.to_device(&self.opts.device)?;
-            outs.push(br.forward(&x, None)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-        }
-        Ok(Tensor::cat(&outs, 0)?)
+        chunked(clip_base.dim(0)?, |s, len| {
+            let x = clip_base.narrow(0, s, len)?.to_dtype(self.opts.dtype)?.to_device(&self.opts.device)?;
+            Ok(br.forward(&x, None)?)
+        })
     }
 
     /// Fuse every image of the feature set into one identity (mean of raw outputs over images).
