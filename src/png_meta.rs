@@ -44,7 +44,8 @@ pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, Stri
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().map_err(bad)?;
-    let mut buf = vec![0; reader.output_buffer_size()];
+    let size = reader.output_buffer_size().ok_or_else(|| Error::invalid(path, "PNG too large to decode"))?;
+    let mut buf = vec![0; size];
     let frame = reader.next_frame(&mut buf).map_err(bad)?;
     buf.truncate(frame.buffer_size());
     let info = reader.info();
