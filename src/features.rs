@@ -58,6 +58,11 @@ impl FeatureSet {
             return Err(Error::invalid(path, format!("`arcface` row {i} has L2 norm {v:.4}; expected L2-normalised embeddings (norm 1)")));
         }
         let label = path.display().to_string();
+        // `hyperlora encode` records the photos (content hash + name); older or hand-made files get row hashes
+        let recorded: Option<Vec<Source>> = file.metadata().get("sources").and_then(|s| serde_json::from_str(s).ok()).filter(|v: &Vec<Source>| v.len() == n);
+        if let Some(sources) = recorded {
+            return FeatureSet::new(arcface, clip, clip_base, sources);
+        }
         let sources = (0..n)
             .map(|i| {
                 let a = arcface.get(i)?.to_vec1::<f32>()?;
@@ -95,8 +100,20 @@ impl FeatureSet {
         })
     }
 
-    /// Write a features file (what `hyperlora encode` produces).
+    /// Write a features file.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
+        self.save_with(path, overwrite, Vec::new(), Default::default())
+    }
+
+    /// Write a features file with more tensors (face boxes, landmarks) and metadata beside the features; the
+    /// sources are recorded in the metadata.
+    pub fn save_with(
+        &self,
+        path: &Path,
+        overwrite: bool,
+        extra: Vec<(String, crate::output::RawTensor)>,
+        mut meta: std::collections::HashMap<String, String>,
+    ) -> Result<()> {
         use crate::output::{safetensors_bytes, write_file, RawTensor};
         let mut t = vec![
             ("arcface".to_string(), RawTensor::from_tensor(&self.arcface, DType::F32)?),
@@ -105,7 +122,9 @@ impl FeatureSet {
         if let Some(b) = &self.clip_base {
             t.push(("clip_base".to_string(), RawTensor::from_tensor(b, DType::F32)?));
         }
-        let meta = [("format".to_string(), "hyperlora.features".to_string())].into();
+        t.extend(extra);
+        meta.insert("format".to_string(), "hyperlora.features".to_string());
+        meta.insert("sources".to_string(), serde_json::to_string(&self.sources).map_err(|e| Error::Mismatch(e.to_string()))?);
         write_file(path, &safetensors_bytes(&t, meta)?, overwrite)
     }
 }

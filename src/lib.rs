@@ -4,6 +4,7 @@
 //! ([`lora`]) → SDXL. The CLI (and later the session, scripts and TUI) are thin shells over these.
 pub mod cli;
 pub mod clip;
+pub mod encode;
 pub mod error;
 pub mod face;
 pub mod features;

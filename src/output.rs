@@ -91,6 +91,12 @@ impl RawTensor {
         Ok(RawTensor { dtype, shape, data })
     }
 
+    /// f32 values with a shape.
+    pub fn f32(shape: &[usize], v: &[f32]) -> Self {
+        use crate::weights::bytemuck_lite::as_bytes;
+        RawTensor { dtype: safetensors::Dtype::F32, shape: shape.to_vec(), data: as_bytes(v).to_vec() }
+    }
+
     pub fn scalar_f32(v: f32) -> Self {
         RawTensor { dtype: safetensors::Dtype::F32, shape: vec![], data: v.to_le_bytes().to_vec() }
     }

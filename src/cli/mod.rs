@@ -1,6 +1,7 @@
 //! The command line: one file per command, errors as `anyhow` with context.
 mod bench;
 mod bench_sdxl;
+mod encode;
 mod export;
 mod generate;
 mod identity;
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Encode photos of one person into a features file (face detection, landmarks, ID cutout, ArcFace, CLIP).
+    Encode(encode::Args),
     /// Fuse precomputed encoder outputs (ArcFace + CLIP features of one person's photos) into an identity.
     Identity(identity::Args),
     /// Turn a saved identity into a kohya LoRA file (ComfyUI LoraLoaderModelOnly, diffusers' kohya loader).
@@ -63,6 +66,7 @@ pub struct HyperArgs {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Encode(a) => encode::run(a),
         Cmd::Identity(a) => identity::run(a),
         Cmd::ExportLora(a) => export::run(a),
         Cmd::Generate(a) => generate::run(a),

@@ -129,33 +129,59 @@ pub struct ArcFace {
     pub std: f32,
 }
 
-impl ArcFace {
-    pub fn load(path: &Path) -> Result<Self> {
-        let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
-        let graph = proto.graph.as_ref().ok_or_else(|| Error::invalid(path, "ONNX file has no graph"))?;
-        let names: Vec<&str> = graph.node.iter().take(8).map(|n| n.name.as_str()).collect();
-        let sub = names.iter().any(|n| n.starts_with("Sub") || n.starts_with("_minus"));
-        let mul = names.iter().any(|n| n.starts_with("Mul") || n.starts_with("_mul"));
-        let (mean, std) = if sub && mul { (0.0, 1.0) } else { (127.5, 127.5) };
-        let dims: Vec<i64> = graph
-            .input
-            .first()
-            .and_then(|i| i.r#type.as_ref())
-            .and_then(|t| match &t.value {
-                Some(tract_onnx::pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
-                _ => None,
-            })
-            .map(|s| {
-                s.dim.iter().map(|d| match &d.value {
+/// What insightface reads from a graph before running it: the input's [N, 3, H, W] dims and whether the first
+/// 8 nodes normalise the input themselves (a `Sub`/`_minus` and a `Mul`/`_mul` node; for the landmark models
+/// also a `bn_data` node among the first 3).
+struct GraphInfo {
+    dims: Vec<i64>,
+    sub: bool,
+    mul: bool,
+    bn_data: bool,
+}
+
+fn graph_info(path: &Path) -> Result<GraphInfo> {
+    let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
+    let graph = proto.graph.as_ref().ok_or_else(|| Error::invalid(path, "ONNX file has no graph"))?;
+    let names: Vec<&str> = graph.node.iter().take(8).map(|n| n.name.as_str()).collect();
+    let dims: Vec<i64> = graph
+        .input
+        .first()
+        .and_then(|i| i.r#type.as_ref())
+        .and_then(|t| match &t.value {
+            Some(tract_onnx::pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
+            _ => None,
+        })
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
                     Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) => *v,
                     _ => -1,
-                }).collect()
-            })
-            .unwrap_or_default();
-        let size = match dims.as_slice() {
-            [_, 3, h, w] if h == w && *h > 0 => *h as usize,
-            _ => return Err(Error::invalid(path, format!("not an ArcFace recognizer: input shape {dims:?}, expected [N, 3, S, S]"))),
-        };
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(GraphInfo {
+        dims,
+        sub: names.iter().any(|n| n.starts_with("Sub") || n.starts_with("_minus")),
+        mul: names.iter().any(|n| n.starts_with("Mul") || n.starts_with("_mul")),
+        bn_data: names.iter().take(3).any(|n| *n == "bn_data"),
+    })
+}
+
+/// The square input side of a [N, 3, S, S] graph.
+fn square_input(path: &Path, dims: &[i64], what: &str) -> Result<usize> {
+    match dims {
+        [_, 3, h, w] if h == w && *h > 0 => Ok(*h as usize),
+        _ => Err(Error::invalid(path, format!("not {what}: input shape {dims:?}, expected [N, 3, S, S]"))),
+    }
+}
+
+impl ArcFace {
+    pub fn load(path: &Path) -> Result<Self> {
+        let g = graph_info(path)?;
+        let (mean, std) = if g.sub && g.mul { (0.0, 1.0) } else { (127.5, 127.5) };
+        let size = square_input(path, &g.dims, "an ArcFace recognizer")?;
         Ok(ArcFace { plan: plan(path, [1, 3, size, size])?, path: path.to_path_buf(), input_size: size, mean, std })
     }
 
@@ -179,5 +205,45 @@ impl ArcFace {
         let e = self.embed_blob(self.blob(crop))?;
         let n = e.iter().map(|v| v * v).sum::<f32>().sqrt();
         Ok(e.iter().map(|v| v / n.max(1e-12)).collect())
+    }
+}
+
+/// The 106-point landmark model (`2d106det.onnx`, insightface `Landmark`): a 192² crop around the face box in,
+/// [1, 212] out. Normalisation as insightface decides it (antelopev2's graph starts with `bn_data`, so it takes
+/// raw 0–255 pixels).
+pub struct Landmark106 {
+    path: PathBuf,
+    plan: Plan,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Landmark106 {
+    pub fn load(path: &Path) -> Result<Self> {
+        let g = graph_info(path)?;
+        let (mean, std) = if (g.sub && g.mul) || g.bn_data { (0.0, 1.0) } else { (127.5, 128.0) };
+        let size = square_input(path, &g.dims, "a 106-point landmark model")?;
+        if size != super::landmark::INPUT {
+            return Err(Error::invalid(path, format!("a 2d106 landmark model takes 192×192 input; this one takes {size}×{size}")));
+        }
+        Ok(Landmark106 { plan: plan(path, [1, 3, size, size])?, path: path.to_path_buf(), mean, std })
+    }
+
+    /// The raw [212] output for a face box (x1, y1, x2, y2) in `img`, and the crop transform used.
+    pub fn raw(&self, img: &Rgb8, bbox: [f64; 4]) -> Result<(Vec<f32>, super::align::Affine)> {
+        let s = super::landmark::INPUT;
+        let (crop, m) = super::landmark::crop(img, bbox);
+        let out = run(&self.plan, &self.path, scrfd::chw_normalized(&crop, self.mean, self.std), [1, 3, s, s])?;
+        let raw = out.into_iter().next().ok_or_else(|| Error::invalid(&self.path, "model has no output"))?;
+        if raw.len() != 212 {
+            return Err(Error::invalid(&self.path, format!("a 2d106 landmark model returns 212 values; this one returns {}", raw.len())));
+        }
+        Ok((raw, m))
+    }
+
+    /// 106 points in image coordinates for a face box.
+    pub fn landmarks(&self, img: &Rgb8, bbox: [f64; 4]) -> Result<Vec<[f64; 2]>> {
+        let (raw, m) = self.raw(img, bbox)?;
+        super::landmark::decode(&raw, &m)
     }
 }

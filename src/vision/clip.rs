@@ -102,6 +102,15 @@ impl ClipVision {
         &self.config
     }
 
+    /// The weights' dtype (inputs are cast to it).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.class_embedding.dtype()
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.class_embedding.device()
+    }
+
     fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, _, hh, ww) = pixels.dims4()?;
         let s = self.config.image_size;
