@@ -16,6 +16,8 @@ pub enum What {
     Sdxl,
     /// LoRA merge (switch cost) vs low-rank terms at run time (per-step cost) on SDXL's 560 attention projections.
     Lora,
+    /// The encoders per photo: detection, landmarks, cutout, ArcFace, CLIP (real-size stand-ins unless given).
+    Encode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +48,15 @@ pub struct Args {
     /// Photos per identity in the forward benchmark.
     #[arg(long, default_value_t = 1)]
     pub images: usize,
+    /// encode: an antelopev2 folder to time instead of real-size stand-ins.
+    #[arg(long, value_name = "DIR")]
+    pub antelopev2: Option<PathBuf>,
+    /// encode: a CLIP vision folder to time instead of random ViT-L/14 weights.
+    #[arg(long, value_name = "DIR")]
+    pub clip: Option<PathBuf>,
+    /// encode: the photo to encode (default: a 1024×768 test card).
+    #[arg(long, value_name = "PHOTO")]
+    pub photo: Option<PathBuf>,
     /// Repetitions of each timed step (the table shows the median).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -83,6 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Hyper => run_hyper(a),
         What::Sdxl => super::bench_sdxl::sdxl(a),
         What::Lora => super::bench_sdxl::lora(a),
+        What::Encode => super::bench_encode::encode(a),
     }
 }
 

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// Random N(0, 0.02) weights of whatever shape a model asks for: timing needs real shapes, not real values.
-struct RandomWeights;
+pub(super) struct RandomWeights;
 
 impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     fn get(&self, s: candle_core::Shape, _: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -1,5 +1,6 @@
 //! The command line: one file per command, errors as `anyhow` with context.
 mod bench;
+mod bench_encode;
 mod bench_sdxl;
 mod encode;
 mod export;

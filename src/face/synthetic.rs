@@ -218,3 +218,127 @@ pub fn arcface(seed: u64) -> Vec<u8> {
     b.node("Gemm", &[&f, &w, &bias], vec![("transB", Attr::Int(1))], Some("embedding"));
     b.finish(&[1, 3, 112, 112], &["embedding"])
 }
+
+/// Real-size stand-ins for the benchmark: random weights, the real input/output signatures, and about the
+/// real networks' compute. `macs` counts the convolutions' and matmuls' multiply-accumulates at the bench size.
+pub struct StandIn {
+    pub onnx: Vec<u8>,
+    pub macs: u64,
+    pub what: &'static str,
+}
+
+struct Net {
+    b: OnnxBuilder,
+    rng: Rng,
+    macs: u64,
+}
+
+impl Net {
+    fn new(seed: u64) -> Self {
+        Net { b: OnnxBuilder::default(), rng: Rng::new(seed), macs: 0 }
+    }
+    /// conv k×k (pad k/2) + optional ReLU on an input of side `hw`; returns the output and its side.
+    fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, stride: usize, hw: usize, relu: bool) -> (String, usize) {
+        let out_hw = (hw + 2 * (k / 2) - k) / stride + 1;
+        self.macs += (out_hw * out_hw * cout * cin * k * k) as u64;
+        let c = self.b.conv(x, cin, cout, k, stride, k / 2, &mut self.rng, 0.0);
+        let c = if relu { self.b.node("Relu", &[&c], vec![], None) } else { c };
+        (c, out_hw)
+    }
+    fn gemm(&mut self, x: &str, fin: usize, fout: usize, out: Option<&str>) -> String {
+        self.macs += (fin * fout) as u64;
+        let mut w = vec![0f32; fin * fout];
+        self.rng.fill(&mut w, 0.0, (3.0 / fin as f32).sqrt());
+        let n = self.b.count + 1;
+        let w = self.b.weight(&format!("fc{n}.weight"), &[fout as i64, fin as i64], w);
+        let bias = self.b.weight(&format!("fc{n}.bias"), &[fout as i64], vec![0.0; fout]);
+        self.b.node("Gemm", &[x, &w, &bias], vec![("transB", Attr::Int(1))], out)
+    }
+}
+
+/// IResNet-100 as in glintr100.onnx (BN folded into the convs, PReLU as ReLU): 3×3 stem, stages of
+/// [3, 13, 30, 3] basic blocks at 64/128/256/512 channels, each stage halving the side, 512·7·7 → 512.
+pub fn iresnet100(seed: u64) -> StandIn {
+    let mut n = Net::new(seed);
+    let (mut x, mut hw) = n.conv("input.1", 3, 64, 3, 1, 112, true);
+    let mut cin = 64;
+    for (blocks, c) in [(3, 64), (13, 128), (30, 256), (3, 512)] {
+        for i in 0..blocks {
+            let stride = if i == 0 { 2 } else { 1 };
+            let (a, _) = n.conv(&x, cin, c, 3, 1, hw, true);
+            let (b, out_hw) = n.conv(&a, c, c, 3, stride, hw, false);
+            let short = if i == 0 { n.conv(&x, cin, c, 1, 2, hw, false).0 } else { x.clone() };
+            x = n.b.node("Add", &[&b, &short], vec![], None);
+            hw = out_hw;
+            cin = c;
+        }
+    }
+    let f = n.b.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None);
+    n.gemm(&f, 512 * hw * hw, 512, Some("embedding"));
+    let macs = n.macs;
+    StandIn { onnx: n.b.finish(&[1, 3, 112, 112], &["embedding"]), macs, what: "IResNet-100 layout (glintr100)" }
+}
+
+/// A SCRFD-shaped detector of about scrfd_10g_bnkps's compute: a strided conv backbone with features at strides
+/// 8/16/32 and the 9 SCRFD heads. Dynamic input; `macs` at 640².
+pub fn scrfd_standin(seed: u64) -> StandIn {
+    let mut n = Net::new(seed);
+    let (x, hw) = n.conv("input.1", 3, 32, 3, 2, 640, true);
+    let (x, hw) = n.conv(&x, 32, 64, 3, 2, hw, true);
+    let (x, hw) = n.conv(&x, 64, 64, 3, 1, hw, true);
+    let (x, hw) = n.conv(&x, 64, 128, 3, 2, hw, true);
+    let (s8, hw8) = n.conv(&x, 128, 128, 3, 1, hw, true);
+    let (x, hw) = n.conv(&s8, 128, 256, 3, 2, hw8, true);
+    let (s16, hw16) = n.conv(&x, 256, 256, 3, 1, hw, true);
+    let (x, hw) = n.conv(&s16, 256, 256, 3, 2, hw16, true);
+    let (s32, hw32) = n.conv(&x, 256, 256, 3, 1, hw, true);
+    let mut names = Vec::new();
+    let feats = [(8, s8, hw8, 128), (16, s16, hw16, 256), (32, s32, hw32, 256)];
+    let mut heads = Vec::new();
+    for (s, f, hw, c) in &feats {
+        let (h, _) = n.conv(f, *c, 64, 3, 1, *hw, true);
+        heads.push((*s, h, *hw));
+    }
+    for (kind, width) in [("score", 1usize), ("bbox", 4), ("kps", 10)] {
+        for (s, h, hw) in &heads {
+            let (c, _) = n.conv(h, 64, 2 * width, 1, 1, *hw, false);
+            // scores biased low so that, as with a real detector on a photo, few anchors pass 0.5 (NMS stays cheap)
+            let c = if kind == "score" {
+                let bias = n.b.weight(&format!("score_{s}.offset"), &[1], vec![-8.0]);
+                let c = n.b.node("Add", &[&c, &bias], vec![], None);
+                n.b.node("Sigmoid", &[&c], vec![], None)
+            } else {
+                c
+            };
+            let t = n.b.node("Transpose", &[&c], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))], None);
+            let shape = n.b.ints(&format!("{kind}_{s}.shape"), vec![-1, width as i64]);
+            let name = format!("{kind}_{s}");
+            n.b.node("Reshape", &[&t, &shape], vec![], Some(&name));
+            names.push(name);
+        }
+    }
+    let outs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let macs = n.macs;
+    StandIn { onnx: n.b.finish(&[1, 3, -1, -1], &outs), macs, what: "strided-conv detector with SCRFD's 9 heads" }
+}
+
+/// A 2d106-shaped landmark regressor of about 2d106det's compute: five stride-2 convs and a 212-wide Gemm.
+pub fn landmark_standin(seed: u64) -> StandIn {
+    let mut n = Net::new(seed);
+    let zero = n.b.weight("data.mean", &[1], vec![0.0]);
+    let x = n.b.node("Sub", &["input.1", &zero], vec![], None);
+    let one = n.b.weight("data.scale", &[1], vec![1.0 / 255.0]);
+    let mut x = n.b.node("Mul", &[&x, &one], vec![], None);
+    let (mut hw, mut cin) = (192, 3);
+    for c in [32, 64, 128, 128, 256] {
+        let (y, h) = n.conv(&x, cin, c, 3, 2, hw, true);
+        let (y, h) = n.conv(&y, c, c, 3, 1, h, true);
+        x = y;
+        hw = h;
+        cin = c;
+    }
+    let f = n.b.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None);
+    n.gemm(&f, cin * hw * hw, 212, Some("fc1"));
+    let macs = n.macs;
+    StandIn { onnx: n.b.finish(&[1, 3, 192, 192], &["fc1"]), macs, what: "strided-conv landmark regressor" }
+}
