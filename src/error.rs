@@ -48,6 +48,9 @@ pub enum Error {
     Mismatch(String),
     #[error("{path}: already exists; refusing to overwrite it (use --force / overwrite: true)")]
     Exists { path: PathBuf },
+    /// The user stopped a long job (Ctrl-C); the session and its values are intact.
+    #[error("cancelled")]
+    Cancelled,
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -4,6 +4,7 @@
 //! ([`lora`]) → SDXL. The CLI (and later the session, scripts and TUI) are thin shells over these.
 pub mod cli;
 pub mod clip;
+pub mod demo;
 pub mod encode;
 pub mod error;
 pub mod face;
@@ -13,7 +14,9 @@ pub mod identity;
 pub mod lora;
 pub mod mix;
 pub mod output;
+pub mod session;
 pub mod png_meta;
+pub mod preview;
 pub mod sdxl;
 pub mod vision;
 pub mod weights;

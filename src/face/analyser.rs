@@ -190,3 +190,22 @@ impl Antelope {
         Ok(FaceAnalysis { bbox, score, faces_found, det_size, padding, landmarks, cond, kps, kps_from, aligned, embedding, timings })
     }
 }
+
+impl Antelope {
+    /// The ArcFace embedding of one face in `img` as insightface's `FaceAnalysis.get` gives it (detect, the
+    /// face's 5 keypoints, `norm_crop`, recognizer), or with a given box, aligned on the landmarks' points.
+    /// Returns the embedding and the face box.
+    pub fn embed_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<(Vec<f32>, [f64; 4])> {
+        let (kps, bbox) = match pick {
+            FacePick::Box(b) => (kps_from_landmarks(&self.landmarks.landmarks(img, b)?), b),
+            FacePick::Best | FacePick::Index(_) => {
+                let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
+                let i = if let FacePick::Index(i) = pick { i } else { 0 };
+                let f = d.faces.get(i).ok_or_else(|| Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found", d.faces.len())))?;
+                (f.kps.map(|p| [p[0] as f64, p[1] as f64]), f.bbox.map(|v| v as f64))
+            }
+        };
+        let (aligned, _) = super::align::norm_crop_size(img, &kps, self.recognizer.input_size);
+        Ok((self.recognizer.normed_embedding(&aligned)?, bbox))
+    }
+}

@@ -247,6 +247,24 @@ impl Sdxl {
         req: &GenerateRequest,
         progress: &mut dyn FnMut(super::pipeline::StepProgress, Option<&super::pipeline::StepTrace>) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
+        if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
+            return Err(Error::Mismatch(format!("width and height must be positive multiples of 8, got {}×{}", req.width, req.height)));
+        }
+        let (cond, truncated) = self.encode_prompt(&req.prompt)?;
+        let uncond = self.encode_negative(req.negative.as_deref(), &cond)?;
+        self.generate_conditioned(req, &cond, &uncond, truncated, progress)
+    }
+
+    /// `generate` with the prompt and negative already encoded (`req.prompt`/`negative` are not read; a caller
+    /// that caches encodings passes them here).
+    pub fn generate_conditioned(
+        &self,
+        req: &GenerateRequest,
+        cond: &Conditioning,
+        uncond: &Conditioning,
+        truncated: Option<String>,
+        progress: &mut dyn FnMut(super::pipeline::StepProgress, Option<&super::pipeline::StepTrace>) -> std::ops::ControlFlow<()>,
+    ) -> Result<Option<Generated>> {
         use super::pipeline::{sample, seeded_noise, time_ids, SampleSpec};
         if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
             return Err(Error::Mismatch(format!("width and height must be positive multiples of 8, got {}×{}", req.width, req.height)));
@@ -255,8 +273,6 @@ impl Sdxl {
             return Err(Error::Mismatch("batch must be at least 1".into()));
         }
         let dev = &self.options.device;
-        let (cond, truncated) = self.encode_prompt(&req.prompt)?;
-        let uncond = self.encode_negative(req.negative.as_deref(), &cond)?;
         let shape = [req.batch, self.vae.config().latent_channels, req.height / 8, req.width / 8];
         let noise = match &req.init_noise {
             Some(n) if n.dims() == shape => n.to_device(dev)?.to_dtype(self.options.dtype)?,
@@ -279,7 +295,7 @@ impl Sdxl {
             }
             None => (None, 1.0),
         };
-        let spec = SampleSpec { sampler: req.sampler, steps: req.steps, cfg: req.cfg, cond: &cond, uncond: &uncond, time_ids: time_ids(req.height, req.width, dev)?, strength };
+        let spec = SampleSpec { sampler: req.sampler, steps: req.steps, cfg: req.cfg, cond, uncond, time_ids: time_ids(req.height, req.width, dev)?, strength };
         let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), req.seed, progress)? else {
             return Ok(None);
         };

@@ -17,7 +17,7 @@ pub enum PerBlock {
 }
 
 impl PerBlock {
-    fn get(&self, i: usize) -> usize {
+    pub fn get(&self, i: usize) -> usize {
         match self {
             PerBlock::One(v) => *v,
             PerBlock::Each(v) => v[i.min(v.len() - 1)],

@@ -1,0 +1,112 @@
+//! The session on the embedded demo set: photo → identity → LoRA → image, caches, unload, cancellation.
+use hyperlora::demo;
+use hyperlora::face::analyser::{FaceOptions, FacePick};
+use hyperlora::session::{Event, Generate, ModelPaths, PhotoSpec, Session, SessionOptions};
+use hyperlora::LoraMix;
+use std::sync::{Arc, Mutex};
+
+/// The demo set, written once per test process into a temp folder.
+fn demo_set() -> demo::DemoSet {
+    static SET: Mutex<Option<(tempfile::TempDir, demo::DemoSet)>> = Mutex::new(None);
+    let mut g = SET.lock().unwrap();
+    if g.is_none() {
+        let t = tempfile::tempdir().unwrap();
+        let (set, written) = demo::ensure(&t.path().join("demo")).unwrap();
+        assert!(written);
+        *g = Some((t, set));
+    }
+    g.as_ref().unwrap().1.clone()
+}
+
+fn session(events: Arc<Mutex<Vec<Event>>>) -> Session {
+    let d = demo_set();
+    let paths = ModelPaths { sdxl: Some(d.sdxl), sdxl_config: None, hyperlora: Some(d.hyperlora), clip: Some(d.clip), antelopev2: Some(d.antelopev2) };
+    Session::new(SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 }, Arc::new(move |e: &Event| events.lock().unwrap().push(e.clone())))
+}
+
+fn photo() -> PhotoSpec {
+    PhotoSpec { path: demo_set().photo, options: FaceOptions { pick: FacePick::Box(demo::PHOTO_FACE_BOX), ..Default::default() } }
+}
+
+#[test]
+fn demo_set_is_deterministic_and_reused() {
+    let a = demo_set();
+    let t = tempfile::tempdir().unwrap();
+    let (b, written) = demo::ensure(&t.path().join("again")).unwrap();
+    assert!(written);
+    for f in ["sdxl-tiny/unet/diffusion_pytorch_model.safetensors", "hyperlora-tiny/hyper_lora_modules.safetensors", "antelopev2/2d106det.onnx", "clip-vision-tiny/model.safetensors"] {
+        assert_eq!(std::fs::read(a.dir.join(f)).unwrap(), std::fs::read(b.dir.join(f)).unwrap(), "{f} differs between two writes");
+    }
+    let (_, again) = demo::ensure(&t.path().join("again")).unwrap();
+    assert!(!again, "a complete demo set is not rewritten");
+}
+
+#[test]
+fn photo_to_image_with_caches() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut s = session(events.clone());
+    let id = s.identity(&[photo()]).unwrap();
+    assert_eq!(id.photos(), 1);
+    // the same photo again comes from the cache and gives the same identity
+    let id2 = s.identity(&[photo()]).unwrap();
+    assert_eq!(id.hash(), id2.hash());
+    assert!(events.lock().unwrap().iter().any(|e| matches!(e, Event::Encoded { cached: true, .. })));
+    let mut g = Generate::new("astronaut portrait");
+    (g.width, g.height, g.steps, g.seed) = (64, 64, 3, 7);
+    let plain = s.generate(&g).unwrap();
+    assert_eq!((plain.width, plain.height, plain.rgb.len()), (64, 64, 64 * 64 * 3));
+    g.lora = Some(LoraMix::lora(&id, 0.85));
+    let with = s.generate(&g).unwrap();
+    assert!(with.prompt.starts_with(hyperlora::hyper::TRIGGER), "trigger words prefixed: {}", with.prompt);
+    assert_ne!(plain.rgb, with.rgb, "the LoRA changes the image");
+    // back to no LoRA: bit-identical to the first image (restore, not subtraction)
+    g.lora = None;
+    let again = s.generate(&g).unwrap();
+    assert_eq!(plain.rgb, again.rgb);
+    let steps = events.lock().unwrap().iter().filter(|e| matches!(e, Event::Step { .. })).count();
+    assert_eq!(steps, 9);
+    // unload the encoders; identities made stay usable, and encoding reloads them
+    assert_eq!(s.unload("encoders").unwrap(), vec!["clip", "antelopev2"]);
+    assert!(s.unload("nonsense").is_err());
+    g.lora = Some(LoraMix::lora(&id, 0.85));
+    assert_eq!(s.generate(&g).unwrap().rgb, with.rgb);
+    // face_score: the identity's own photo scores 1 against itself through the same path
+    let mut img = hyperlora::session::Image { rgb: Arc::new(demo_set_photo_rgb()), width: 512, height: 512, seed: 0, prompt: String::new(), settings: vec![], path: None };
+    let score = s.face_score(&img, &id, FacePick::Box(demo::PHOTO_FACE_BOX)).unwrap();
+    assert!(score > 0.9 && score <= 1.0 + 1e-5, "score {score}");
+    // saving never overwrites
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("a.png");
+    s.save_image(&mut img, &p, false).unwrap();
+    assert!(s.save_image(&mut img, &p, false).unwrap_err().to_string().contains("already exists"));
+}
+
+fn demo_set_photo_rgb() -> Vec<u8> {
+    hyperlora::vision::processor::load_photo(&demo_set().photo).unwrap().data
+}
+
+#[test]
+fn cancelling_a_generation_keeps_the_session() {
+    let d = demo_set();
+    let paths = ModelPaths { sdxl: Some(d.sdxl), hyperlora: Some(d.hyperlora), ..Default::default() };
+    // the listener cancels when step 2 is reported, as Ctrl-C would
+    let flag = Arc::new(Mutex::new(None::<Arc<std::sync::atomic::AtomicBool>>));
+    let f2 = flag.clone();
+    let mut s = Session::new(
+        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
+        Arc::new(move |e: &Event| {
+            if let Event::Step { step: 2, .. } = e {
+                f2.lock().unwrap().as_ref().unwrap().store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }),
+    );
+    *flag.lock().unwrap() = Some(s.cancel_flag());
+    let mut g = Generate::new("x");
+    (g.width, g.height, g.steps) = (64, 64, 50);
+    let e = s.generate(&g).unwrap_err();
+    assert!(matches!(e, hyperlora::Error::Cancelled), "{e}");
+    // the next job starts uncancelled and runs to the end
+    g.steps = 1;
+    assert_eq!(s.generate(&g).unwrap().width, 64);
+    assert!(s.models().iter().any(|m| m.name == "sdxl" && m.loaded));
+}
