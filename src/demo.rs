@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Bump when the synthesized files change: a new folder is made beside the old one.
-const VERSION: &str = "demo-v1";
+const VERSION: &str = "demo-v2";
 
 /// NASA's portrait of Eileen Collins (scikit-image's `astronaut`, public domain).
 pub const PHOTO: &[u8] = include_bytes!("../assets/astronaut.jpg");
@@ -110,6 +110,8 @@ impl candle_nn::var_builder::SimpleBackend for Recorder {
         let fan_in = if dims.len() >= 2 { dims[1..].iter().product::<usize>() } else { dims.first().copied().unwrap_or(1) } as f32;
         let mut v = vec![0f32; n];
         match init {
+            // a plain `vb.get` (hint: zero) of a matrix is a layer weight that wants a random start too
+            Init::Const(c) if c == 0.0 && dims.len() >= 2 => rng.fill(&mut v, 0.0, (3.0 / fan_in).sqrt()),
             Init::Const(c) => v.fill(c as f32),
             Init::Uniform { lo, up } => rng.fill(&mut v, ((lo + up) / 2.0) as f32, ((up - lo) / 2.0) as f32),
             Init::Randn { mean, stdev } => rng.fill(&mut v, mean as f32, stdev as f32 * 3f32.sqrt()),

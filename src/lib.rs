@@ -17,6 +17,7 @@ pub mod output;
 pub mod session;
 pub mod png_meta;
 pub mod preview;
+pub mod script;
 pub mod sdxl;
 pub mod vision;
 pub mod weights;

@@ -84,6 +84,18 @@ impl LoraMix {
         .merged()
     }
 
+    /// The same mix with every identity term's Base weight set to `b` (generate's `base_weight` option).
+    pub fn with_base_weight(&self, b: f64) -> Self {
+        LoraMix {
+            terms: self
+                .terms
+                .iter()
+                .map(|t| MixTerm { base_weight: if matches!(t.source, TermSource::Identity(_)) { b } else { t.base_weight }, ..t.clone() })
+                .collect(),
+        }
+        .merged()
+    }
+
     /// Terms with the same source summed (first-appearance order kept), terms with zero weights dropped.
     fn merged(self) -> Self {
         let mut out: Vec<MixTerm> = Vec::new();

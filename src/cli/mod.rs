@@ -2,12 +2,17 @@
 mod bench;
 mod bench_encode;
 mod bench_sdxl;
+mod demo;
 mod encode;
 mod export;
 mod generate;
 mod identity;
 mod info;
+mod repl;
+mod run;
+mod session_args;
 
+pub use repl::open_brackets;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -25,6 +30,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Run the whole path on the embedded tiny demo set (random weights): photo → identity → LoRA → image.
+    Demo(demo::Args),
+    /// Run a Rhai recipe headless; exits non-zero on the first error (printed as file:line:col).
+    Run(run::Args),
+    /// The interactive line REPL (Rhai, with history and completion).
+    Repl(repl::Args),
     /// Encode photos of one person into a features file (face detection, landmarks, ID cutout, ArcFace, CLIP).
     Encode(encode::Args),
     /// Fuse precomputed encoder outputs (ArcFace + CLIP features of one person's photos) into an identity.
@@ -67,6 +78,9 @@ pub struct HyperArgs {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Run(a) => run::run(a),
+        Cmd::Repl(a) => repl::run(a),
         Cmd::Encode(a) => encode::run(a),
         Cmd::Identity(a) => identity::run(a),
         Cmd::ExportLora(a) => export::run(a),

@@ -1,0 +1,126 @@
+//! What `run`, `repl` and `demo` share: the model flags, the session with a terminal listener, and how script
+//! output reaches the terminal.
+use crate::script::Out;
+use crate::session::{Event, ModelPaths, Session, SessionOptions};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// SDXL diffusers folder or single-file checkpoint.
+    #[arg(long, env = "HYPERLORA_SDXL", value_name = "DIR_OR_FILE")]
+    pub sdxl: Option<PathBuf>,
+    /// For a single-file --sdxl: a diffusers-layout folder with tokenizers and configs.
+    #[arg(long, env = "HYPERLORA_SDXL_CONFIG", value_name = "DIR")]
+    pub sdxl_config: Option<PathBuf>,
+    /// HyperLoRA variant folder.
+    #[arg(long, env = "HYPERLORA_HYPERLORA", value_name = "DIR")]
+    pub hyperlora: Option<PathBuf>,
+    /// CLIP ViT-L/14 vision folder.
+    #[arg(long, env = "HYPERLORA_CLIP", value_name = "DIR")]
+    pub clip: Option<PathBuf>,
+    /// insightface antelopev2 folder.
+    #[arg(long, env = "HYPERLORA_ANTELOPEV2", value_name = "DIR")]
+    pub antelopev2: Option<PathBuf>,
+    /// Use the embedded tiny demo set (random weights) for every model not given; defines `demo_photo` and
+    /// `demo_box` in scripts.
+    #[arg(long)]
+    pub demo: bool,
+    /// `cpu`, or `cuda` / `cuda:N` in builds with the cuda feature.
+    #[arg(long, env = "HYPERLORA_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// SDXL UNet/text-encoder dtype (the VAE stays f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: super::OutDtype,
+    /// Image previews in the terminal: auto (when stdout is a terminal), always, never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub preview: Preview,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preview {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The session for these flags (with the demo set filled in when asked), and the demo set if used.
+pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
+    let mut paths = ModelPaths { sdxl: a.sdxl.clone(), sdxl_config: a.sdxl_config.clone(), hyperlora: a.hyperlora.clone(), clip: a.clip.clone(), antelopev2: a.antelopev2.clone() };
+    let demo = if a.demo {
+        let d = demo_set()?;
+        paths.sdxl.get_or_insert(d.sdxl.clone());
+        paths.hyperlora.get_or_insert(d.hyperlora.clone());
+        paths.clip.get_or_insert(d.clip.clone());
+        paths.antelopev2.get_or_insert(d.antelopev2.clone());
+        Some(d)
+    } else {
+        None
+    };
+    let opts = SessionOptions { paths, device: super::generate::device(&a.device)?, dtype: a.dtype.dtype() };
+    Ok((Arc::new(Mutex::new(Session::new(opts, listener()))), demo))
+}
+
+pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {
+    let dir = crate::demo::default_dir();
+    if !dir.join("complete").is_file() {
+        eprintln!("writing the tiny demo set (random weights) to {} …", dir.display());
+    }
+    let (set, _) = crate::demo::ensure(&dir)?;
+    Ok(set)
+}
+
+/// Progress on stderr: loads, encodes, a step bar while sampling, notes.
+fn listener() -> crate::session::Listener {
+    let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+    Arc::new(move |e: &Event| match e {
+        Event::Loading { component, path } => eprintln!("loading {component} from {} …", path.display()),
+        Event::Loaded { component, seconds } => eprintln!("loaded {component} in {seconds:.1} s"),
+        Event::Encoded { photo, detail, .. } => eprintln!("{photo}: {detail}"),
+        Event::Note(n) => eprintln!("{n}"),
+        Event::Step { step, total, .. } => {
+            let Ok(mut b) = bar.lock() else { return };
+            let pb = b.get_or_insert_with(|| {
+                let pb = indicatif::ProgressBar::new(*total as u64);
+                pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+                pb
+            });
+            pb.set_length(*total as u64);
+            pb.set_position(*step as u64);
+            if step >= total {
+                pb.finish_and_clear();
+                *b = None;
+            }
+        }
+    })
+}
+
+/// Script output on stdout; images as halfblock previews when enabled.
+pub fn output(preview: Preview) -> crate::script::Output {
+    let tty = std::io::stdout().is_terminal() && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
+    let show = preview == Preview::Always || (preview == Preview::Auto && tty);
+    Arc::new(move |o: Out| match o {
+        Out::Text(t) => println!("{t}"),
+        Out::Image(img) => {
+            if show {
+                let cols = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()).unwrap_or(80).clamp(16, 120) * 3 / 5;
+                print!("{}", crate::preview::halfblocks(&img.rgb, img.width, img.height, cols, 24));
+            }
+            println!("{}", img.summary());
+        }
+    })
+}
+
+/// Ctrl-C sets `flag` (the running job stops, the session stays); a second Ctrl-C while the flag is still set
+/// exits.
+pub fn install_ctrl_c(flag: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting");
+            std::process::exit(130);
+        }
+        eprintln!("\ncancelling … (Ctrl-C again to quit)");
+    });
+}

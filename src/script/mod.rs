@@ -1,0 +1,503 @@
+//! The Rhai scripting layer: identities, LoRA mixes and images as values, the API of `api.rs` over one shared
+//! `Session`, sandbox limits, and error positions. The REPL, `hyperlora run` and the TUI all drive a `Script`.
+pub mod api;
+
+use crate::face::analyser::{FaceOptions, FacePick};
+use crate::session::{Generate, Image, PhotoSpec, Session};
+use crate::{Identity, LoraMix};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope, AST};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+type RResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// What a script sends out: printed text, or an image to preview.
+#[derive(Clone, Debug)]
+pub enum Out {
+    Text(String),
+    Image(Image),
+}
+
+pub type Output = Arc<dyn Fn(Out) + Send + Sync>;
+
+/// Sandbox limits (defaults suit recipes; a runaway loop stops at `max_operations`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_operations: 20_000_000, max_call_levels: 64, max_string_size: 1 << 20, max_array_size: 100_000 }
+    }
+}
+
+/// A script error with where it happened.
+#[derive(Debug, Clone)]
+pub struct ScriptError {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Stopped by Ctrl-C (the session is intact).
+    pub cancelled: bool,
+}
+
+impl ScriptError {
+    /// `source:line:col: message` (or `source: message` without a position).
+    pub fn located(&self, source: &str) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{source}:{l}:{c}: {}", self.message),
+            (Some(l), None) => format!("{source}:{l}: {}", self.message),
+            _ => format!("{source}: {}", self.message),
+        }
+    }
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.located("script"))
+    }
+}
+
+fn from_eval(mut e: EvalAltResult) -> ScriptError {
+    let cancelled = matches!(e, EvalAltResult::ErrorTerminated(..)) || e.to_string().contains("cancelled");
+    // the innermost position is where the user's code failed
+    let mut pos = e.position();
+    let mut inner = &e;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, err, p) = inner {
+        if !p.is_none() {
+            pos = *p;
+        }
+        inner = err;
+        if !inner.position().is_none() {
+            pos = inner.position();
+        }
+    }
+    let message = match &e {
+        EvalAltResult::ErrorTerminated(..) => "cancelled (the session and its values are kept)".to_string(),
+        EvalAltResult::ErrorTooManyOperations(_) => "stopped: the script ran more operations than the sandbox allows (a runaway loop?)".to_string(),
+        _ => {
+            let _ = e.take_position();
+            e.to_string()
+        }
+    };
+    ScriptError { message, line: pos.line(), column: pos.position(), cancelled }
+}
+
+fn err<T>(msg: impl Into<String>) -> RResult<T> {
+    Err(msg.into().into())
+}
+
+fn lib<T>(r: crate::Result<T>) -> RResult<T> {
+    r.map_err(|e| e.to_string().into())
+}
+
+fn num(d: &Dynamic, what: &str) -> RResult<f64> {
+    if let Ok(f) = d.as_float() {
+        return Ok(f);
+    }
+    if let Ok(i) = d.as_int() {
+        return Ok(i as f64);
+    }
+    err(format!("{what}: expected a number, got {}", d.type_name()))
+}
+
+fn int(d: &Dynamic, what: &str) -> RResult<i64> {
+    match d.as_int() {
+        Ok(i) => Ok(i),
+        Err(_) => match d.as_float() {
+            Ok(f) if f.fract() == 0.0 => Ok(f as i64),
+            _ => err(format!("{what}: expected a whole number, got {}", d.type_name())),
+        },
+    }
+}
+
+fn string(d: &Dynamic, what: &str) -> RResult<String> {
+    d.clone().into_immutable_string().map(|s| s.to_string()).or_else(|_| err(format!("{what}: expected a string, got {}", d.type_name())))
+}
+
+fn flag(d: &Dynamic, what: &str) -> RResult<bool> {
+    d.as_bool().or_else(|_| err(format!("{what}: expected true or false, got {}", d.type_name())))
+}
+
+fn check_keys(m: &Map, allowed: &[&str], what: &str) -> RResult<()> {
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return err(format!("{what}: unknown option `{k}` (expected one of: {})", allowed.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+fn overwrite(opts: &Map, what: &str) -> RResult<bool> {
+    check_keys(opts, &["overwrite", "dtype"], what)?;
+    opts.get("overwrite").map(|d| flag(d, "overwrite")).transpose().map(|o| o.unwrap_or(false))
+}
+
+fn bbox(d: &Dynamic) -> RResult<[f64; 4]> {
+    let a = d.clone().into_typed_array::<Dynamic>().or_else(|_| err("box: expected [x1, y1, x2, y2]"))?;
+    if a.len() != 4 {
+        return err(format!("box: expected [x1, y1, x2, y2], got {} numbers", a.len()));
+    }
+    Ok([num(&a[0], "box")?, num(&a[1], "box")?, num(&a[2], "box")?, num(&a[3], "box")?])
+}
+
+/// The face choice of an options map (`box` or `face`).
+fn pick(m: &Map) -> RResult<FacePick> {
+    match (m.get("box"), m.get("face")) {
+        (Some(_), Some(_)) => err("give either `box` or `face`, not both"),
+        (Some(b), None) => Ok(FacePick::Box(bbox(b)?)),
+        (None, Some(f)) => Ok(FacePick::Index(int(f, "face")?.max(0) as usize)),
+        (None, None) => Ok(FacePick::Best),
+    }
+}
+
+fn photo_specs(d: &Dynamic) -> RResult<Vec<PhotoSpec>> {
+    if d.is_string() {
+        return Ok(vec![PhotoSpec::new(string(d, "identity")?)]);
+    }
+    if let Some(m) = d.clone().try_cast::<Map>() {
+        check_keys(&m, &["path", "paths", "face", "box", "grayscale", "keep_background"], "identity")?;
+        let options = FaceOptions {
+            pick: pick(&m)?,
+            remove_background: !m.get("keep_background").map(|v| flag(v, "keep_background")).transpose()?.unwrap_or(false),
+            grayscale: m.get("grayscale").map(|v| flag(v, "grayscale")).transpose()?.unwrap_or(false),
+        };
+        let paths: Vec<String> = match (m.get("path"), m.get("paths")) {
+            (Some(p), None) => vec![string(p, "path")?],
+            (None, Some(ps)) => ps.clone().into_typed_array::<Dynamic>().or_else(|_| err("paths: expected an array of file names"))?.iter().map(|p| string(p, "paths")).collect::<RResult<_>>()?,
+            _ => return err("identity(#{...}): give `path` or `paths`"),
+        };
+        return Ok(paths.into_iter().map(|p| PhotoSpec { path: p.into(), options }).collect());
+    }
+    if let Some(a) = d.clone().try_cast::<Array>() {
+        let mut out = Vec::new();
+        for item in &a {
+            out.extend(photo_specs(item)?);
+        }
+        return Ok(out);
+    }
+    err(format!("identity: expected a file name, an array of them or an options map, got {}", d.type_name()))
+}
+
+/// How values print.
+pub fn describe_identity(id: &Identity) -> String {
+    let names: Vec<String> = id.sources().iter().map(|s| Path::new(&s.label).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.label.clone())).collect();
+    let shown = if names.len() > 4 { format!("{}, … ({} sources)", names[..4].join(", "), names.len()) } else { names.join(", ") };
+    format!("identity {} — {} photo{} [{shown}], variant {}", id.short_hash(), id.photos(), if id.photos() == 1 { "" } else { "s" }, id.variant().label)
+}
+
+pub fn describe_mix(m: &LoraMix) -> String {
+    format!("lora mix: {}", m.summary())
+}
+
+/// The REPL's rendering of a result value.
+pub fn describe(d: &Dynamic) -> String {
+    if let Some(id) = d.clone().try_cast::<Identity>() {
+        describe_identity(&id)
+    } else if let Some(m) = d.clone().try_cast::<LoraMix>() {
+        describe_mix(&m)
+    } else if let Some(i) = d.clone().try_cast::<Image>() {
+        i.summary()
+    } else if d.is_string() {
+        d.to_string()
+    } else {
+        format!("{d:?}")
+    }
+}
+
+/// A scripting context: an engine with the API over a shared session, and the variables defined so far.
+pub struct Script {
+    engine: Engine,
+    scope: Scope<'static>,
+    functions: AST,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Script {
+    pub fn new(session: Arc<Mutex<Session>>, output: Output, limits: Limits) -> Self {
+        let cancel = session.lock().map(|s| s.cancel_flag()).unwrap_or_default();
+        let mut engine = Engine::new();
+        engine.set_max_operations(limits.max_operations);
+        engine.set_max_call_levels(limits.max_call_levels);
+        engine.set_max_expr_depths(128, 64);
+        engine.set_max_string_size(limits.max_string_size);
+        engine.set_max_array_size(limits.max_array_size);
+        engine.set_max_map_size(limits.max_array_size);
+        let c = cancel.clone();
+        engine.on_progress(move |_| if c.load(Ordering::Relaxed) { Some(Dynamic::from("cancelled")) } else { None });
+        let o = output.clone();
+        engine.on_print(move |s| o(Out::Text(s.to_string())));
+        let o = output.clone();
+        engine.on_debug(move |s, _, pos| o(Out::Text(format!("[{pos}] {s}"))));
+        register(&mut engine, session, output);
+        Script { engine, scope: Scope::new(), functions: AST::empty(), cancel }
+    }
+
+    /// Evaluate code in the persistent scope: variables and functions stay defined for later calls.
+    pub fn eval(&mut self, code: &str) -> Result<Dynamic, ScriptError> {
+        self.cancel.store(false, Ordering::Relaxed);
+        let ast = self.engine.compile_with_scope(&self.scope, code).map_err(|e| {
+            let pos = e.position();
+            ScriptError { message: e.err_type().to_string(), line: pos.line(), column: pos.position(), cancelled: false }
+        })?;
+        let merged = self.functions.merge(&ast);
+        let r = self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &merged).map_err(|e| from_eval(*e));
+        self.functions = merged.clone_functions_only();
+        r
+    }
+
+    /// Set a variable (e.g. from `--set name=value`).
+    pub fn set(&mut self, name: &str, value: Dynamic) {
+        self.scope.set_or_push(name.to_string(), value);
+    }
+
+    /// Names of the variables in scope, in definition order.
+    pub fn variables(&self) -> Vec<(String, Dynamic)> {
+        let mut v: Vec<(String, Dynamic)> = Vec::new();
+        for (name, _, value) in self.scope.iter() {
+            v.retain(|(n, _)| n != name);
+            v.push((name.to_string(), value));
+        }
+        v
+    }
+
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+}
+
+/// `--set name=value`: a number, true/false, or else a string.
+pub fn parse_value(s: &str) -> Dynamic {
+    if let Ok(i) = s.parse::<i64>() {
+        Dynamic::from(i)
+    } else if let Ok(f) = s.parse::<f64>() {
+        Dynamic::from(f)
+    } else if let Ok(b) = s.parse::<bool>() {
+        Dynamic::from(b)
+    } else {
+        Dynamic::from(s.to_string())
+    }
+}
+
+fn lock(s: &Arc<Mutex<Session>>) -> RResult<std::sync::MutexGuard<'_, Session>> {
+    s.lock().or_else(|_| err("the session is unusable after an earlier crash"))
+}
+
+fn generate_opts(s: &mut Session, prompt: &str, m: &Map) -> RResult<Generate> {
+    check_keys(m, &["lora", "negative", "seed", "steps", "cfg", "sampler", "width", "height", "base_weight"], "generate")?;
+    let mut g = Generate::new(prompt);
+    if let Some(l) = m.get("lora") {
+        g.lora = Some(if let Some(mix) = l.clone().try_cast::<LoraMix>() {
+            mix
+        } else if let Some(id) = l.clone().try_cast::<Identity>() {
+            LoraMix::lora(&id, 1.0)
+        } else if l.is_unit() {
+            LoraMix::empty()
+        } else {
+            return err(format!("generate: `lora` must be a LoRA mix (lora(id, w)) or an identity, got {}", l.type_name()));
+        });
+    }
+    if let Some(b) = m.get("base_weight") {
+        let b = num(b, "base_weight")?;
+        let mix = g.lora.take().unwrap_or_default();
+        g.lora = Some(mix.with_base_weight(b));
+    }
+    if let Some(n) = m.get("negative") {
+        g.negative = Some(string(n, "negative")?);
+    }
+    if let Some(v) = m.get("seed") {
+        let v = int(v, "seed")?;
+        if v < 0 {
+            return err("seed: expected a non-negative whole number");
+        }
+        g.seed = v as u64;
+    }
+    let positive = |v: &Dynamic, what: &str| -> RResult<usize> {
+        match int(v, what)? {
+            n if n > 0 => Ok(n as usize),
+            n => err(format!("{what}: expected a positive whole number, got {n}")),
+        }
+    };
+    if let Some(v) = m.get("steps") {
+        g.steps = positive(v, "steps")?;
+    }
+    if let Some(v) = m.get("width") {
+        g.width = positive(v, "width")?;
+    }
+    if let Some(v) = m.get("height") {
+        g.height = positive(v, "height")?;
+    }
+    if let Some(v) = m.get("cfg") {
+        g.cfg = num(v, "cfg")?;
+    }
+    if let Some(v) = m.get("sampler") {
+        g.sampler = lib(crate::sdxl::scheduler::SamplerKind::parse(&string(v, "sampler")?))?;
+    }
+    let _ = s;
+    Ok(g)
+}
+
+fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {
+    engine.register_type_with_name::<Identity>("identity");
+    engine.register_type_with_name::<LoraMix>("lora mix");
+    engine.register_type_with_name::<Image>("image");
+    engine.register_fn("to_string", |id: &mut Identity| describe_identity(id));
+    engine.register_fn("to_debug", |id: &mut Identity| describe_identity(id));
+    engine.register_fn("to_string", |m: &mut LoraMix| describe_mix(m));
+    engine.register_fn("to_debug", |m: &mut LoraMix| describe_mix(m));
+    engine.register_fn("to_string", |i: &mut Image| i.summary());
+    engine.register_fn("to_debug", |i: &mut Image| i.summary());
+    engine.register_get("photos", |id: &mut Identity| id.photos() as i64);
+    engine.register_get("hash", |id: &mut Identity| id.hash());
+    engine.register_get("sources", |id: &mut Identity| id.sources().iter().map(|s| Dynamic::from(s.label.clone())).collect::<Array>());
+    engine.register_get("terms", |m: &mut LoraMix| m.terms().len() as i64);
+    engine.register_get("width", |i: &mut Image| i.width as i64);
+    engine.register_get("height", |i: &mut Image| i.height as i64);
+    engine.register_get("seed", |i: &mut Image| i.seed as i64);
+    engine.register_get("prompt", |i: &mut Image| i.prompt.clone());
+    engine.register_get("path", |i: &mut Image| i.path.as_ref().map(|p| Dynamic::from(p.display().to_string())).unwrap_or(Dynamic::UNIT));
+
+
+    // identities
+    let s = session.clone();
+    let make_identity = move |d: Dynamic| -> RResult<Identity> {
+        let specs = photo_specs(&d)?;
+        lib(lock(&s)?.identity(&specs))
+    };
+    let f = make_identity.clone();
+    engine.register_fn("identity", move |p: ImmutableString| f(Dynamic::from(p)));
+    let f = make_identity.clone();
+    engine.register_fn("identity", move |a: Array| f(Dynamic::from(a)));
+    let f = make_identity;
+    engine.register_fn("identity", move |m: Map| f(Dynamic::from(m)));
+    let s = session.clone();
+    engine.register_fn("load_identity", move |p: ImmutableString| -> RResult<Identity> {
+        let id = lib(Identity::load(Path::new(p.as_str())))?;
+        lib(lock(&s)?.check_identity(&id))?;
+        Ok(id)
+    });
+    let save_id = |id: Identity, p: &str, o: Map| -> RResult<String> {
+        let ow = overwrite(&o, "save_identity")?;
+        lib(id.save(Path::new(p), ow))?;
+        Ok(p.to_string())
+    };
+    engine.register_fn("save_identity", move |id: Identity, p: ImmutableString| save_id(id, &p, Map::new()));
+    engine.register_fn("save_identity", move |id: Identity, p: ImmutableString, o: Map| save_id(id, &p, o));
+    let ids_of = |a: &Array| -> RResult<Vec<Identity>> {
+        a.iter().map(|d| d.clone().try_cast::<Identity>().ok_or_else(|| format!("mean: expected identities, got {}", d.type_name()).into())).collect()
+    };
+    engine.register_fn("mean", move |a: Array| -> RResult<Identity> {
+        let ids = ids_of(&a)?;
+        lib(Identity::mean(&ids.iter().collect::<Vec<_>>()))
+    });
+    engine.register_fn("mean", move |a: Array, w: Array| -> RResult<Identity> {
+        let ids = ids_of(&a)?;
+        let w: Vec<f64> = w.iter().map(|d| num(d, "mean weights")).collect::<RResult<_>>()?;
+        lib(Identity::weighted_mean(&ids.iter().collect::<Vec<_>>(), &w))
+    });
+    engine.register_fn("mix", |a: Identity, b: Identity, t: Dynamic| -> RResult<Identity> { lib(a.mix(&b, num(&t, "mix")?)) });
+    engine.register_fn("similarity", |a: Identity, b: Identity| -> RResult<f64> { lib(a.similarity(&b)) });
+    engine.register_fn("+", |a: Identity, b: Identity| -> RResult<Identity> { lib(a.add(&b)) });
+    engine.register_fn("-", |a: Identity, b: Identity| -> RResult<Identity> { lib(a.sub(&b)) });
+    engine.register_fn("*", |a: Identity, k: f64| -> RResult<Identity> { lib(a.scale(k)) });
+    engine.register_fn("*", |a: Identity, k: i64| -> RResult<Identity> { lib(a.scale(k as f64)) });
+    engine.register_fn("*", |k: f64, a: Identity| -> RResult<Identity> { lib(a.scale(k)) });
+    engine.register_fn("*", |k: i64, a: Identity| -> RResult<Identity> { lib(a.scale(k as f64)) });
+
+    // LoRA mixes
+    engine.register_fn("lora", |id: Identity| LoraMix::lora(&id, 1.0));
+    engine.register_fn("lora", |id: Identity, w: Dynamic| -> RResult<LoraMix> {
+        if let Some(m) = w.clone().try_cast::<Map>() {
+            check_keys(&m, &["weight", "base_weight"], "lora")?;
+            let weight = m.get("weight").map(|v| num(v, "weight")).transpose()?.unwrap_or(1.0);
+            let base = m.get("base_weight").map(|v| num(v, "base_weight")).transpose()?.unwrap_or(0.0);
+            return Ok(LoraMix::lora_with_base(&id, weight, base));
+        }
+        Ok(LoraMix::lora(&id, num(&w, "lora weight")?))
+    });
+    let s = session.clone();
+    engine.register_fn("lora", move |p: ImmutableString, w: Dynamic| -> RResult<LoraMix> { lib(lock(&s)?.lora_file(Path::new(p.as_str()), num(&w, "lora weight")?)) });
+    let s = session.clone();
+    engine.register_fn("lora", move |p: ImmutableString| -> RResult<LoraMix> { lib(lock(&s)?.lora_file(Path::new(p.as_str()), 1.0)) });
+    engine.register_fn("slider", |a: Identity, b: Identity| LoraMix::slider(&a, &b));
+    engine.register_fn("+", |a: LoraMix, b: LoraMix| a.add(&b));
+    engine.register_fn("-", |a: LoraMix, b: LoraMix| a.sub(&b));
+    engine.register_fn("*", |a: LoraMix, k: f64| a.scale(k));
+    engine.register_fn("*", |a: LoraMix, k: i64| a.scale(k as f64));
+    engine.register_fn("*", |k: f64, a: LoraMix| a.scale(k));
+    engine.register_fn("*", |k: i64, a: LoraMix| a.scale(k as f64));
+
+    // images
+    let s = session.clone();
+    engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Image> {
+        let mut g = lock(&s)?;
+        let req = generate_opts(&mut g, &prompt, &m)?;
+        lib(g.generate(&req))
+    });
+    let s = session.clone();
+    engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> { lib(lock(&s)?.generate(&Generate::new(prompt.as_str()))) });
+    let o = output.clone();
+    engine.register_fn("show", move |img: Image| o(Out::Image(img)));
+    let s = session.clone();
+    let save = move |img: &mut Image, p: &str, o: Map| -> RResult<Image> {
+        let ow = overwrite(&o, "save")?;
+        lib(lock(&s)?.save_image(img, Path::new(p), ow))?;
+        Ok(img.clone())
+    };
+    let f = save.clone();
+    engine.register_fn("save", move |img: &mut Image, p: ImmutableString| f(img, &p, Map::new()));
+    engine.register_fn("save", move |img: &mut Image, p: ImmutableString, o: Map| save(img, &p, o));
+    let s = session.clone();
+    let export = move |mix: LoraMix, p: &str, o: Map| -> RResult<String> {
+        let ow = overwrite(&o, "export_lora")?;
+        let dtype = match o.get("dtype").map(|d| string(d, "dtype")).transpose()?.as_deref() {
+            None | Some("f16") => candle_core::DType::F16,
+            Some("f32") => candle_core::DType::F32,
+            Some("bf16") => candle_core::DType::BF16,
+            Some(x) => return err(format!("dtype `{x}`: expected f16, f32 or bf16")),
+        };
+        let r = lib(lock(&s)?.export_lora(&mix, Path::new(p), dtype, ow))?;
+        Ok(format!("{p} ({} tensors, {} layers, rank {}, {:.1} MB)", r.tensors, r.layers, r.max_rank, r.bytes as f64 / 1e6))
+    };
+    let f = export.clone();
+    engine.register_fn("export_lora", move |m: LoraMix, p: ImmutableString| f(m, &p, Map::new()));
+    let f = export.clone();
+    engine.register_fn("export_lora", move |m: LoraMix, p: ImmutableString, o: Map| f(m, &p, o));
+    let f = export;
+    engine.register_fn("export_lora", move |id: Identity, p: ImmutableString| f(LoraMix::lora(&id, 1.0), &p, Map::new()));
+    let s = session.clone();
+    let score = move |img: Image, id: Identity, m: Map| -> RResult<f64> {
+        check_keys(&m, &["box", "face"], "face_score")?;
+        let p = pick(&m)?;
+        lib(lock(&s)?.face_score(&img, &id, p))
+    };
+    let f = score.clone();
+    engine.register_fn("face_score", move |img: Image, id: Identity| f(img, id, Map::new()));
+    engine.register_fn("face_score", move |img: Image, id: Identity, m: Map| score(img, id, m));
+
+    // the session
+    let s = session.clone();
+    engine.register_fn("models", move || -> RResult<String> {
+        let g = lock(&s)?;
+        let mut out = String::new();
+        for m in g.models() {
+            let path = m.path.map(|p| p.display().to_string()).unwrap_or_else(|| "(not configured)".into());
+            out.push_str(&format!("{:<11} {:<8} {path}\n", m.name, if m.loaded { "loaded" } else { "-" }));
+        }
+        let (photos, prompts, loras) = g.cache_counts();
+        out.push_str(&format!("caches: {photos} encoded photo(s), {prompts} prompt encoding(s), {loras} synthesized LoRA(s)"));
+        Ok(out)
+    });
+    let s = session;
+    engine.register_fn("unload", move |name: ImmutableString| -> RResult<String> {
+        let freed = lib(lock(&s)?.unload(&name))?;
+        Ok(if freed.is_empty() { format!("{name}: nothing was loaded") } else { format!("unloaded {}", freed.join(", ")) })
+    });
+    engine.register_fn("help", || api::help(None));
+    engine.register_fn("help", |n: ImmutableString| api::help(Some(&n)));
+}
