@@ -37,8 +37,8 @@ fn script(limits: Limits) -> (Script, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn identities_and_mixes_are_values() {
     let (mut s, printed) = script(Limits::default());
-    s.eval("let me = identity(#{ path: photo, box: [180, 52, 270, 180] });").unwrap();
-    s.eval("let grey = identity(#{ path: photo, box: [180, 52, 270, 180], grayscale: true });").unwrap();
+    let _ = s.eval("let me = identity(#{ path: photo, box: [180, 52, 270, 180] });").unwrap();
+    let _ = s.eval("let grey = identity(#{ path: photo, box: [180, 52, 270, 180], grayscale: true });").unwrap();
     // values print readably
     let v = s.eval("me").unwrap();
     let d = describe(&v);
@@ -57,22 +57,22 @@ fn identities_and_mixes_are_values() {
     // integers and floats both work as weights
     assert_eq!(describe(&s.eval("lora(me, 1) * 2").unwrap()), describe(&s.eval("2.0 * lora(me, 1.0)").unwrap()));
     // generate → show → save; variables persist across evaluations, and so do functions
-    s.eval("fn small(p, l) { generate(p, #{ lora: l, seed: 1, steps: 2, width: 64, height: 64 }) }").unwrap();
-    s.eval("let img = small(\"portrait\", lora(me, 0.85)); show(img);").unwrap();
+    let _ = s.eval("fn small(p, l) { generate(p, #{ lora: l, seed: 1, steps: 2, width: 64, height: 64 }) }").unwrap();
+    let _ = s.eval("let img = small(\"portrait\", lora(me, 0.85)); show(img);").unwrap();
     assert_eq!(s.eval("img.width").unwrap().as_int().unwrap(), 64);
     assert!(s.eval("img.prompt").unwrap().to_string().starts_with("fcsks fxhks fhyks, portrait"));
     assert!(printed.lock().unwrap().iter().any(|l| l.starts_with("SHOW image 64×64, seed 1")));
     let dir = tempfile::tempdir().unwrap();
     s.set("dir", rhai::Dynamic::from(dir.path().display().to_string()));
-    s.eval("save(img, dir + \"/a.png\");").unwrap();
+    let _ = s.eval("save(img, dir + \"/a.png\");").unwrap();
     assert!(s.eval("img.path").unwrap().to_string().ends_with("a.png"), "the image remembers where it was saved");
     // never overwrite without asking
     let e = s.eval("save(img, dir + \"/a.png\")").unwrap_err();
     assert!(e.message.contains("already exists"), "{}", e.message);
-    s.eval("save(img, dir + \"/a.png\", #{ overwrite: true })").unwrap();
+    let _ = s.eval("save(img, dir + \"/a.png\", #{ overwrite: true })").unwrap();
     let r = s.eval("export_lora(lora(me, 0.85), dir + \"/me.lora.safetensors\")").unwrap().to_string();
     assert!(r.contains("136 layers"), "{r}");
-    s.eval("save_identity(me, dir + \"/me.id.safetensors\"); let back = load_identity(dir + \"/me.id.safetensors\");").unwrap();
+    let _ = s.eval("save_identity(me, dir + \"/me.id.safetensors\"); let back = load_identity(dir + \"/me.id.safetensors\");").unwrap();
     assert_eq!(s.eval("back.hash == me.hash").unwrap().as_bool().unwrap(), true);
     // face_score: the photo against its own identity through the same face path
     let score = s.eval("face_score(small(\"x\", ()), me, #{ box: [16, 8, 48, 56] })").unwrap().as_float().unwrap();
@@ -82,7 +82,7 @@ fn identities_and_mixes_are_values() {
     assert!(s.eval("help(\"mix\")").unwrap().to_string().contains("mix(a, b, t)"));
     assert!(s.eval("unload(\"encoders\")").unwrap().to_string().contains("clip"));
     // after unloading, new photos still encode (the encoders reload)
-    s.eval("let again = identity(#{ path: photo, box: [181, 52, 270, 180] });").unwrap();
+    let _ = s.eval("let again = identity(#{ path: photo, box: [181, 52, 270, 180] });").unwrap();
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn errors_name_the_place_and_the_problem() {
     let e = s.eval("let x = ;").unwrap_err();
     assert_eq!(e.line, Some(1));
     // the scope survives errors
-    s.eval("let kept = 41;").unwrap();
+    let _ = s.eval("let kept = 41;").unwrap();
     assert!(s.eval("kept + undefined_thing").is_err());
     assert_eq!(s.eval("kept + 1").unwrap().as_int().unwrap(), 42);
 }
