@@ -13,6 +13,7 @@ pub mod hyper;
 pub mod identity;
 pub mod lora;
 pub mod mix;
+pub mod models;
 pub mod output;
 pub mod session;
 pub mod png_meta;

@@ -28,6 +28,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         hyperlora: None,
         clip: None,
         antelopev2: None,
+        comfyui: None,
         demo: true,
         device: "cpu".into(),
         dtype: super::OutDtype::F32,

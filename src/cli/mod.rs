@@ -3,6 +3,7 @@ mod bench;
 mod bench_encode;
 mod bench_sdxl;
 mod demo;
+mod doctor;
 mod encode;
 mod export;
 mod generate;
@@ -36,6 +37,8 @@ pub enum Cmd {
     Run(run::Args),
     /// The interactive line REPL (Rhai, with history and completion).
     Repl(repl::Args),
+    /// Check the models: found or missing, path, size, dtype, headers and shapes, licence (exit 1 if not usable).
+    Doctor(doctor::Args),
     /// Encode photos of one person into a features file (face detection, landmarks, ID cutout, ArcFace, CLIP).
     Encode(encode::Args),
     /// Fuse precomputed encoder outputs (ArcFace + CLIP features of one person's photos) into an identity.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Run(a) => run::run(a),
         Cmd::Repl(a) => repl::run(a),
+        Cmd::Doctor(a) => doctor::run(a),
         Cmd::Encode(a) => encode::run(a),
         Cmd::Identity(a) => identity::run(a),
         Cmd::ExportLora(a) => export::run(a),

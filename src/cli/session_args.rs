@@ -24,7 +24,11 @@ pub struct ModelArgs {
     /// insightface antelopev2 folder.
     #[arg(long, env = "HYPERLORA_ANTELOPEV2", value_name = "DIR")]
     pub antelopev2: Option<PathBuf>,
-    /// Use the embedded tiny demo set (random weights) for every model not given; defines `demo_photo` and
+    /// A ComfyUI `models/` folder (or the ComfyUI folder) to search for models not given otherwise.
+    #[arg(long, env = "HYPERLORA_COMFYUI", value_name = "DIR")]
+    pub comfyui: Option<PathBuf>,
+    /// Use the embedded tiny demo set (random weights) for every model not given by a flag or variable (the
+    /// config file and searches are skipped); defines `demo_photo` and
     /// `demo_box` in scripts.
     #[arg(long)]
     pub demo: bool,
@@ -46,9 +50,42 @@ pub enum Preview {
     Never,
 }
 
+/// Model paths: flags and environment first, then the config file, then a ComfyUI tree (flag, env or config),
+/// then the Hugging Face hub cache. Returns the paths and the hints the searches left.
+pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)> {
+    let mut paths = ModelPaths { sdxl: a.sdxl.clone(), sdxl_config: a.sdxl_config.clone(), hyperlora: a.hyperlora.clone(), clip: a.clip.clone(), antelopev2: a.antelopev2.clone() };
+    let mut hints = Vec::new();
+    if a.demo {
+        // the demo set stands in for everything not named explicitly; no config file or searches
+        return Ok((paths, hints));
+    }
+    let cfg = crate::models::load_config(&crate::models::config_path())?.unwrap_or_default();
+    for (slot, v) in [(&mut paths.sdxl, &cfg.sdxl), (&mut paths.sdxl_config, &cfg.sdxl_config), (&mut paths.hyperlora, &cfg.hyperlora), (&mut paths.clip, &cfg.clip), (&mut paths.antelopev2, &cfg.antelopev2)] {
+        if slot.is_none() {
+            *slot = v.clone();
+        }
+    }
+    if let Some(root) = a.comfyui.clone().or(cfg.comfyui.clone()) {
+        let d = crate::models::discover_comfyui(&root);
+        d.fill(&mut paths);
+        hints.extend(d.hints);
+    }
+    let d = crate::models::discover_hub(&crate::models::hub_dir());
+    d.fill(&mut paths);
+    hints.extend(d.hints);
+    // a single-file checkpoint carries no tokenizers: borrow them from an SDXL base folder in the hub cache
+    if paths.sdxl.as_ref().is_some_and(|p| p.is_file()) && paths.sdxl_config.is_none() {
+        paths.sdxl_config = d.candidates.iter().find(|(c, p)| *c == "sdxl" && p.is_dir()).map(|(_, p)| p.clone());
+    }
+    Ok((paths, hints))
+}
+
 /// The session for these flags (with the demo set filled in when asked), and the demo set if used.
 pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
-    let mut paths = ModelPaths { sdxl: a.sdxl.clone(), sdxl_config: a.sdxl_config.clone(), hyperlora: a.hyperlora.clone(), clip: a.clip.clone(), antelopev2: a.antelopev2.clone() };
+    let (mut paths, hints) = resolve_paths(a)?;
+    for h in hints {
+        eprintln!("hint: {h}");
+    }
     let demo = if a.demo {
         let d = demo_set()?;
         paths.sdxl.get_or_insert(d.sdxl.clone());
