@@ -16,6 +16,7 @@ pub mod mix;
 pub mod models;
 pub mod output;
 pub mod session;
+pub mod tui;
 pub mod png_meta;
 pub mod preview;
 pub mod script;

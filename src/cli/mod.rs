@@ -9,11 +9,20 @@ mod export;
 mod generate;
 mod identity;
 mod info;
+pub mod tui {
+    //! `hyperlora tui`
+    #[derive(clap::Args, Debug)]
+    pub struct Args {
+        #[command(flatten)]
+        pub models: super::session_args::ModelArgs,
+    }
+}
 mod repl;
 mod run;
-mod session_args;
+pub(crate) mod session_args;
 
 pub use repl::open_brackets;
+pub use run::define_demo;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -24,9 +33,13 @@ use std::path::PathBuf;
     about = "Tuning-free portrait personalisation with HyperLoRA",
     after_long_help = "Quick start (precomputed encoder outputs):\n  hyperlora identity --hyperlora DIR --features me.safetensors --out me.id.safetensors\n  hyperlora export-lora --hyperlora DIR me.id.safetensors --weight 0.85 --out me.lora.safetensors"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Without a command: the TUI on a terminal, the line REPL otherwise (no TTY, or TERM=dumb).
     #[command(subcommand)]
-    pub cmd: Cmd,
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub models: session_args::ModelArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,6 +48,8 @@ pub enum Cmd {
     Demo(demo::Args),
     /// Run a Rhai recipe headless; exits non-zero on the first error (printed as file:line:col).
     Run(run::Args),
+    /// The full-screen terminal UI: input, output log, values, image preview, progress (over SSH and in tmux).
+    Tui(tui::Args),
     /// The interactive line REPL (Rhai, with history and completion).
     Repl(repl::Args),
     /// Check the models: found or missing, path, size, dtype, headers and shapes, licence (exit 1 if not usable).
@@ -80,7 +95,13 @@ pub struct HyperArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        use std::io::IsTerminal;
+        let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(false);
+        return if tty { crate::tui::run(&cli.models) } else { repl::run(repl::Args { models: cli.models, history: None }) };
+    };
+    match cmd {
+        Cmd::Tui(a) => crate::tui::run(&a.models),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Run(a) => run::run(a),
         Cmd::Repl(a) => repl::run(a),

@@ -82,10 +82,15 @@ pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)>
 
 /// The session for these flags (with the demo set filled in when asked), and the demo set if used.
 pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
-    let (mut paths, hints) = resolve_paths(a)?;
+    let (paths, hints) = resolve_paths(a)?;
     for h in hints {
         eprintln!("hint: {h}");
     }
+    session_with(a, paths, listener())
+}
+
+/// The session for resolved paths, reporting to `listener`.
+pub fn session_with(a: &ModelArgs, mut paths: ModelPaths, listener: crate::session::Listener) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
     let demo = if a.demo {
         let d = demo_set()?;
         paths.sdxl.get_or_insert(d.sdxl.clone());
@@ -97,7 +102,7 @@ pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<cra
         None
     };
     let opts = SessionOptions { paths, device: super::generate::device(&a.device)?, dtype: a.dtype.dtype() };
-    Ok((Arc::new(Mutex::new(Session::new(opts, listener()))), demo))
+    Ok((Arc::new(Mutex::new(Session::new(opts, listener))), demo))
 }
 
 pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {

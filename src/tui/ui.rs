@@ -1,0 +1,144 @@
+//! Drawing the TUI: the output log, the values in scope, the preview, the input area and the status bar.
+use super::app::{App, LineKind};
+use crate::session::Image;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Widget, Wrap};
+use ratatui::Frame;
+
+/// An image drawn with upper-half blocks, two pixels per cell, scaled to fit and centred.
+pub struct Halfblocks<'a>(pub &'a Image);
+
+impl Widget for Halfblocks<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let img = self.0;
+        if area.width == 0 || area.height == 0 || img.width == 0 || img.height == 0 {
+            return;
+        }
+        let scale = (img.width as f64 / area.width as f64).max(img.height as f64 / (2.0 * area.height as f64));
+        let (w, h) = (((img.width as f64 / scale) as u16).clamp(1, area.width), ((img.height as f64 / scale / 2.0).ceil() as u16).clamp(1, area.height));
+        let (x0, y0) = (area.x + (area.width - w) / 2, area.y + (area.height - h) / 2);
+        let px = |x: f64, y: f64| -> Color {
+            let (ix, iy) = ((x * scale) as usize, (y * scale) as usize);
+            if ix >= img.width || iy >= img.height {
+                return Color::Reset;
+            }
+            let o = (iy * img.width + ix) * 3;
+            Color::Rgb(img.rgb[o], img.rgb[o + 1], img.rgb[o + 2])
+        };
+        for cy in 0..h {
+            for cx in 0..w {
+                let (fx, fy) = (cx as f64 + 0.5, cy as f64 * 2.0);
+                if let Some(cell) = buf.cell_mut((x0 + cx, y0 + cy)) {
+                    cell.set_symbol("▀").set_fg(px(fx, fy + 0.5)).set_bg(px(fx, fy + 1.5));
+                }
+            }
+        }
+    }
+}
+
+fn memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
+        .map(|kb| format!("{:.2} GB", kb / 1e6))
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn draw(f: &mut Frame, app: &App) {
+    let area = f.area();
+    if area.width < 10 || area.height < 5 {
+        f.render_widget(Paragraph::new("terminal too small"), area);
+        return;
+    }
+    let input_lines = app.input.lines().count().max(1) + usize::from(app.input.ends_with('\n'));
+    let input_h = (input_lines as u16 + 2).clamp(3, (area.height / 3).max(3));
+    let rows = Layout::default().direction(Direction::Vertical).constraints([Constraint::Min(3), Constraint::Length(input_h), Constraint::Length(1)]).split(area);
+    let cols = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(58), Constraint::Percentage(42)]).split(rows[0]);
+    let right = Layout::default().direction(Direction::Vertical).constraints([Constraint::Percentage(40), Constraint::Percentage(60)]).split(cols[1]);
+
+    // output log, bottom-anchored
+    let log_block = Block::default().borders(Borders::ALL).title(" output ");
+    let inner_h = log_block.inner(cols[0]).height as usize;
+    let end = app.log.len().saturating_sub(app.scroll);
+    let start = end.saturating_sub(inner_h.max(1) * 4);
+    let lines: Vec<Line> = app.log[start..end]
+        .iter()
+        .map(|(k, t)| {
+            let style = match k {
+                LineKind::Input => Style::default().fg(Color::Cyan),
+                LineKind::Output => Style::default(),
+                LineKind::Error => Style::default().fg(Color::Red),
+                LineKind::Info => Style::default().fg(Color::DarkGray),
+            };
+            Line::from(Span::styled(t.clone(), style))
+        })
+        .collect();
+    let para = Paragraph::new(lines).block(log_block).wrap(Wrap { trim: false });
+    let total = para.line_count(cols[0].width.saturating_sub(2)) as u16;
+    let visible = cols[0].height.saturating_sub(2);
+    f.render_widget(para.scroll((total.saturating_sub(visible), 0)), cols[0]);
+
+    // values in scope
+    let items: Vec<ListItem> = app
+        .values
+        .iter()
+        .map(|v| ListItem::new(Line::from(vec![Span::styled(format!("{} ", v.name), Style::default().add_modifier(Modifier::BOLD)), Span::styled(format!("{}: ", v.kind), Style::default().fg(Color::Yellow)), Span::raw(v.text.clone())])))
+        .collect();
+    let mut state = ListState::default().with_selected(app.selected);
+    f.render_stateful_widget(
+        List::new(items).block(Block::default().borders(Borders::ALL).title(" values (Alt-↑/↓) ")).highlight_style(Style::default().add_modifier(Modifier::REVERSED)),
+        right[0],
+        &mut state,
+    );
+
+    // preview
+    let pblock = Block::default().borders(Borders::ALL).title(" preview ");
+    let pin = pblock.inner(right[1]);
+    f.render_widget(pblock, right[1]);
+    match (app.preview, app.shown_image()) {
+        (true, Some(img)) if pin.height > 1 => {
+            let img_area = Rect { height: pin.height - 1, ..pin };
+            f.render_widget(Halfblocks(img), img_area);
+            let saved = img.path.as_ref().map(|p| format!("saved: {}", p.display())).unwrap_or_else(|| format!("{}×{} seed {} (not saved)", img.width, img.height, img.seed));
+            f.render_widget(Paragraph::new(saved).style(Style::default().fg(Color::Green)), Rect { y: pin.y + pin.height - 1, height: 1, ..pin });
+        }
+        (false, Some(img)) => {
+            let saved = img.path.as_ref().map(|p| format!("preview off — saved: {}", p.display())).unwrap_or_else(|| "preview off (:preview on)".into());
+            f.render_widget(Paragraph::new(saved).wrap(Wrap { trim: true }), pin);
+        }
+        _ => f.render_widget(Paragraph::new("no image yet").style(Style::default().fg(Color::DarkGray)), pin),
+    }
+
+    // input
+    let title = if app.completions.is_empty() { " hl> ".to_string() } else { format!(" {} ", app.completions.join("  ")) };
+    let iblock = Block::default().borders(Borders::ALL).title(title);
+    let iin = iblock.inner(rows[1]);
+    f.render_widget(Paragraph::new(app.input.as_str()).block(iblock), rows[1]);
+    let before = &app.input[..app.cursor];
+    let (cy, cx) = (before.matches('\n').count() as u16, before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u16);
+    if app.job.is_none() && cy < iin.height {
+        f.set_cursor_position((iin.x + cx.min(iin.width.saturating_sub(1)), iin.y + cy));
+    }
+
+    // status bar
+    let job = app.job.as_ref().map(|j| format!("job: {}", j.progress())).unwrap_or_else(|| "ready".into());
+    let models = if app.models.is_empty() { "none".to_string() } else { app.models.join(", ") };
+    let status = format!(" {} · models: {} · mem {} · {}", app.device, models, memory(), job);
+    f.render_widget(Paragraph::new(status).style(Style::default().bg(Color::Blue).fg(Color::White)), rows[2]);
+
+    if app.help {
+        let w = area.width.saturating_sub(4).min(100);
+        let h = area.height.saturating_sub(2);
+        let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + 1, width: w, height: h };
+        let text = format!(
+            "{}\n\nkeys: Enter run · Alt/Shift-Enter newline · Tab complete · ↑/↓ history · Alt-↑/↓ select a value · PgUp/PgDn scroll · Ctrl-C stop the job · Ctrl-D quit\n\
+             commands: :models  :mem  :unload NAME  :preview on|off  :save-session FILE  :load-session FILE  :help\n\nEsc closes this help.",
+            crate::script::api::help(None)
+        );
+        f.render_widget(Clear, r);
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title(" help ")), r);
+    }
+}
