@@ -9,7 +9,7 @@ use crate::features::FeatureSet;
 use crate::hyper::synth::Branch;
 use crate::hyper::{HyperLora, LoadOptions, TRIGGER};
 use crate::identity::{sha256_hex, Identity};
-use crate::lora::{LoraWeights, HYPER_ALPHA_RATIO};
+use crate::lora::LoraWeights;
 use crate::mix::{LoraMix, TermSource};
 use crate::sdxl::model::{GenerateRequest, Sdxl, SdxlOptions};
 use crate::sdxl::pipeline::Conditioning;
@@ -350,21 +350,22 @@ impl Session {
 
     /// The mix as per-layer LoRA weights (ΔW = Σ wᵢ·scaleᵢ·Uᵢ·Dᵢ), synthesis cached per identity.
     pub fn lora_weights(&mut self, mix: &LoraMix) -> Result<LoraWeights> {
-        let mut out = LoraWeights::default();
+        // synthesize (or find) every identity's factors first, then combine borrowing them from the cache
         for t in mix.terms() {
-            match &t.source {
-                TermSource::Identity(id) => {
-                    if t.weight != 0.0 {
-                        out.extend(self.synthesized(id, Branch::Id)?.scaled(t.weight * HYPER_ALPHA_RATIO));
-                    }
-                    if t.base_weight != 0.0 {
-                        out.extend(self.synthesized(id, Branch::Base)?.scaled(t.base_weight * HYPER_ALPHA_RATIO));
-                    }
+            if let TermSource::Identity(id) = &t.source {
+                if t.weight != 0.0 {
+                    self.synthesized(id, Branch::Id)?;
                 }
-                TermSource::File { weights, .. } => out.extend(weights.scaled(t.weight)),
+                if t.base_weight != 0.0 {
+                    self.synthesized(id, Branch::Base)?;
+                }
             }
         }
-        Ok(out)
+        let cache = &self.synthesized;
+        crate::hyper::combine(mix, &mut |id, branch| {
+            let w = cache.get(&format!("{}:{branch:?}", id.hash())).ok_or_else(|| Error::Mismatch(format!("identity {}: LoRA factors missing from the cache", id.short_hash())))?;
+            Ok(std::borrow::Cow::Borrowed(w.as_ref()))
+        })
     }
 
     /// A LoRA file (kohya, diffusers or PEFT names) as a mix term at strength `weight`.

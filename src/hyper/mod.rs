@@ -314,20 +314,25 @@ impl HyperLora {
 
     /// Turn a mix into weights: ΔW = Σ wᵢ · (alpha/rank) · Uᵢ·Dᵢ (alpha/rank = 0.5 for HyperLoRA terms).
     pub fn lora_weights(&self, mix: &LoraMix) -> Result<LoraWeights> {
-        let mut out = LoraWeights::default();
-        for t in mix.terms() {
-            match &t.source {
-                TermSource::Identity(id) => {
-                    if t.weight != 0.0 {
-                        out.extend(self.synthesize(id, Branch::Id)?.scaled(t.weight * HYPER_ALPHA_RATIO));
-                    }
-                    if t.base_weight != 0.0 {
-                        out.extend(self.synthesize(id, Branch::Base)?.scaled(t.base_weight * HYPER_ALPHA_RATIO));
-                    }
-                }
-                TermSource::File { weights, .. } => out.extend(weights.scaled(t.weight)),
-            }
-        }
-        Ok(out)
+        combine(mix, &mut |id, branch| Ok(std::borrow::Cow::Owned(self.synthesize(id, branch)?)))
     }
+}
+
+/// A mix as weights, with each identity's factors (scale 1) from `synth` — so a caller can cache them.
+pub fn combine<'a>(mix: &LoraMix, synth: &mut dyn FnMut(&Identity, Branch) -> Result<std::borrow::Cow<'a, LoraWeights>>) -> Result<LoraWeights> {
+    let mut out = LoraWeights::default();
+    for t in mix.terms() {
+        match &t.source {
+            TermSource::Identity(id) => {
+                if t.weight != 0.0 {
+                    out.extend(synth(id, Branch::Id)?.scaled(t.weight * HYPER_ALPHA_RATIO));
+                }
+                if t.base_weight != 0.0 {
+                    out.extend(synth(id, Branch::Base)?.scaled(t.base_weight * HYPER_ALPHA_RATIO));
+                }
+            }
+            TermSource::File { weights, .. } => out.extend(weights.scaled(t.weight)),
+        }
+    }
+    Ok(out)
 }
