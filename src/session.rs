@@ -50,11 +50,32 @@ pub struct SessionOptions {
 /// What the session reports while it works.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Loading { component: &'static str, path: PathBuf },
-    Loaded { component: &'static str, seconds: f64 },
-    Encoded { photo: String, detail: String, cached: bool },
+    Loading {
+        component: &'static str,
+        path: PathBuf,
+    },
+    Loaded {
+        component: &'static str,
+        seconds: f64,
+    },
+    Encoded {
+        photo: String,
+        detail: String,
+        cached: bool,
+    },
     /// One denoising step done (1-based) of `total`, `elapsed` seconds since sampling began.
-    Step { step: usize, total: usize, elapsed: f64 },
+    Step {
+        step: usize,
+        total: usize,
+        elapsed: f64,
+    },
+    /// A cheap look at the latents mid-run (every `set_latent_preview` steps): latent channels 1–3 stretched to
+    /// RGB at 1/8 of the image size — structure, not colours.
+    Preview {
+        step: usize,
+        total: usize,
+        image: Image,
+    },
     Note(String),
 }
 
@@ -114,7 +135,17 @@ pub struct Generate {
 impl Generate {
     pub fn new(prompt: impl Into<String>) -> Self {
         let r = GenerateRequest::new("");
-        Generate { prompt: prompt.into(), negative: None, seed: 0, steps: r.steps, cfg: r.cfg, sampler: r.sampler, width: r.width, height: r.height, lora: None }
+        Generate {
+            prompt: prompt.into(),
+            negative: None,
+            seed: 0,
+            steps: r.steps,
+            cfg: r.cfg,
+            sampler: r.sampler,
+            width: r.width,
+            height: r.height,
+            lora: None,
+        }
     }
 }
 
@@ -147,6 +178,24 @@ pub struct Session {
     applied: Option<LoraMix>,
     listener: Listener,
     cancel: Arc<AtomicBool>,
+    preview_every: usize,
+}
+
+/// Latent channels 0–2 of [1, C, h, w], each stretched to 0–255 over its own range.
+fn latent_preview(x: &Tensor, step: usize) -> Result<Image> {
+    let x = x.get(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let (c, h, w) = x.dims3()?;
+    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut rgb = vec![0u8; w * h * 3];
+    for ch in 0..3.min(c) {
+        let plane = &v[ch * h * w..(ch + 1) * h * w];
+        let (lo, hi) = plane.iter().fold((f32::MAX, f32::MIN), |(a, b), &p| (a.min(p), b.max(p)));
+        let span = (hi - lo).max(1e-6);
+        for (i, p) in plane.iter().enumerate() {
+            rgb[i * 3 + ch] = ((p - lo) / span * 255.0) as u8;
+        }
+    }
+    Ok(Image { rgb: Arc::new(rgb), width: w, height: h, seed: 0, prompt: format!("latents at step {step}"), settings: Vec::new(), path: None })
 }
 
 fn need<'a>(p: &'a Option<PathBuf>, what: &str, flag: &str) -> Result<&'a Path> {
@@ -168,7 +217,13 @@ impl Session {
             applied: None,
             listener,
             cancel: Arc::new(AtomicBool::new(false)),
+            preview_every: 0,
         }
+    }
+
+    /// Report a latent preview every `n` steps during generation (0: never).
+    pub fn set_latent_preview(&mut self, n: usize) {
+        self.preview_every = n;
     }
 
     pub fn options(&self) -> &SessionOptions {
@@ -363,7 +418,9 @@ impl Session {
         }
         let cache = &self.synthesized;
         crate::hyper::combine(mix, &mut |id, branch| {
-            let w = cache.get(&format!("{}:{branch:?}", id.hash())).ok_or_else(|| Error::Mismatch(format!("identity {}: LoRA factors missing from the cache", id.short_hash())))?;
+            let w = cache
+                .get(&format!("{}:{branch:?}", id.hash()))
+                .ok_or_else(|| Error::Mismatch(format!("identity {}: LoRA factors missing from the cache", id.short_hash())))?;
             Ok(std::borrow::Cow::Borrowed(w.as_ref()))
         })
     }
@@ -449,11 +506,16 @@ impl Session {
             init_noise: None,
             init_image: None,
         };
-        let (listener, cancel) = (self.listener.clone(), self.cancel.clone());
+        let (listener, cancel, every) = (self.listener.clone(), self.cancel.clone(), self.preview_every);
         let t0 = Instant::now();
         let sdxl = self.sdxl()?;
-        let out = sdxl.generate_conditioned(&req, &cond, &uncond, truncated, &mut |p, _| {
+        let out = sdxl.generate_conditioned(&req, &cond, &uncond, truncated, &mut |p, trace| {
             listener(&Event::Step { step: p.step, total: p.total, elapsed: t0.elapsed().as_secs_f64() });
+            if let (true, Some(t)) = (every > 0 && p.step % every == 0 && p.step < p.total, trace) {
+                if let Ok(image) = latent_preview(&t.x_after, p.step) {
+                    listener(&Event::Preview { step: p.step, total: p.total, image });
+                }
+            }
             if cancel.load(Ordering::Relaxed) {
                 ControlFlow::Break(())
             } else {

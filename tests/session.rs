@@ -110,3 +110,21 @@ fn cancelling_a_generation_keeps_the_session() {
     assert_eq!(s.generate(&g).unwrap().width, 64);
     assert!(s.models().iter().any(|m| m.name == "sdxl" && m.loaded));
 }
+
+#[test]
+fn latent_previews_every_n_steps() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut s = session(events.clone());
+    s.set_latent_preview(2);
+    let mut g = Generate::new("x");
+    (g.width, g.height, g.steps) = (64, 96, 6);
+    s.generate(&g).unwrap();
+    let previews: Vec<(usize, usize, usize)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| if let Event::Preview { step, image, .. } = e { Some((*step, image.width, image.height)) } else { None })
+        .collect();
+    // steps 2 and 4 (not the last: the image itself follows), at latent size
+    assert_eq!(previews, vec![(2, 8, 12), (4, 8, 12)]);
+}

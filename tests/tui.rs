@@ -48,12 +48,31 @@ fn layout_at_80x24_and_200x60() {
     let app = busy_app();
     for (w, h) in [(80, 24), (200, 60)] {
         let s = screen(&app, w, h);
-        for want in ["output", "values", "preview", "hl>", "hello from the script", "Variable not found", "step 3/20", "2.00 it/s", "models: sdxl, hyperlora", "saved: /out/astro.png", "me ", "img "] {
+        for want in [
+            "output",
+            "values",
+            "preview",
+            "hl>",
+            "hello from the script",
+            "Variable not found",
+            "step 3/20",
+            "2.00 it/s",
+            "models: sdxl, hyperlora",
+            "saved: /out/astro.png",
+            "me ",
+            "img ",
+        ] {
             assert!(s.contains(want), "{w}×{h}: `{want}` not on screen:\n{s}");
         }
         assert!(s.contains('▀'), "{w}×{h}: no halfblock preview:\n{s}");
         assert_eq!(s.lines().count(), h as usize);
     }
+    // a running job's latents replace the preview until it ends
+    let mut app = busy_app();
+    app.on_msg(Msg::Event(hyperlora::session::Event::Preview { step: 5, total: 20, image: image(None) }));
+    assert!(screen(&app, 80, 24).contains("latents, step 5/20"));
+    app.on_msg(Msg::Done { code: "x".into(), result: Ok(String::new()), vars: app.values.clone(), cancelled: false });
+    assert!(!screen(&app, 80, 24).contains("latents"));
     // the help overlay lists the API
     let mut app = busy_app();
     app.help = true;
@@ -63,6 +82,26 @@ fn layout_at_80x24_and_200x60() {
     let mut app = busy_app();
     app.preview = false;
     assert!(screen(&app, 80, 24).contains("preview off"));
+}
+
+#[test]
+fn graphics_protocols_encode_the_preview() {
+    use hyperlora::tui::app::Graphics;
+    use ratatui_image::picker::{Picker, ProtocolType};
+    for (proto, marker) in [(ProtocolType::Kitty, "\x1b_G"), (ProtocolType::Sixel, "\x1bP"), (ProtocolType::Iterm2, "\x1b]1337;File=")] {
+        let mut app = busy_app();
+        let mut picker = Picker::from_fontsize((10, 20));
+        picker.set_protocol_type(proto);
+        app.graphics = Some(Graphics::new(picker));
+        let s = screen(&app, 120, 40);
+        assert!(s.contains(marker), "{proto:?}: no {marker:?} in the frame");
+        assert!(s.contains("saved: /out/astro.png"), "the path stays beside the image");
+        assert!(!s.contains('▀'), "{proto:?}: halfblocks drawn as well");
+        // the encoding is kept while the image stays the same
+        let first = app.graphics.as_ref().unwrap().state.borrow().as_ref().map(|(k, _)| *k);
+        let _ = screen(&app, 120, 40);
+        assert_eq!(first, app.graphics.as_ref().unwrap().state.borrow().as_ref().map(|(k, _)| *k));
+    }
 }
 
 #[test]
@@ -176,13 +215,17 @@ fn end_to_end_in_tmux() {
     let out = tempfile::tempdir().unwrap();
     let t = Tmux(format!("hyperlora-test-{}", std::process::id()));
     let bin = env!("CARGO_BIN_EXE_hyperlora");
-    let cmd = format!("HYPERLORA_DEMO_DIR={} TERM=xterm-256color {bin} --demo", demo.path().display());
+    // halfblocks here (capture-pane shows text); the graphics protocols are covered by the TestBackend test
+    let cmd = format!("HYPERLORA_DEMO_DIR={} HYPERLORA_GRAPHICS=halfblocks TERM=xterm-256color {bin} --demo", demo.path().display());
     t.cmd(&["new-session", "-d", "-s", "hl", "-x", "120", "-y", "40", &cmd]);
     t.wait_for("hl>", 30);
     t.line("let me = identity(#{ path: demo_photo, box: demo_box })");
     t.wait_for("me Identity", 30);
     let png = out.path().join("a.png");
-    t.line(&format!("let img = generate(\"portrait\", #{{ lora: lora(me, 0.85), seed: 7, steps: 4, width: 128, height: 128 }}); save(img, \"{}\"); show(img)", png.display()));
+    t.line(&format!(
+        "let img = generate(\"portrait\", #{{ lora: lora(me, 0.85), seed: 7, steps: 4, width: 128, height: 128 }}); save(img, \"{}\"); show(img)",
+        png.display()
+    ));
     let s = t.wait_for("saved: ", 60);
     assert!(s.contains('▀'), "no halfblock preview:\n{s}");
     assert!(png.is_file());

@@ -53,14 +53,26 @@ pub enum Preview {
 /// Model paths: flags and environment first, then the config file, then a ComfyUI tree (flag, env or config),
 /// then the Hugging Face hub cache. Returns the paths and the hints the searches left.
 pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)> {
-    let mut paths = ModelPaths { sdxl: a.sdxl.clone(), sdxl_config: a.sdxl_config.clone(), hyperlora: a.hyperlora.clone(), clip: a.clip.clone(), antelopev2: a.antelopev2.clone() };
+    let mut paths = ModelPaths {
+        sdxl: a.sdxl.clone(),
+        sdxl_config: a.sdxl_config.clone(),
+        hyperlora: a.hyperlora.clone(),
+        clip: a.clip.clone(),
+        antelopev2: a.antelopev2.clone(),
+    };
     let mut hints = Vec::new();
     if a.demo {
         // the demo set stands in for everything not named explicitly; no config file or searches
         return Ok((paths, hints));
     }
     let cfg = crate::models::load_config(&crate::models::config_path())?.unwrap_or_default();
-    for (slot, v) in [(&mut paths.sdxl, &cfg.sdxl), (&mut paths.sdxl_config, &cfg.sdxl_config), (&mut paths.hyperlora, &cfg.hyperlora), (&mut paths.clip, &cfg.clip), (&mut paths.antelopev2, &cfg.antelopev2)] {
+    for (slot, v) in [
+        (&mut paths.sdxl, &cfg.sdxl),
+        (&mut paths.sdxl_config, &cfg.sdxl_config),
+        (&mut paths.hyperlora, &cfg.hyperlora),
+        (&mut paths.clip, &cfg.clip),
+        (&mut paths.antelopev2, &cfg.antelopev2),
+    ] {
         if slot.is_none() {
             *slot = v.clone();
         }
@@ -90,7 +102,11 @@ pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<cra
 }
 
 /// The session for resolved paths, reporting to `listener`.
-pub fn session_with(a: &ModelArgs, mut paths: ModelPaths, listener: crate::session::Listener) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
+pub fn session_with(
+    a: &ModelArgs,
+    mut paths: ModelPaths,
+    listener: crate::session::Listener,
+) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
     let demo = if a.demo {
         let d = demo_set()?;
         paths.sdxl.get_or_insert(d.sdxl.clone());
@@ -118,15 +134,21 @@ pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {
 fn listener() -> crate::session::Listener {
     let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
     Arc::new(move |e: &Event| match e {
-        Event::Loading { component, path } => eprintln!("loading {component} from {} …", path.display()),
+        Event::Loading { component, path } => {
+            eprintln!("loading {component} from {} …", path.display())
+        }
         Event::Loaded { component, seconds } => eprintln!("loaded {component} in {seconds:.1} s"),
         Event::Encoded { photo, detail, .. } => eprintln!("{photo}: {detail}"),
         Event::Note(n) => eprintln!("{n}"),
+        Event::Preview { .. } => {}
         Event::Step { step, total, .. } => {
             let Ok(mut b) = bar.lock() else { return };
             let pb = b.get_or_insert_with(|| {
                 let pb = indicatif::ProgressBar::new(*total as u64);
-                pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
                 pb
             });
             pb.set_length(*total as u64);

@@ -11,7 +11,12 @@ pub enum Msg {
     Out(Out),
     Event(Event),
     /// An evaluation finished: its source, the value (or error) as text, and the variables after it.
-    Done { code: String, result: Result<String, String>, vars: Vec<Value>, cancelled: bool },
+    Done {
+        code: String,
+        result: Result<String, String>,
+        vars: Vec<Value>,
+        cancelled: bool,
+    },
 }
 
 /// A variable in scope, for the sidebar.
@@ -62,7 +67,33 @@ pub enum Action {
     Quit,
 }
 
+/// A terminal graphics protocol (kitty, iTerm2/WezTerm, sixel) for the preview, when the terminal has one;
+/// without it the preview is drawn with halfblocks. The encoded image is kept for the image it was made from.
+pub struct Graphics {
+    pub picker: ratatui_image::picker::Picker,
+    pub state: std::cell::RefCell<Option<(usize, ratatui_image::protocol::StatefulProtocol)>>,
+}
+
+impl Graphics {
+    pub fn new(picker: ratatui_image::picker::Picker) -> Self {
+        Graphics { picker, state: std::cell::RefCell::new(None) }
+    }
+
+    /// The protocol's name for the status bar.
+    pub fn name(&self) -> &'static str {
+        use ratatui_image::picker::ProtocolType::*;
+        match self.picker.protocol_type() {
+            Halfblocks => "halfblocks",
+            Sixel => "sixel",
+            Kitty => "kitty",
+            Iterm2 => "iterm2",
+        }
+    }
+}
+
 pub struct App {
+    /// None: halfblocks.
+    pub graphics: Option<Graphics>,
     pub input: String,
     /// Byte offset of the cursor in `input`.
     pub cursor: usize,
@@ -75,6 +106,8 @@ pub struct App {
     pub selected: Option<usize>,
     /// The latest image shown or made.
     pub latest: Option<Image>,
+    /// The running job's latest latent preview (cleared when it ends).
+    pub latents: Option<(usize, usize, Image)>,
     pub preview: bool,
     pub help: bool,
     pub job: Option<Job>,
@@ -88,6 +121,7 @@ pub struct App {
 impl App {
     pub fn new(device: String) -> Self {
         App {
+            graphics: None,
             input: String::new(),
             cursor: 0,
             history: Vec::new(),
@@ -97,6 +131,7 @@ impl App {
             values: Vec::new(),
             selected: None,
             latest: None,
+            latents: None,
             preview: true,
             help: false,
             job: None,
@@ -149,9 +184,11 @@ impl App {
                 }
                 Event::Encoded { photo, detail, .. } => self.info(format!("{photo}: {detail}")),
                 Event::Note(n) => self.info(n),
+                Event::Preview { step, total, image } => self.latents = Some((step, total, image)),
             },
             Msg::Done { code, result, vars, cancelled } => {
                 self.job = None;
+                self.latents = None;
                 match result {
                     Ok(v) => {
                         if !v.is_empty() {
@@ -165,7 +202,12 @@ impl App {
                 }
                 // an image the last input made becomes the latest; a saved one updates its path
                 let same = |a: &Image, b: &Image| std::sync::Arc::ptr_eq(&a.rgb, &b.rgb);
-                let fresh = vars.iter().rev().filter_map(|v| v.image.as_ref()).find(|img| !self.values.iter().any(|o| o.image.as_ref().is_some_and(|oi| same(oi, img)))).cloned();
+                let fresh = vars
+                    .iter()
+                    .rev()
+                    .filter_map(|v| v.image.as_ref())
+                    .find(|img| !self.values.iter().any(|o| o.image.as_ref().is_some_and(|oi| same(oi, img))))
+                    .cloned();
                 if let Some(img) = fresh {
                     self.latest = Some(img);
                 } else if let Some(l) = &self.latest {

@@ -19,7 +19,12 @@ pub fn values(script: &Script) -> Vec<Value> {
     script
         .variables()
         .into_iter()
-        .map(|(name, v)| Value { kind: v.type_name().rsplit("::").next().unwrap_or("").to_string(), text: describe(&v), image: v.clone().try_cast::<Image>(), name })
+        .map(|(name, v)| Value {
+            kind: v.type_name().rsplit("::").next().unwrap_or("").to_string(),
+            text: describe(&v),
+            image: v.clone().try_cast::<Image>(),
+            name,
+        })
         .collect()
 }
 
@@ -49,7 +54,10 @@ fn ui_command(app: &mut App, code: &str) -> Option<()> {
     match (parts.next()?, parts.next().map(str::trim)) {
         (":help", _) => app.help = true,
         (":mem", _) => {
-            let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_string)).unwrap_or_else(|| "VmRSS: unknown".into());
+            let rss = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_string))
+                .unwrap_or_else(|| "VmRSS: unknown".into());
             app.info(rss);
         }
         (":preview", Some("on")) => app.preview = true,
@@ -68,12 +76,36 @@ fn ui_command(app: &mut App, code: &str) -> Option<()> {
     Some(())
 }
 
+/// The preview's graphics protocol: `HYPERLORA_GRAPHICS` = kitty | sixel | iterm2 | halfblocks, or asked of the
+/// terminal (inside tmux with passthrough when the outer terminal is known). Halfblocks when nothing better
+/// answers.
+fn graphics() -> Option<app::Graphics> {
+    use ratatui_image::picker::{Picker, ProtocolType};
+    let forced = std::env::var("HYPERLORA_GRAPHICS").ok();
+    let mut picker = match forced.as_deref() {
+        Some("halfblocks") => return None,
+        Some(_) => Picker::from_fontsize((10, 20)),
+        None => Picker::from_query_stdio().ok()?,
+    };
+    match forced.as_deref() {
+        Some("kitty") => picker.set_protocol_type(ProtocolType::Kitty),
+        Some("sixel") => picker.set_protocol_type(ProtocolType::Sixel),
+        Some("iterm2") => picker.set_protocol_type(ProtocolType::Iterm2),
+        _ => {}
+    }
+    (picker.protocol_type() != ProtocolType::Halfblocks).then(|| app::Graphics::new(picker))
+}
+
 pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let (paths, hints) = resolve_paths(models)?;
     let ltx = tx.clone();
     let (sess, demo) = session_with(models, paths, Arc::new(move |e: &Event| drop(ltx.send(Msg::Event(e.clone())))))?;
-    let cancel = sess.lock().map_err(|_| anyhow::anyhow!("session lock"))?.cancel_flag();
+    let cancel = {
+        let mut s = sess.lock().map_err(|_| anyhow::anyhow!("session lock"))?;
+        s.set_latent_preview(5);
+        s.cancel_flag()
+    };
     let (code_tx, code_rx) = mpsc::channel::<String>();
     let wtx = tx.clone();
     std::thread::spawn(move || {
@@ -98,13 +130,15 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         app.info("demo set (random weights): try  let me = identity(#{ path: demo_photo, box: demo_box });");
     }
     let mut terminal = ratatui::init();
+    app.graphics = graphics();
     let result = (|| -> anyhow::Result<()> {
         loop {
             terminal.draw(|f| ui::draw(f, &app))?;
             if event::poll(Duration::from_millis(50))? {
                 match event::read()? {
                     TermEvent::Key(k) if k.kind != KeyEventKind::Release => {
-                        let names: Vec<String> = crate::script::api::API.iter().map(|(n, ..)| n.to_string()).chain(app.values.iter().map(|v| v.name.clone())).collect();
+                        let names: Vec<String> =
+                            crate::script::api::API.iter().map(|(n, ..)| n.to_string()).chain(app.values.iter().map(|v| v.name.clone())).collect();
                         match app.on_key(k, &names) {
                             Action::Quit => return Ok(()),
                             Action::Cancel => {

@@ -39,6 +39,22 @@ impl Widget for Halfblocks<'_> {
     }
 }
 
+/// Draw through the terminal's graphics protocol, re-encoding only when the image changes.
+fn protocol_image(f: &mut Frame, g: &super::app::Graphics, img: &Image, area: Rect) {
+    let key = std::sync::Arc::as_ptr(&img.rgb) as usize;
+    let mut st = g.state.borrow_mut();
+    if st.as_ref().is_none_or(|(k, _)| *k != key) {
+        let Some(rgb) = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.as_ref().clone()) else {
+            f.render_widget(Halfblocks(img), area);
+            return;
+        };
+        *st = Some((key, g.picker.new_resize_protocol(image::DynamicImage::ImageRgb8(rgb))));
+    }
+    if let Some((_, proto)) = st.as_mut() {
+        f.render_stateful_widget(ratatui_image::StatefulImage::default(), area, proto);
+    }
+}
+
 fn memory() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -55,7 +71,8 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
     let input_lines = app.input.lines().count().max(1) + usize::from(app.input.ends_with('\n'));
     let input_h = (input_lines as u16 + 2).clamp(3, (area.height / 3).max(3));
-    let rows = Layout::default().direction(Direction::Vertical).constraints([Constraint::Min(3), Constraint::Length(input_h), Constraint::Length(1)]).split(area);
+    let rows =
+        Layout::default().direction(Direction::Vertical).constraints([Constraint::Min(3), Constraint::Length(input_h), Constraint::Length(1)]).split(area);
     let cols = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(58), Constraint::Percentage(42)]).split(rows[0]);
     let right = Layout::default().direction(Direction::Vertical).constraints([Constraint::Percentage(40), Constraint::Percentage(60)]).split(cols[1]);
 
@@ -85,31 +102,56 @@ pub fn draw(f: &mut Frame, app: &App) {
     let items: Vec<ListItem> = app
         .values
         .iter()
-        .map(|v| ListItem::new(Line::from(vec![Span::styled(format!("{} ", v.name), Style::default().add_modifier(Modifier::BOLD)), Span::styled(format!("{}: ", v.kind), Style::default().fg(Color::Yellow)), Span::raw(v.text.clone())])))
+        .map(|v| {
+            ListItem::new(Line::from(vec![
+                Span::styled(format!("{} ", v.name), Style::default().add_modifier(Modifier::BOLD)),
+                Span::styled(format!("{}: ", v.kind), Style::default().fg(Color::Yellow)),
+                Span::raw(v.text.clone()),
+            ]))
+        })
         .collect();
     let mut state = ListState::default().with_selected(app.selected);
     f.render_stateful_widget(
-        List::new(items).block(Block::default().borders(Borders::ALL).title(" values (Alt-↑/↓) ")).highlight_style(Style::default().add_modifier(Modifier::REVERSED)),
+        List::new(items)
+            .block(Block::default().borders(Borders::ALL).title(" values (Alt-↑/↓) "))
+            .highlight_style(Style::default().add_modifier(Modifier::REVERSED)),
         right[0],
         &mut state,
     );
 
     // preview
-    let pblock = Block::default().borders(Borders::ALL).title(" preview ");
+    let title = match &app.latents {
+        Some((step, total, _)) if app.job.is_some() => format!(" latents, step {step}/{total} "),
+        _ => " preview ".to_string(),
+    };
+    let pblock = Block::default().borders(Borders::ALL).title(title);
     let pin = pblock.inner(right[1]);
     f.render_widget(pblock, right[1]);
-    match (app.preview, app.shown_image()) {
-        (true, Some(img)) if pin.height > 1 => {
-            let img_area = Rect { height: pin.height - 1, ..pin };
-            f.render_widget(Halfblocks(img), img_area);
-            let saved = img.path.as_ref().map(|p| format!("saved: {}", p.display())).unwrap_or_else(|| format!("{}×{} seed {} (not saved)", img.width, img.height, img.seed));
-            f.render_widget(Paragraph::new(saved).style(Style::default().fg(Color::Green)), Rect { y: pin.y + pin.height - 1, height: 1, ..pin });
+    let live = app.latents.as_ref().filter(|_| app.job.is_some()).map(|(_, _, i)| i);
+    if let (true, Some(img)) = (app.preview, live) {
+        // a running job's latents: halfblocks (cheap, redrawn every few steps)
+        f.render_widget(Halfblocks(img), pin);
+    } else {
+        match (app.preview, app.shown_image()) {
+            (true, Some(img)) if pin.height > 1 => {
+                let img_area = Rect { height: pin.height - 1, ..pin };
+                match &app.graphics {
+                    Some(g) => protocol_image(f, g, img, img_area),
+                    None => f.render_widget(Halfblocks(img), img_area),
+                }
+                let saved = img
+                    .path
+                    .as_ref()
+                    .map(|p| format!("saved: {}", p.display()))
+                    .unwrap_or_else(|| format!("{}×{} seed {} (not saved)", img.width, img.height, img.seed));
+                f.render_widget(Paragraph::new(saved).style(Style::default().fg(Color::Green)), Rect { y: pin.y + pin.height - 1, height: 1, ..pin });
+            }
+            (false, Some(img)) => {
+                let saved = img.path.as_ref().map(|p| format!("preview off — saved: {}", p.display())).unwrap_or_else(|| "preview off (:preview on)".into());
+                f.render_widget(Paragraph::new(saved).wrap(Wrap { trim: true }), pin);
+            }
+            _ => f.render_widget(Paragraph::new("no image yet").style(Style::default().fg(Color::DarkGray)), pin),
         }
-        (false, Some(img)) => {
-            let saved = img.path.as_ref().map(|p| format!("preview off — saved: {}", p.display())).unwrap_or_else(|| "preview off (:preview on)".into());
-            f.render_widget(Paragraph::new(saved).wrap(Wrap { trim: true }), pin);
-        }
-        _ => f.render_widget(Paragraph::new("no image yet").style(Style::default().fg(Color::DarkGray)), pin),
     }
 
     // input
@@ -126,7 +168,9 @@ pub fn draw(f: &mut Frame, app: &App) {
     // status bar
     let job = app.job.as_ref().map(|j| format!("job: {}", j.progress())).unwrap_or_else(|| "ready".into());
     let models = if app.models.is_empty() { "none".to_string() } else { app.models.join(", ") };
-    let status = format!(" {} · models: {} · mem {} · {}", app.device, models, memory(), job);
+    let gfx = app.graphics.as_ref().map(|g| g.name()).unwrap_or("halfblocks");
+    // the job first: on a narrow terminal the tail is cut
+    let status = format!(" {job} · {} · models: {} · mem {} · preview {gfx}", app.device, models, memory());
     f.render_widget(Paragraph::new(status).style(Style::default().bg(Color::Blue).fg(Color::White)), rows[2]);
 
     if app.help {
