@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod clip;
 pub mod demo;
+pub mod download;
 pub mod encode;
 pub mod error;
 pub mod face;

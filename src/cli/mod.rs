@@ -4,6 +4,7 @@ mod bench_encode;
 mod bench_sdxl;
 mod demo;
 mod doctor;
+mod download;
 mod encode;
 mod export;
 mod generate;
@@ -54,6 +55,8 @@ pub enum Cmd {
     Repl(repl::Args),
     /// Check the models: found or missing, path, size, dtype, headers and shapes, licence (exit 1 if not usable).
     Doctor(doctor::Args),
+    /// Fetch the released HyperLoRA variant and CLIP (and optionally an SDXL repo) into the Hugging Face cache.
+    Download(download::Args),
     /// Encode photos of one person into a features file (face detection, landmarks, ID cutout, ArcFace, CLIP).
     Encode(encode::Args),
     /// Fuse precomputed encoder outputs (ArcFace + CLIP features of one person's photos) into an identity.
@@ -106,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run(a) => run::run(a),
         Cmd::Repl(a) => repl::run(a),
         Cmd::Doctor(a) => doctor::run(a),
+        Cmd::Download(a) => download::run(a),
         Cmd::Encode(a) => encode::run(a),
         Cmd::Identity(a) => identity::run(a),
         Cmd::ExportLora(a) => export::run(a),

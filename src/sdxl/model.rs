@@ -70,7 +70,7 @@ fn json_or<T: serde::de::DeserializeOwned>(path: &Path, fallback: &str, load: im
 }
 
 /// The weights file of a diffusers component folder (full precision preferred, `.fp16` variant accepted).
-fn component_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+pub(crate) fn component_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
         let p = dir.join(&name);
         if p.exists() {

@@ -136,7 +136,7 @@ impl ClipTextModel {
 /// Load a text encoder folder (`config.json` + `model.safetensors`), strictly (buffers like `position_ids` aside).
 pub fn load_text_encoder(dir: &Path, with_projection: bool, dtype: DType, device: &Device) -> Result<ClipTextModel> {
     let cfg = ClipTextConfig::load(&dir.join("config.json"))?;
-    let file = std::sync::Arc::new(StFile::open(dir.join("model.safetensors"))?);
+    let file = std::sync::Arc::new(StFile::open(super::model::component_file(dir, "model")?)?);
     crate::weights::build_strict(
         file,
         dtype,
