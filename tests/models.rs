@@ -139,7 +139,7 @@ fn config_file_and_doctor_command() {
     comfy(t.path());
     let cfg = t.path().join("config.toml");
     // relative paths are relative to the config file; the ComfyUI tree fills the rest
-    std::fs::write(&cfg, "comfyui = \"models\"\nclip = \"models/hyper_lora/clip_vit/clip_vit_large_14\"\ndevice = \"cpu\"\n").unwrap();
+    std::fs::write(&cfg, "comfyui = \"models\"\nclip = \"models/hyper_lora/clip_vit/clip_vit_large_14\"\ndevice = \"cpu\"\ndtype = \"f16\"\n").unwrap();
     let c = load_config(&cfg).unwrap().unwrap();
     assert_eq!(c.comfyui.unwrap(), t.path().join("models"));
     std::fs::write(t.path().join("bad.toml"), "sdxl = \"x\"\ncolour = \"red\"\n").unwrap();
@@ -150,7 +150,7 @@ fn config_file_and_doctor_command() {
     let run = |cfg: &Path, extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_hyperlora"));
         c.arg("doctor").args(extra).env("HYPERLORA_CONFIG", cfg).env("HF_HOME", hub.path());
-        for v in ["HYPERLORA_SDXL", "HYPERLORA_HYPERLORA", "HYPERLORA_CLIP", "HYPERLORA_ANTELOPEV2", "HYPERLORA_COMFYUI", "HF_HUB_CACHE"] {
+        for v in ["HYPERLORA_SDXL", "HYPERLORA_HYPERLORA", "HYPERLORA_CLIP", "HYPERLORA_ANTELOPEV2", "HYPERLORA_COMFYUI", "HYPERLORA_DEVICE", "HYPERLORA_DTYPE", "HF_HUB_CACHE"] {
             c.env_remove(v);
         }
         c.output().unwrap()
@@ -160,6 +160,10 @@ fn config_file_and_doctor_command() {
     assert!(r.status.success(), "{out}{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 4, "{out}");
     assert!(out.contains("licence: HyperLoRA weights: CC BY-NC 4.0"));
+    // device and dtype come from the config unless a flag or variable names them
+    assert!(out.contains("device  cpu, F16"), "{out}");
+    let r = run(&cfg, &["--dtype", "f32"]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("device  cpu, F32"));
     // no config, nothing found: non-zero exit naming what is missing
     let r = run(&t.path().join("none.toml"), &[]);
     assert!(!r.status.success());

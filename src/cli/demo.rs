@@ -30,8 +30,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         antelopev2: None,
         comfyui: None,
         demo: true,
-        device: "cpu".into(),
-        dtype: super::OutDtype::F32,
+        device: Some("cpu".into()),
+        dtype: Some(super::OutDtype::F32),
         preview: a.preview,
     };
     let (sess, demo) = session(&models)?;

@@ -20,6 +20,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let path = c.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
         println!("{mark} {:<11} {path}\n        {}\n        licence: {}", c.component, c.detail, c.licence);
     }
+    let (device, dtype) = super::session_args::device_dtype(&a.models)?;
+    println!("device  {device}, {dtype:?} (flags and HYPERLORA_DEVICE/HYPERLORA_DTYPE, else {})", crate::models::config_path().display());
     for h in &hints {
         println!("hint: {h}");
     }

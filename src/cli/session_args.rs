@@ -32,12 +32,12 @@ pub struct ModelArgs {
     /// `demo_box` in scripts.
     #[arg(long)]
     pub demo: bool,
-    /// `cpu`, or `cuda` / `cuda:N` in builds with the cuda feature.
-    #[arg(long, env = "HYPERLORA_DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// SDXL UNet/text-encoder dtype (the VAE stays f32).
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: super::OutDtype,
+    /// `cpu`, or `cuda` / `cuda:N` in builds with the cuda feature (default: the config file's, else cpu).
+    #[arg(long, env = "HYPERLORA_DEVICE")]
+    pub device: Option<String>,
+    /// SDXL UNet/text-encoder dtype; the VAE stays f32 (default: the config file's, else f32).
+    #[arg(long, value_enum, env = "HYPERLORA_DTYPE")]
+    pub dtype: Option<super::OutDtype>,
     /// Image previews in the terminal: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value = "auto")]
     pub preview: Preview,
@@ -117,8 +117,23 @@ pub fn session_with(
     } else {
         None
     };
-    let opts = SessionOptions { paths, device: super::generate::device(&a.device)?, dtype: a.dtype.dtype() };
+    let (device, dtype) = device_dtype(a)?;
+    let opts = SessionOptions { paths, device: super::generate::device(&device)?, dtype: dtype.dtype() };
     Ok((Arc::new(Mutex::new(Session::new(opts, listener))), demo))
+}
+
+/// Device and dtype: flag or environment, else the config file (not with --demo), else cpu / f32.
+pub fn device_dtype(a: &ModelArgs) -> anyhow::Result<(String, super::OutDtype)> {
+    let cfg = if a.demo { None } else { crate::models::load_config(&crate::models::config_path())? };
+    let cfg = cfg.unwrap_or_default();
+    let device = a.device.clone().or(cfg.device).unwrap_or_else(|| "cpu".into());
+    let dtype = match (a.dtype, cfg.dtype.as_deref()) {
+        (Some(d), _) => d,
+        (None, Some(s)) => <super::OutDtype as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| anyhow::anyhow!("{}: dtype `{s}`: expected f32, f16 or bf16", crate::models::config_path().display()))?,
+        (None, None) => super::OutDtype::F32,
+    };
+    Ok((device, dtype))
 }
 
 pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {

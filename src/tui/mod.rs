@@ -121,8 +121,9 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         }
     });
 
-    let mut app = App::new(format!("{:?}", models.device));
-    app.device = models.device.clone();
+    let (device, dtype) = crate::cli::session_args::device_dtype(models)?;
+    let app_device = format!("{device} {dtype:?}").to_lowercase();
+    let mut app = App::new(app_device);
     for h in hints {
         app.info(format!("hint: {h}"));
     }
