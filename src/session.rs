@@ -369,6 +369,23 @@ impl Session {
         Ok(f)
     }
 
+    /// Encode one photo with everything the face stack found (for `hyperlora encode` and debugging); the result
+    /// also lands in the feature cache.
+    pub fn encode_photo(&mut self, spec: &PhotoSpec) -> Result<Encoded> {
+        self.encoders()?;
+        let (face, clip) = (self.face.as_ref().expect("loaded"), self.clip.as_ref().expect("loaded"));
+        let e = encode_photo(face, clip, &spec.path, &spec.options)?;
+        let key = format!("{}:{:?}", e.source.hash, spec.options);
+        self.embeddings.insert(e.source.hash.clone(), e.face.embedding.clone());
+        self.photos.insert(key, Arc::new(PhotoFeatures { arcface: e.face.embedding.clone(), clip: e.clip.clone(), source: e.source.clone() }));
+        Ok(e)
+    }
+
+    /// An identity from precomputed encoder outputs (a features file).
+    pub fn identity_from_features(&mut self, set: &FeatureSet) -> Result<Identity> {
+        self.hyper()?.identity(set)
+    }
+
     /// Encode photos of one person and fuse them into an identity (several photos are averaged the HyperLoRA
     /// way: raw resampler outputs meaned before normalisation).
     pub fn identity(&mut self, photos: &[PhotoSpec]) -> Result<Identity> {
@@ -561,7 +578,14 @@ impl Session {
             &title,
             weights.layers.iter().map(|l| l.rank()).max().unwrap_or(0),
             "HyperLoRA LoRA mix (UNet attention only); start prompts with the trigger phrase",
-            &[("hyperlora.variant", format!("{} {}", hyper.variant().label, hyper.variant().hash)), ("hyperlora.mix", mix.summary())],
+            &[
+                ("hyperlora.variant", format!("{} {}", hyper.variant().label, hyper.variant().hash)),
+                ("hyperlora.mix", mix.summary()),
+                (
+                    "hyperlora.identities",
+                    mix.terms().iter().filter_map(|t| if let TermSource::Identity(id) = &t.source { Some(id.hash()) } else { None }).collect::<Vec<_>>().join(" "),
+                ),
+            ],
         );
         crate::lora::file::export_kohya(&weights, path, dtype, meta, overwrite)
     }

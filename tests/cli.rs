@@ -53,6 +53,8 @@ fn identity_then_export_matches_the_reference_lora() {
     assert_eq!(meta.get("ss_network_dim").map(String::as_str), Some("4"));
     assert_eq!(meta.get("ss_network_alpha").map(String::as_str), Some("2"));
     assert_eq!(meta.get("ss_network_module").map(String::as_str), Some("networks.lora"));
+    // the file names the identity it was made from
+    assert_eq!(meta.get("hyperlora.identities"), Some(&hyperlora::Identity::load(&id).unwrap().hash()));
 
     // default dtype is f16; negative weights are accepted
     let l16 = tmp.path().join("neg.safetensors");

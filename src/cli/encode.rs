@@ -1,7 +1,6 @@
 use super::generate::device;
-use crate::encode::{encode_photo, save_features, write_debug};
-use crate::face::analyser::{Antelope, FaceOptions, FacePick};
-use crate::vision::clip::load_clip_vision;
+use crate::encode::{save_features, write_debug};
+use crate::face::analyser::{FaceOptions, FacePick};
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -57,9 +56,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if boxes.len() > 1 && boxes.len() != a.photos.len() {
         anyhow::bail!("{} boxes for {} photos: give --box once for all photos or once per photo", boxes.len(), a.photos.len());
     }
-    let dev = device(&a.device)?;
-    let face = Antelope::load(&a.antelopev2).context("loading the antelopev2 face models")?;
-    let clip = load_clip_vision(&a.clip, candle_core::DType::F32, &dev).with_context(|| format!("loading CLIP vision from {}", a.clip.display()))?;
+    let paths = crate::session::ModelPaths { clip: Some(a.clip.clone()), antelopev2: Some(a.antelopev2.clone()), ..Default::default() };
+    let opts = crate::session::SessionOptions { paths, device: device(&a.device)?, dtype: candle_core::DType::F32 };
+    let mut session = crate::session::Session::new(opts, std::sync::Arc::new(|_: &crate::session::Event| {}));
     let mut done = Vec::new();
     for (i, photo) in a.photos.iter().enumerate() {
         let pick = match (boxes.get(i).or(boxes.first()), a.face) {
@@ -68,7 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (None, None) => FacePick::Best,
         };
         let opts = FaceOptions { pick, remove_background: !a.keep_background, grayscale: a.grayscale };
-        let e = encode_photo(&face, &clip, photo, &opts).with_context(|| format!("encoding {}", photo.display()))?;
+        let e = session.encode_photo(&crate::session::PhotoSpec { path: photo.clone(), options: opts }).with_context(|| format!("encoding {}", photo.display()))?;
         let times: Vec<String> = e.timings().iter().map(|(k, d)| format!("{k} {:.0} ms", d.as_secs_f64() * 1e3)).collect();
         println!("{}: {} ({})", photo.display(), e.face.describe(), times.join(", "));
         if let Some(dir) = &a.debug_dir {

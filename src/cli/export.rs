@@ -1,5 +1,4 @@
-use super::{load_hyper, HyperArgs, OutDtype};
-use crate::lora::file::{export_kohya, kohya_metadata};
+use super::{HyperArgs, OutDtype};
 use crate::{Identity, LoraMix};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -31,23 +30,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("{}: already exists; refusing to overwrite it (use --force)", a.out.display());
     }
     let id = Identity::load(&a.identity)?;
-    let hyper = load_hyper(&a.hyper.hyperlora)?;
-    hyper.check_identity(&id).with_context(|| a.identity.display().to_string())?;
+    let dir = &a.hyper.hyperlora;
+    let mut session = super::session_args::quiet_session(crate::session::ModelPaths { hyperlora: Some(dir.clone()), ..Default::default() });
+    session.check_identity(&id).with_context(|| format!("{} with {}", a.identity.display(), dir.display()))?;
     let mix = LoraMix::lora_with_base(&id, a.weight, a.base_weight);
-    let weights = hyper.lora_weights(&mix)?;
-    let title = a.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let max_rank = hyper.config().lora_rank + if a.base_weight != 0.0 { hyper.config().base_lora_rank.unwrap_or(0) } else { 0 };
-    let meta = kohya_metadata(
-        &title,
-        max_rank,
-        "HyperLoRA identity LoRA (UNet attention only); start prompts with the trigger phrase",
-        &[
-            ("hyperlora.variant", format!("{} {}", hyper.variant().label, hyper.variant().hash)),
-            ("hyperlora.mix", mix.summary()),
-            ("hyperlora.identity", id.hash()),
-        ],
-    );
-    let s = export_kohya(&weights, &a.out, a.dtype.dtype(), meta, a.force)?;
+    let s = session.export_lora(&mix, &a.out, a.dtype.dtype(), a.force)?;
     println!(
         "{} → {} ({} tensors, {} layers, rank {}, {:.1} MB, {:?})",
         mix.summary(),

@@ -1,4 +1,4 @@
-use super::{load_hyper, HyperArgs};
+use super::HyperArgs;
 use crate::features::FeatureSet;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -24,8 +24,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let sets = a.features.iter().map(|p| FeatureSet::load(p)).collect::<crate::Result<Vec<_>>>()?;
     let set = FeatureSet::concat(&sets)?;
-    let hyper = load_hyper(&a.hyper.hyperlora)?;
-    let id = hyper.identity(&set).context("computing the identity")?;
+    let dir = &a.hyper.hyperlora;
+    let mut session = super::session_args::quiet_session(crate::session::ModelPaths { hyperlora: Some(dir.clone()), ..Default::default() });
+    let id = session.identity_from_features(&set).with_context(|| format!("computing the identity with {}", dir.display()))?;
     id.save(&a.out, a.force)?;
     println!("{} → {}", id.summary(), a.out.display());
     Ok(())

@@ -136,6 +136,11 @@ pub fn device_dtype(a: &ModelArgs) -> anyhow::Result<(String, super::OutDtype)> 
     Ok((device, dtype))
 }
 
+/// A session for a one-shot command: CPU, f32, given paths, reporting nothing (the command prints its result).
+pub fn quiet_session(paths: ModelPaths) -> Session {
+    Session::new(SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 }, Arc::new(|_: &Event| {}))
+}
+
 pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {
     let dir = crate::demo::default_dir();
     if !dir.join("complete").is_file() {
