@@ -278,10 +278,7 @@ impl Session {
     }
 
     fn encoders(&mut self) -> Result<()> {
-        if self.face.is_none() {
-            let dir = need(&self.opts.paths.antelopev2, "antelopev2 folder", "--antelopev2")?.to_path_buf();
-            self.face = Some(self.timed("antelopev2", &dir, || Antelope::load(&dir))?);
-        }
+        self.face()?;
         if self.clip.is_none() {
             let dir = need(&self.opts.paths.clip, "CLIP vision folder", "--clip")?.to_path_buf();
             let dev = self.opts.device.clone();
@@ -359,14 +356,9 @@ impl Session {
             self.emit(Event::Encoded { photo: spec.path.display().to_string(), detail: "from the cache".into(), cached: true });
             return Ok(f.clone());
         }
-        self.encoders()?;
-        let (face, clip) = (self.face.as_ref().expect("loaded"), self.clip.as_ref().expect("loaded"));
-        let e: Encoded = encode_photo(face, clip, &spec.path, &spec.options)?;
+        let e = self.encode_photo(spec)?;
         self.emit(Event::Encoded { photo: spec.path.display().to_string(), detail: e.face.describe(), cached: false });
-        let f = Arc::new(PhotoFeatures { arcface: e.face.embedding.clone(), clip: e.clip.clone(), source: e.source.clone() });
-        self.embeddings.insert(e.source.hash.clone(), e.face.embedding);
-        self.photos.insert(key, f.clone());
-        Ok(f)
+        Ok(self.photos[&key].clone())
     }
 
     /// Encode one photo with everything the face stack found (for `hyperlora encode` and debugging); the result

@@ -288,7 +288,7 @@ fn lock(s: &Arc<Mutex<Session>>) -> RResult<std::sync::MutexGuard<'_, Session>> 
     s.lock().or_else(|_| err("the session is unusable after an earlier crash"))
 }
 
-fn generate_opts(s: &mut Session, prompt: &str, m: &Map) -> RResult<Generate> {
+fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
     check_keys(m, &["lora", "negative", "seed", "steps", "cfg", "sampler", "width", "height", "base_weight"], "generate")?;
     let mut g = Generate::new(prompt);
     if let Some(l) = m.get("lora") {
@@ -338,7 +338,6 @@ fn generate_opts(s: &mut Session, prompt: &str, m: &Map) -> RResult<Generate> {
     if let Some(v) = m.get("sampler") {
         g.sampler = lib(crate::sdxl::scheduler::SamplerKind::parse(&string(v, "sampler")?))?;
     }
-    let _ = s;
     Ok(g)
 }
 
@@ -435,9 +434,8 @@ fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {
     // images
     let s = session.clone();
     engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Image> {
-        let mut g = lock(&s)?;
-        let req = generate_opts(&mut g, &prompt, &m)?;
-        lib(g.generate(&req))
+        let req = generate_opts(&prompt, &m)?;
+        lib(lock(&s)?.generate(&req))
     });
     let s = session.clone();
     engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> { lib(lock(&s)?.generate(&Generate::new(prompt.as_str()))) });
