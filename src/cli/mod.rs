@@ -32,7 +32,7 @@ use std::path::PathBuf;
     name = "hyperlora",
     version,
     about = "Tuning-free portrait personalisation with HyperLoRA",
-    after_long_help = "Quick start (precomputed encoder outputs):\n  hyperlora identity --hyperlora DIR --features me.safetensors --out me.id.safetensors\n  hyperlora export-lora --hyperlora DIR me.id.safetensors --weight 0.85 --out me.lora.safetensors"
+    after_long_help = "Quick start:\n  hyperlora demo                       the whole path on the tiny demo set (random weights)\n  hyperlora doctor --comfyui DIR       find and check your models\n  hyperlora --comfyui DIR              the TUI (the line REPL without a terminal); help() lists the API\n  hyperlora run scripts/average.rhai --set a=me1.jpg --set b=me2.jpg --comfyui DIR"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
