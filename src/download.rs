@@ -49,10 +49,6 @@ pub fn plans(variant: &str, clip: bool, sdxl: Option<&str>) -> Result<Vec<Plan>>
     Ok(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A cached file against its blob name: LFS blobs are named by their SHA-256.
 pub fn verify(path: &Path) -> Result<()> {
     use sha2::Digest;
@@ -64,7 +60,7 @@ pub fn verify(path: &Path) -> Result<()> {
     let mut f = std::fs::File::open(&blob).map_err(|e| Error::io(&blob, e))?;
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(&blob, e))?;
-    let got = hex(&h.finalize());
+    let got = crate::provenance::hex(&h.finalize());
     if got != name.to_lowercase() {
         return Err(Error::invalid(path, format!("checksum mismatch: SHA-256 {got}, the hub says {name}; delete {} and download again", blob.display())));
     }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::face::analyser::{Antelope, FaceAnalysis, FaceOptions};
 use crate::features::FeatureSet;
-use crate::identity::{sha256_hex, Source};
+use crate::provenance::{sha256_hex, Source};
 use crate::output::{write_file, RawTensor};
 use crate::vision::clip::ClipVision;
 use crate::vision::processor::{clip_pixel_values, load_photo, Rgb8};

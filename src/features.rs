@@ -3,8 +3,8 @@
 //! [N, 257, D] (CLIP vision `hidden_states[-2]`, spec §1.3) and optionally `clip_base` [M, 257, D] for the Base
 //! branch. Other tensors (boxes, landmarks) may ride along and are ignored here.
 use crate::error::{Error, Result};
-use crate::identity::{sha256_hex, Source};
-use crate::weights::{bytemuck_lite::as_bytes, StFile};
+use crate::provenance::{sha256_hex, Source};
+use crate::weights::{as_bytes, StFile};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 

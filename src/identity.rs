@@ -11,6 +11,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+/// Per-token L2 normalisation with ε = 1e-8 inside the square root (spec §2.3): the form the LoRA synthesis
+/// uses. Identities keep the raw mean; this is applied when coefficients are read.
+pub fn normalize_tokens(m: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = (m.sqr()?.sum_keepdim(candle_core::D::Minus1)? + 1e-8)?.sqrt()?;
+    m.broadcast_div(&norm)
+}
+
 pub const IDENTITY_FORMAT: &str = "hyperlora.identity";
 pub const IDENTITY_FORMAT_VERSION: &str = "1";
 
@@ -23,13 +30,7 @@ pub struct Variant {
     pub label: String,
 }
 
-/// One source photo (or precomputed feature row).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Source {
-    /// Hex SHA-256 of the photo's bytes (or of the feature row).
-    pub hash: String,
-    pub label: String,
-}
+pub use crate::provenance::{hex, sha256_hex, Source};
 
 #[derive(Clone)]
 pub struct Identity {
@@ -86,10 +87,10 @@ impl Identity {
 
     /// Per-token L2-normalised coefficients [Q, K] (ε 1e-8 inside the square root).
     pub fn coefficients(&self) -> Result<Tensor> {
-        Ok(crate::hyper::resampler::normalize(&self.raw)?)
+        Ok(normalize_tokens(&self.raw)?)
     }
     pub fn base_coefficients(&self) -> Result<Option<Tensor>> {
-        Ok(self.base_raw.as_ref().map(crate::hyper::resampler::normalize).transpose()?)
+        Ok(self.base_raw.as_ref().map(normalize_tokens).transpose()?)
     }
 
     /// Content hash of the coefficients and the variant (hex, 64 chars).
@@ -102,7 +103,7 @@ impl Identity {
         h.update(self.variant.hash.as_bytes());
         for t in std::iter::once(&self.raw).chain(self.base_raw.as_ref()) {
             if let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
-                h.update(crate::weights::bytemuck_lite::as_bytes(&v));
+                h.update(crate::weights::as_bytes(&v));
             }
         }
         hex(&h.finalize())
@@ -207,9 +208,14 @@ impl Identity {
 
     /// Save as a small safetensors file (`raw`, optional `base_raw`, metadata with format, variant, provenance).
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
-        let mut tensors = vec![("raw".to_string(), RawTensor::from_tensor(&self.raw, DType::F32)?)];
+        self.save_as(path, overwrite, DType::F32)
+    }
+
+    /// The same, with the coefficients stored as `dtype` (f32, or f16 at half the size; loading gives f32).
+    pub fn save_as(&self, path: &Path, overwrite: bool, dtype: DType) -> Result<()> {
+        let mut tensors = vec![("raw".to_string(), RawTensor::from_tensor(&self.raw, dtype)?)];
         if let Some(b) = &self.base_raw {
-            tensors.push(("base_raw".to_string(), RawTensor::from_tensor(b, DType::F32)?));
+            tensors.push(("base_raw".to_string(), RawTensor::from_tensor(b, dtype)?));
         }
         let meta = HashMap::from([
             ("format".to_string(), IDENTITY_FORMAT.to_string()),
@@ -288,11 +294,3 @@ fn to_2d(t: Tensor) -> Result<Tensor> {
     })
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of a byte string, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}

@@ -1,5 +1,7 @@
 //! `LoraMix`: a weighted sum of LoRA sources — identities (ID weight and Base weight) and LoRA files. It is a
-//! recipe, not weights: `HyperLora::lora_weights` turns it into `LoraWeights`, ΔW = Σᵢ wᵢ · (alpha/rank) · Uᵢ·Dᵢ.
+//! recipe, not weights: `LoraMix::weights` turns it into `LoraWeights`, ΔW = Σᵢ wᵢ · (alpha/rank) · Uᵢ·Dᵢ.
+use crate::error::Result;
+use crate::hyper::{Branch, HyperLora, ALPHA_RATIO};
 use crate::identity::Identity;
 use crate::lora::LoraWeights;
 use std::collections::BTreeMap;
@@ -149,5 +151,32 @@ impl fmt::Debug for LoraMix {
 impl fmt::Display for LoraMix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.summary())
+    }
+}
+
+impl LoraMix {
+    /// The mix as weights: ΔW = Σ wᵢ · (alpha/rank) · Uᵢ·Dᵢ (alpha/rank = 0.5 for HyperLoRA terms; a file's own
+    /// scales for file terms).
+    pub fn weights(&self, h: &HyperLora) -> Result<LoraWeights> {
+        self.weights_with(&mut |id, branch| Ok(std::borrow::Cow::Owned(h.synthesize(id, branch)?)))
+    }
+
+    /// The same, with each identity's factors (scale 1) from `synth` — so a caller can cache them.
+    pub fn weights_with<'a>(&self, synth: &mut dyn FnMut(&Identity, Branch) -> Result<std::borrow::Cow<'a, LoraWeights>>) -> Result<LoraWeights> {
+        let mut out = LoraWeights::default();
+        for t in self.terms() {
+            match &t.source {
+                TermSource::Identity(id) => {
+                    if t.weight != 0.0 {
+                        out.extend(synth(id, Branch::Id)?.scaled(t.weight * ALPHA_RATIO));
+                    }
+                    if t.base_weight != 0.0 {
+                        out.extend(synth(id, Branch::Base)?.scaled(t.base_weight * ALPHA_RATIO));
+                    }
+                }
+                TermSource::File { weights, .. } => out.extend(weights.scaled(t.weight)),
+            }
+        }
+        Ok(out)
     }
 }

@@ -6,6 +6,14 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+/// Refuse an existing output before slow work starts (`write_file` checks again when writing).
+pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::Exists { path: path.to_path_buf() });
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path`. Without `overwrite`, an existing `path` is an error and is left untouched.
 pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     if !overwrite && path.exists() {
@@ -71,7 +79,7 @@ impl safetensors::View for &RawTensor {
 impl RawTensor {
     /// From a candle tensor, stored as F32, F16 or BF16.
     pub fn from_tensor(t: &candle_core::Tensor, dtype: candle_core::DType) -> Result<Self> {
-        use crate::weights::bytemuck_lite::as_bytes;
+        use crate::weights::as_bytes;
         let shape = t.dims().to_vec();
         let flat = t.flatten_all()?.to_device(&candle_core::Device::Cpu)?;
         let (dtype, data) = match dtype {
@@ -93,7 +101,7 @@ impl RawTensor {
 
     /// f32 values with a shape.
     pub fn f32(shape: &[usize], v: &[f32]) -> Self {
-        use crate::weights::bytemuck_lite::as_bytes;
+        use crate::weights::as_bytes;
         RawTensor { dtype: safetensors::Dtype::F32, shape: shape.to_vec(), data: as_bytes(v).to_vec() }
     }
 

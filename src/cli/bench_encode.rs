@@ -5,7 +5,8 @@ use super::bench_sdxl::RandomWeights;
 use crate::face::align::norm_crop_size;
 use crate::face::analyser::Antelope;
 use crate::face::cutout::id_condition;
-use crate::face::{landmark, synthetic};
+use crate::face::landmark;
+use crate::synthetic::onnx as synthetic;
 use crate::vision::clip::{load_clip_vision, ClipVision, ClipVisionConfig};
 use crate::vision::processor::{clip_pixel_values, load_photo, Rgb8};
 use candle_core::DType;
@@ -39,7 +40,7 @@ fn test_card() -> Rgb8 {
 
 pub fn encode(a: Args) -> anyhow::Result<()> {
     let mut table = Table(Vec::new());
-    let dev = super::generate::device(&a.device)?;
+    let dev = crate::front::device(&a.device)?;
     let tmp = std::env::temp_dir().join(format!("hyperlora-bench-encode-{}", std::process::id()));
     let stand_ins = a.antelopev2.is_none();
     let dir = match &a.antelopev2 {

@@ -30,7 +30,7 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
 }
 
 pub fn sdxl(a: Args) -> anyhow::Result<()> {
-    let dev = super::generate::device(&a.device)?;
+    let dev = crate::front::device(&a.device)?;
     let dtype = a.dtype.dtype();
     let mut table = Table(Vec::new());
     let t = Instant::now();
@@ -112,7 +112,7 @@ fn tokens(hidden: usize, size: usize) -> usize {
 }
 
 pub fn lora(a: Args) -> anyhow::Result<()> {
-    let dev = super::generate::device(&a.device)?;
+    let dev = crate::front::device(&a.device)?;
     let dtype = a.dtype.dtype();
     let r = 8;
     let modules = sdxl_release_modules();

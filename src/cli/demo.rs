@@ -31,14 +31,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         comfyui: None,
         demo: true,
         device: Some("cpu".into()),
-        dtype: Some(super::OutDtype::F32),
+        dtype: Some(crate::front::args::ComputeDtype::F32),
         preview: a.preview,
     };
     let (sess, demo) = session(&models)?;
     let mut script = Script::new(sess, output(a.preview), Limits::default());
     install_ctrl_c(script.cancel_flag());
     if let Some(d) = &demo {
-        super::run::define_demo(&mut script, d);
+        crate::front::args::define_demo(&mut script, d);
     }
     let png = free_name(&a.out, "demo", "png");
     let lora = free_name(&a.out, "demo.lora", "safetensors");

@@ -1,5 +1,5 @@
-use super::generate::device;
-use crate::encode::{save_features, write_debug};
+use crate::front::device;
+use crate::encode::write_debug;
 use crate::face::analyser::{FaceOptions, FacePick};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -49,9 +49,8 @@ pub fn parse_box(s: &str) -> anyhow::Result<[f64; 4]> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if !a.force && a.out.exists() {
-        anyhow::bail!("{}: already exists; refusing to overwrite it (use --force)", a.out.display());
-    }
+    // refuse before the (slow) encoding, not only when writing
+    crate::output::refuse_existing(&a.out, a.force)?;
     let boxes = a.face_box.iter().map(|s| parse_box(s)).collect::<anyhow::Result<Vec<_>>>()?;
     if boxes.len() > 1 && boxes.len() != a.photos.len() {
         anyhow::bail!("{} boxes for {} photos: give --box once for all photos or once per photo", boxes.len(), a.photos.len());
@@ -80,7 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let opts = done[0].1;
     let encoded: Vec<_> = done.into_iter().map(|(e, _)| e).collect();
-    save_features(&encoded, &opts, &a.out, a.force)?;
+    session.save_features(&encoded, &opts, &a.out, a.force)?;
     println!("{} photo(s) → {}", encoded.len(), a.out.display());
     Ok(())
 }

@@ -26,9 +26,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if !a.force && a.out.exists() {
-        anyhow::bail!("{}: already exists; refusing to overwrite it (use --force)", a.out.display());
-    }
+    crate::output::refuse_existing(&a.out, a.force)?;
     let id = Identity::load(&a.identity)?;
     let dir = &a.hyper.hyperlora;
     let mut session = super::session_args::quiet_session(crate::session::ModelPaths { hyperlora: Some(dir.clone()), ..Default::default() });

@@ -1,4 +1,4 @@
-use super::OutDtype;
+use crate::front::args::ComputeDtype;
 use crate::lora::file::import;
 use crate::sdxl::model::{GenerateRequest, Sdxl, SdxlOptions};
 use crate::sdxl::scheduler::SamplerKind;
@@ -48,7 +48,7 @@ pub struct Args {
     pub strength: f64,
     /// UNet/text-encoder dtype (the VAE stays f32).
     #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: OutDtype,
+    pub dtype: ComputeDtype,
     /// `cpu`, or `cuda` / `cuda:N` in builds with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -59,19 +59,6 @@ pub struct Args {
     pub force: bool,
 }
 
-pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
-    match spec {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let i: usize = s.strip_prefix("cuda:").map(str::parse).transpose().context("device index")?.unwrap_or(0);
-            if !cfg!(feature = "cuda") {
-                anyhow::bail!("--device {s}: this build has no CUDA support (build with --features cuda)");
-            }
-            candle_core::Device::new_cuda(i).with_context(|| format!("no usable CUDA device {i}"))
-        }
-        s => anyhow::bail!("--device {s}: expected cpu, cuda or cuda:N"),
-    }
-}
 
 fn out_paths(a: &Args) -> Vec<PathBuf> {
     if a.batch == 1 {
@@ -83,12 +70,10 @@ fn out_paths(a: &Args) -> Vec<PathBuf> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let outs = out_paths(&a);
-    if !a.force {
-        if let Some(p) = outs.iter().find(|p| p.exists()) {
-            anyhow::bail!("{}: already exists; refusing to overwrite it (use --force)", p.display());
-        }
+    for p in &outs {
+        crate::output::refuse_existing(p, a.force)?;
     }
-    let opts = SdxlOptions { device: device(&a.device)?, dtype: a.dtype.dtype(), vae_dtype: candle_core::DType::F32 };
+    let opts = SdxlOptions { device: crate::front::device(&a.device)?, dtype: a.dtype.dtype(), vae_dtype: candle_core::DType::F32 };
     eprintln!("loading {} …", a.model.display());
     let mut model = Sdxl::load(&a.model, a.config.as_deref(), &opts).with_context(|| format!("loading SDXL from {}", a.model.display()))?;
     let mut lora_notes = Vec::new();

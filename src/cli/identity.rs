@@ -19,9 +19,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if !a.force && a.out.exists() {
-        anyhow::bail!("{}: already exists; refusing to overwrite it (use --force)", a.out.display());
-    }
+    crate::output::refuse_existing(&a.out, a.force)?;
     let sets = a.features.iter().map(|p| FeatureSet::load(p)).collect::<crate::Result<Vec<_>>>()?;
     let set = FeatureSet::concat(&sets)?;
     let dir = &a.hyper.hyperlora;

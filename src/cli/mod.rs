@@ -10,20 +10,19 @@ mod export;
 mod generate;
 mod identity;
 mod info;
+mod library;
 pub mod tui {
     //! `hyperlora tui`
     #[derive(clap::Args, Debug)]
     pub struct Args {
         #[command(flatten)]
-        pub models: super::session_args::ModelArgs,
+        pub models: crate::front::args::ModelArgs,
     }
 }
 mod repl;
 mod run;
 pub(crate) mod session_args;
 
-pub use repl::open_brackets;
-pub use run::define_demo;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -67,11 +66,13 @@ pub enum Cmd {
     Generate(generate::Args),
     /// Show what a file is: a generated PNG's settings, an identity, a LoRA.
     Info(info::Args),
+    /// An identity library folder: list it, show one entry, remove one.
+    Library(library::Args),
     /// Print benchmark tables (real-size random weights unless --hyperlora is given).
     Bench(bench::Args),
 }
 
-/// Storage dtype of written LoRA factors.
+/// Storage dtype of written files (LoRA factors); the compute dtype is `front::args::ComputeDtype`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutDtype {
     F32,
@@ -116,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Generate(a) => generate::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Library(a) => library::run(a),
     }
 }
 

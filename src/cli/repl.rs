@@ -1,6 +1,7 @@
 //! The line REPL (rustyline): history, completion of API names and variables, multi-line input while brackets
 //! are open, Ctrl-C cancels the running job, Ctrl-D exits.
 use super::session_args::{install_ctrl_c, output, session, ModelArgs};
+use crate::front::input::{candidates, is_function, open_brackets, word_start};
 use crate::script::{api, describe, Limits, Script};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -26,50 +27,14 @@ struct ReplHelper {
 impl Completer for ReplHelper {
     type Candidate = Pair;
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let start = line[..pos].rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map(|i| i + 1).unwrap_or(0);
-        let word = &line[start..pos];
-        if word.is_empty() {
-            return Ok((pos, Vec::new()));
-        }
+        let start = word_start(line, pos);
         let vars = self.vars.lock().map(|v| v.clone()).unwrap_or_default();
-        let mut out: Vec<Pair> = api::API
-            .iter()
-            .map(|(n, ..)| (n.to_string(), format!("{n}(")))
-            .chain(vars.into_iter().map(|v| (v.clone(), v)))
-            .filter(|(n, _)| n.starts_with(word))
-            .map(|(display, replacement)| Pair { display, replacement })
+        let out = candidates(&line[start..pos], &vars)
+            .into_iter()
+            .map(|n| Pair { replacement: if is_function(&n) && !vars.contains(&n) { format!("{n}(") } else { n.clone() }, display: n })
             .collect();
-        out.sort_by(|a, b| a.display.cmp(&b.display));
-        out.dedup_by(|a, b| a.display == b.display);
         Ok((start, out))
     }
-}
-
-/// Open brackets outside strings and comments: more lines are needed.
-pub fn open_brackets(src: &str) -> i64 {
-    let (mut depth, mut chars) = (0i64, src.chars().peekable());
-    let mut in_str: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match in_str {
-            Some(q) => {
-                if c == '\\' {
-                    chars.next();
-                } else if c == q {
-                    in_str = None;
-                }
-            }
-            None => match c {
-                '"' | '`' | '\'' => in_str = Some(c),
-                '/' if chars.peek() == Some(&'/') => {
-                    while chars.next().is_some_and(|c| c != '\n') {}
-                }
-                '(' | '[' | '{' => depth += 1,
-                ')' | ']' | '}' => depth -= 1,
-                _ => {}
-            },
-        }
-    }
-    depth
 }
 
 impl Validator for ReplHelper {
@@ -93,7 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut script = Script::new(sess.clone(), output(a.models.preview), Limits::default());
     install_ctrl_c(script.cancel_flag());
     if let Some(d) = &demo {
-        super::run::define_demo(&mut script, d);
+        crate::front::args::define_demo(&mut script, d);
     }
     let vars = Arc::new(Mutex::new(Vec::new()));
     let mut rl: rustyline::Editor<ReplHelper, rustyline::history::DefaultHistory> = rustyline::Editor::new()?;
@@ -107,12 +72,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if demo.is_some() {
         println!("demo set loaded (random weights): try  let me = identity(#{{ path: demo_photo, box: demo_box }});");
     }
+    // lines typed while a preview asked the terminal what it draws: they run next, an unfinished one is kept
+    let mut queued: std::collections::VecDeque<String> = Default::default();
+    let mut initial = String::new();
     loop {
-        let line = match rl.readline("hl> ") {
-            Ok(l) => l,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+        let typed = crate::term::show::take_typed();
+        if !typed.is_empty() {
+            let (lines, rest) = crate::term::show::lines_from_typed(&typed);
+            if let Some(first) = lines.first() {
+                queued.push_back(format!("{initial}{first}"));
+                queued.extend(lines.into_iter().skip(1));
+                initial = rest;
+            } else {
+                initial.push_str(&rest);
+            }
+        }
+        let line = if let Some(l) = queued.pop_front() {
+            println!("hl> {l}");
+            l
+        } else {
+            match rl.readline_with_initial("hl> ", (&std::mem::take(&mut initial), "")) {
+                Ok(l) => l,
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
         };
         let code = line.trim();
         if code.is_empty() {

@@ -20,7 +20,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut script = Script::new(sess, output(a.models.preview), Limits::default());
     install_ctrl_c(script.cancel_flag());
     if let Some(d) = &demo {
-        define_demo(&mut script, d);
+        crate::front::args::define_demo(&mut script, d);
     }
     for kv in &a.set {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {kv}: expected NAME=VALUE"))?;
@@ -33,11 +33,3 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Variables the recipes use to run on the demo set: the photo, its face box, a small size and few steps.
-pub fn define_demo(script: &mut Script, d: &crate::demo::DemoSet) {
-    let b = crate::demo::PHOTO_FACE_BOX;
-    script.set("demo_photo", rhai::Dynamic::from(d.photo.display().to_string()));
-    script.set("demo_box", rhai::Dynamic::from(b.iter().map(|v| rhai::Dynamic::from(*v)).collect::<rhai::Array>()));
-    script.set("size", rhai::Dynamic::from(128_i64));
-    script.set("steps", rhai::Dynamic::from(6_i64));
-}

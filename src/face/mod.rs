@@ -6,4 +6,4 @@ pub mod cutout;
 pub mod landmark;
 pub mod onnx;
 pub mod scrfd;
-pub mod synthetic;
+

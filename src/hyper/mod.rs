@@ -6,13 +6,12 @@ pub mod id_projector;
 pub mod modules;
 pub mod resampler;
 pub mod synth;
-pub mod synthetic;
+
 
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
 use crate::identity::{hex, Identity, Variant};
-use crate::lora::{LoraWeights, HYPER_ALPHA_RATIO};
-use crate::mix::{LoraMix, TermSource};
+use crate::lora::LoraWeights;
 use crate::weights::StFile;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -22,10 +21,14 @@ use modules::ModuleSpec;
 use resampler::{Resampler, ResamplerTrace};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use synth::{Bases, Branch};
+pub use synth::Branch;
+use synth::Bases;
 
 /// The trigger phrase the released weights were trained with (spec §4.3).
 pub const TRIGGER: &str = "fcsks fxhks fhyks";
+
+/// The ratio alpha / rank that every HyperLoRA LoRA carries (alpha = rank · 0.5, spec §4.1).
+pub const ALPHA_RATIO: f64 = 0.5;
 
 pub const MODULES_JSON: &str = "hyper_lora_modules.json";
 pub const BASES_FILE: &str = "hyper_lora_modules.safetensors";
@@ -311,28 +314,5 @@ impl HyperLora {
         };
         Ok(LoraWeights { layers: self.bases.synthesize(&coeffs, branch)? })
     }
-
-    /// Turn a mix into weights: ΔW = Σ wᵢ · (alpha/rank) · Uᵢ·Dᵢ (alpha/rank = 0.5 for HyperLoRA terms).
-    pub fn lora_weights(&self, mix: &LoraMix) -> Result<LoraWeights> {
-        combine(mix, &mut |id, branch| Ok(std::borrow::Cow::Owned(self.synthesize(id, branch)?)))
-    }
 }
 
-/// A mix as weights, with each identity's factors (scale 1) from `synth` — so a caller can cache them.
-pub fn combine<'a>(mix: &LoraMix, synth: &mut dyn FnMut(&Identity, Branch) -> Result<std::borrow::Cow<'a, LoraWeights>>) -> Result<LoraWeights> {
-    let mut out = LoraWeights::default();
-    for t in mix.terms() {
-        match &t.source {
-            TermSource::Identity(id) => {
-                if t.weight != 0.0 {
-                    out.extend(synth(id, Branch::Id)?.scaled(t.weight * HYPER_ALPHA_RATIO));
-                }
-                if t.base_weight != 0.0 {
-                    out.extend(synth(id, Branch::Base)?.scaled(t.base_weight * HYPER_ALPHA_RATIO));
-                }
-            }
-            TermSource::File { weights, .. } => out.extend(weights.scaled(t.weight)),
-        }
-    }
-    Ok(out)
-}

@@ -4,7 +4,7 @@
 //! `base_resampler.safetensors` (`layers.{l}.attn2.to_out.0.weight`, `layers.{l}.ff.net.0.proj.weight`, …).
 use super::config::ResamplerConfig;
 use crate::weights::Expected;
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
 
 const LN_EPS: f64 = 1e-5;
@@ -220,12 +220,8 @@ impl Resampler {
     }
 }
 
-/// Mean over images, then L2 normalisation per token with ε = 1e-8 inside the square root (spec §2.3).
+/// Mean over images (spec §2.3); the per-token L2 normalisation that follows belongs to the identity
+/// (`identity::normalize_tokens`), which keeps the raw mean.
 pub fn fuse(raw: &Tensor) -> Result<Tensor> {
     raw.mean_keepdim(0)
-}
-
-pub fn normalize(m: &Tensor) -> Result<Tensor> {
-    let norm = (m.sqr()?.sum_keepdim(D::Minus1)? + 1e-8)?.sqrt()?;
-    m.broadcast_div(&norm)
 }

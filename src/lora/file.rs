@@ -1,7 +1,7 @@
 //! LoRA files. Export writes kohya naming with diffusers block paths (spec §5.1) — what ComfyUI's
 //! `LoraLoaderModelOnly` and diffusers' kohya converter read. Import reads kohya, diffusers and PEFT spellings
 //! and reports every key it could not place.
-use super::{cpu_f32, names, LoraLayer, LoraWeights, HYPER_ALPHA_RATIO};
+use super::{cpu_f32, names, LoraLayer, LoraWeights};
 use crate::error::{Error, Result};
 use crate::output::{safetensors_bytes, write_file, RawTensor};
 use crate::weights::StFile;
@@ -18,15 +18,17 @@ pub struct ExportSummary {
 }
 
 /// Write `weights` as a kohya LoRA. Terms sharing a target are stacked along the rank axis (scales folded into
-/// `lora_up`), every `.alpha` is rank · 0.5, so loaders that apply `alpha/rank · up · down` reproduce ΔW exactly.
+/// `lora_up`), every `.alpha` is rank · `alpha_ratio` (HyperLoRA: 0.5), so loaders that apply
+/// `alpha/rank · up · down` reproduce ΔW exactly.
 pub fn export_kohya(
     weights: &LoraWeights,
+    alpha_ratio: f64,
     path: &Path,
     dtype: DType,
     metadata: HashMap<String, String>,
     overwrite: bool,
 ) -> Result<ExportSummary> {
-    let stacked = weights.stacked(HYPER_ALPHA_RATIO)?;
+    let stacked = weights.stacked(alpha_ratio)?;
     let mut tensors = Vec::with_capacity(stacked.len() * 3);
     let mut max_rank = 0;
     for s in &stacked {
@@ -35,7 +37,7 @@ pub fn export_kohya(
         max_rank = max_rank.max(rank);
         tensors.push((format!("{k}.lora_down.weight"), RawTensor::from_tensor(&s.down, dtype)?));
         tensors.push((format!("{k}.lora_up.weight"), RawTensor::from_tensor(&s.up, dtype)?));
-        tensors.push((format!("{k}.alpha"), RawTensor::scalar_f32((rank as f64 * HYPER_ALPHA_RATIO) as f32)));
+        tensors.push((format!("{k}.alpha"), RawTensor::scalar_f32((rank as f64 * alpha_ratio) as f32)));
     }
     let bytes = safetensors_bytes(&tensors, metadata)?;
     write_file(path, &bytes, overwrite)?;
@@ -182,19 +184,19 @@ mod tests {
     }
 }
 
-/// kohya `ss_*` and `modelspec.*` metadata for an exported HyperLoRA LoRA, plus our own provenance.
-pub fn kohya_metadata(title: &str, max_rank: usize, description: &str, extra: &[(&str, String)]) -> HashMap<String, String> {
+/// kohya `ss_*` and `modelspec.*` metadata for an exported SDXL UNet LoRA, plus our own provenance.
+pub fn kohya_metadata(title: &str, max_rank: usize, alpha_ratio: f64, trigger: &str, description: &str, extra: &[(&str, String)]) -> HashMap<String, String> {
     let mut m: HashMap<String, String> = [
         ("ss_network_module", "networks.lora".to_string()),
         ("ss_network_dim", max_rank.to_string()),
-        ("ss_network_alpha", format!("{}", max_rank as f64 * HYPER_ALPHA_RATIO)),
+        ("ss_network_alpha", format!("{}", max_rank as f64 * alpha_ratio)),
         ("ss_base_model_version", "sdxl_base_v1-0".to_string()),
         ("ss_output_name", title.to_string()),
         ("modelspec.sai_model_spec", "1.0.0".to_string()),
         ("modelspec.architecture", "stable-diffusion-xl-v1-base/lora".to_string()),
         ("modelspec.implementation", "https://github.com/Stability-AI/generative-models".to_string()),
         ("modelspec.title", title.to_string()),
-        ("modelspec.trigger_phrase", crate::hyper::TRIGGER.to_string()),
+        ("modelspec.trigger_phrase", trigger.to_string()),
         ("modelspec.description", description.to_string()),
         ("hyperlora.version", env!("CARGO_PKG_VERSION").to_string()),
     ]

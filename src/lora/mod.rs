@@ -7,9 +7,6 @@ pub mod names;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
-/// The ratio alpha / rank that every HyperLoRA LoRA carries (alpha = rank · 0.5, spec §4.1).
-pub const HYPER_ALPHA_RATIO: f64 = 0.5;
-
 /// One low-rank term: ΔW = scale · up · down for the Linear at `target`.
 #[derive(Debug, Clone)]
 pub struct LoraLayer {

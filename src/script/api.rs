@@ -8,10 +8,27 @@ pub const API: &[(&str, &str, &str)] = &[
     ("mean", "mean([ids]) | mean([ids], [weights])", "the (weighted) mean of identities, as if their photos had been encoded together"),
     ("mix", "mix(a, b, t)", "(1 − t)·a + t·b: t = 0 is a, t = 1 is b"),
     ("similarity", "similarity(a, b)", "cosine similarity of two identities' coefficients (1 = same)"),
+    ("coeffs", "coeffs(id) | id.coeffs", "an identity's raw coefficient tokens [Q, K] as a value: .normalized .shape c[i] .of_module(name|i) .proj(\"to_q\") .down .up, to_array() (`module` is a reserved word in Rhai)"),
+    ("coeffs_from", "coeffs_from(rows, like)", "coefficients from numbers (rows × K), shaped like `like`"),
+    ("identity_from", "identity_from(c, #{ like: id })", "an identity from whole raw coefficients (keeps like's variant; its source says how it was made)"),
+    ("dot", "dot(a, b) | norm(a) | cosine(a, b)", "inner product, length, cosine of identities (raw tokens) or coefficient values"),
+    ("norm", "norm(a)", "length of an identity's raw tokens or of a coefficient value"),
+    ("cosine", "cosine(a, b)", "cosine of two identities' raw tokens or of two coefficient values"),
+    ("direction", "direction(a, b)", "b − a as coefficients (raw tokens)"),
+    ("project", "project(x, dir)", "the component of x along dir"),
+    ("reject", "reject(x, dir)", "x without its component along dir (e.g. a slider made orthogonal to an identity)"),
+    ("orthogonalize", "orthogonalize([dirs])", "an orthonormal set spanning the directions (Gram–Schmidt)"),
+    ("similarity_by_module", "similarity_by_module(a, b)", "per module: index, module, UNet block, cosine — which blocks differ most"),
+    ("pca", "pca([ids], k)", "#{ directions, explained, scores, mean }: principal directions of a set of identities (raw tokens)"),
+    ("nearest", "nearest([ids] | library, id, k)", "the k most similar identities, best first, with their cosine"),
+    ("walk", "walk(id, dir) | walk(id, dir, [steps])", "the identities id + t·dir (default t = −1, −0.5, 0, 0.5, 1), ready for grid"),
+    ("library", "library(dir)", "a folder of saved identities: lib.save(name, id[, #{ overwrite, dtype: \"f16\" }]), lib.get(name), lib.list(), lib.remove(name)"),
     ("lora", "lora(id) | lora(id, weight) | lora(id, #{ weight, base_weight }) | lora(\"file.safetensors\", weight)", "a LoRA mix term: an identity's LoRA at a strength, or a LoRA file (kohya/diffusers/PEFT)"),
     ("slider", "slider(a, b)", "lora(b) − lora(a): the direction from a to b; scale it with * and add it to a look"),
     ("generate", "generate(prompt) | generate(prompt, #{ lora, negative, seed, steps, cfg, sampler, width, height, base_weight })", "generate an image; the trigger words are prefixed when the LoRA has an identity and the prompt lacks them"),
     ("show", "show(img)", "preview an image in the terminal (and print where it was saved)"),
+    ("grid", "grid([images]) | grid([images], #{ cols, labels, title })", "a labelled contact sheet as one image (show it, save it: its PNG keeps every cell's settings)"),
+    ("plot", "plot(xs, ys) | plot(xs, ys, #{ title, x, y })", "a line chart of numbers (the TUI's preview pane, or a text chart in the REPL and run)"),
     ("save", "save(img, path) | save(img, path, #{ overwrite: true })", "write a PNG with its settings; never replaces a file unless overwrite is true"),
     ("export_lora", "export_lora(mix, path) | export_lora(mix, path, #{ overwrite, dtype: \"f16\" })", "write a mix as one kohya LoRA file (ComfyUI LoraLoaderModelOnly, diffusers)"),
     ("face_score", "face_score(img, id) | face_score(img, id, #{ box, face })", "ArcFace cosine between the face in img and the identity's photos"),
@@ -21,7 +38,10 @@ pub const API: &[(&str, &str, &str)] = &[
 ];
 
 /// Operators and properties, for `help()`.
-pub const OPERATORS: &str = "identities: a + b, a - b, a * 0.5, 0.5 * a; properties .photos .hash .sources\n\
+pub const OPERATORS: &str = "identities: a + b, a - b, a * 0.5, 0.5 * a; properties .photos .hash .sources .coeffs\n\
+coefficients: a + b, a - b, c * 0.5; .normalized .shape .down .up; c[i]; .of_module(name|i) .proj(p)\n\
+spaces: identity algebra, coeffs and directions act on the raw tokens (before per-token normalisation); the LoRA\n\
+  normalises per token, so lora(a + b) is one LoRA of the summed tokens while lora(a) + lora(b) adds two LoRAs' ΔW\n\
 LoRA mixes: m1 + m2, m1 - m2, m * 0.7, 0.7 * m; property .terms\n\
 images: properties .width .height .seed .prompt .path";
 

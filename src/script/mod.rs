@@ -1,9 +1,13 @@
 //! The Rhai scripting layer: identities, LoRA mixes and images as values, the API of `api.rs` over one shared
 //! `Session`, sandbox limits, and error positions. The REPL, `hyperlora run` and the TUI all drive a `Script`.
 pub mod api;
+mod identity;
+mod image;
+mod lora;
+mod session_fns;
+mod space;
 
-use crate::face::analyser::{FaceOptions, FacePick};
-use crate::session::{Generate, Image, PhotoSpec, Session};
+use crate::session::{FaceOptions, FacePick, Generate, Image, PhotoSpec, SamplerKind, Session};
 use crate::{Identity, LoraMix};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope, AST};
 use std::path::Path;
@@ -17,6 +21,7 @@ type RResult<T> = Result<T, Box<EvalAltResult>>;
 pub enum Out {
     Text(String),
     Image(Image),
+    Plot(crate::render::plot::Plot),
 }
 
 pub type Output = Arc<dyn Fn(Out) + Send + Sync>;
@@ -203,6 +208,10 @@ pub fn describe(d: &Dynamic) -> String {
         describe_mix(&m)
     } else if let Some(i) = d.clone().try_cast::<Image>() {
         i.summary()
+    } else if let Some(c) = d.clone().try_cast::<crate::space::Coeffs>() {
+        c.summary()
+    } else if let Some(l) = d.clone().try_cast::<crate::library::Library>() {
+        space::describe_library(&l)
     } else if d.is_string() {
         d.to_string()
     } else {
@@ -336,7 +345,7 @@ fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
         g.cfg = num(v, "cfg")?;
     }
     if let Some(v) = m.get("sampler") {
-        g.sampler = lib(crate::sdxl::scheduler::SamplerKind::parse(&string(v, "sampler")?))?;
+        g.sampler = lib(SamplerKind::parse(&string(v, "sampler")?))?;
     }
     Ok(g)
 }
@@ -360,142 +369,9 @@ fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {
     engine.register_get("seed", |i: &mut Image| i.seed as i64);
     engine.register_get("prompt", |i: &mut Image| i.prompt.clone());
     engine.register_get("path", |i: &mut Image| i.path.as_ref().map(|p| Dynamic::from(p.display().to_string())).unwrap_or(Dynamic::UNIT));
-
-
-    // identities
-    let s = session.clone();
-    let make_identity = move |d: Dynamic| -> RResult<Identity> {
-        let specs = photo_specs(&d)?;
-        lib(lock(&s)?.identity(&specs))
-    };
-    let f = make_identity.clone();
-    engine.register_fn("identity", move |p: ImmutableString| f(Dynamic::from(p)));
-    let f = make_identity.clone();
-    engine.register_fn("identity", move |a: Array| f(Dynamic::from(a)));
-    let f = make_identity;
-    engine.register_fn("identity", move |m: Map| f(Dynamic::from(m)));
-    let s = session.clone();
-    engine.register_fn("load_identity", move |p: ImmutableString| -> RResult<Identity> {
-        let id = lib(Identity::load(Path::new(p.as_str())))?;
-        lib(lock(&s)?.check_identity(&id))?;
-        Ok(id)
-    });
-    let save_id = |id: Identity, p: &str, o: Map| -> RResult<String> {
-        let ow = overwrite(&o, "save_identity")?;
-        lib(id.save(Path::new(p), ow))?;
-        Ok(p.to_string())
-    };
-    engine.register_fn("save_identity", move |id: Identity, p: ImmutableString| save_id(id, &p, Map::new()));
-    engine.register_fn("save_identity", move |id: Identity, p: ImmutableString, o: Map| save_id(id, &p, o));
-    let ids_of = |a: &Array| -> RResult<Vec<Identity>> {
-        a.iter().map(|d| d.clone().try_cast::<Identity>().ok_or_else(|| format!("mean: expected identities, got {}", d.type_name()).into())).collect()
-    };
-    engine.register_fn("mean", move |a: Array| -> RResult<Identity> {
-        let ids = ids_of(&a)?;
-        lib(Identity::mean(&ids.iter().collect::<Vec<_>>()))
-    });
-    engine.register_fn("mean", move |a: Array, w: Array| -> RResult<Identity> {
-        let ids = ids_of(&a)?;
-        let w: Vec<f64> = w.iter().map(|d| num(d, "mean weights")).collect::<RResult<_>>()?;
-        lib(Identity::weighted_mean(&ids.iter().collect::<Vec<_>>(), &w))
-    });
-    engine.register_fn("mix", |a: Identity, b: Identity, t: Dynamic| -> RResult<Identity> { lib(a.mix(&b, num(&t, "mix")?)) });
-    engine.register_fn("similarity", |a: Identity, b: Identity| -> RResult<f64> { lib(a.similarity(&b)) });
-    engine.register_fn("+", |a: Identity, b: Identity| -> RResult<Identity> { lib(a.add(&b)) });
-    engine.register_fn("-", |a: Identity, b: Identity| -> RResult<Identity> { lib(a.sub(&b)) });
-    engine.register_fn("*", |a: Identity, k: f64| -> RResult<Identity> { lib(a.scale(k)) });
-    engine.register_fn("*", |a: Identity, k: i64| -> RResult<Identity> { lib(a.scale(k as f64)) });
-    engine.register_fn("*", |k: f64, a: Identity| -> RResult<Identity> { lib(a.scale(k)) });
-    engine.register_fn("*", |k: i64, a: Identity| -> RResult<Identity> { lib(a.scale(k as f64)) });
-
-    // LoRA mixes
-    engine.register_fn("lora", |id: Identity| LoraMix::lora(&id, 1.0));
-    engine.register_fn("lora", |id: Identity, w: Dynamic| -> RResult<LoraMix> {
-        if let Some(m) = w.clone().try_cast::<Map>() {
-            check_keys(&m, &["weight", "base_weight"], "lora")?;
-            let weight = m.get("weight").map(|v| num(v, "weight")).transpose()?.unwrap_or(1.0);
-            let base = m.get("base_weight").map(|v| num(v, "base_weight")).transpose()?.unwrap_or(0.0);
-            return Ok(LoraMix::lora_with_base(&id, weight, base));
-        }
-        Ok(LoraMix::lora(&id, num(&w, "lora weight")?))
-    });
-    let s = session.clone();
-    engine.register_fn("lora", move |p: ImmutableString, w: Dynamic| -> RResult<LoraMix> { lib(lock(&s)?.lora_file(Path::new(p.as_str()), num(&w, "lora weight")?)) });
-    let s = session.clone();
-    engine.register_fn("lora", move |p: ImmutableString| -> RResult<LoraMix> { lib(lock(&s)?.lora_file(Path::new(p.as_str()), 1.0)) });
-    engine.register_fn("slider", |a: Identity, b: Identity| LoraMix::slider(&a, &b));
-    engine.register_fn("+", |a: LoraMix, b: LoraMix| a.add(&b));
-    engine.register_fn("-", |a: LoraMix, b: LoraMix| a.sub(&b));
-    engine.register_fn("*", |a: LoraMix, k: f64| a.scale(k));
-    engine.register_fn("*", |a: LoraMix, k: i64| a.scale(k as f64));
-    engine.register_fn("*", |k: f64, a: LoraMix| a.scale(k));
-    engine.register_fn("*", |k: i64, a: LoraMix| a.scale(k as f64));
-
-    // images
-    let s = session.clone();
-    engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Image> {
-        let req = generate_opts(&prompt, &m)?;
-        lib(lock(&s)?.generate(&req))
-    });
-    let s = session.clone();
-    engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> { lib(lock(&s)?.generate(&Generate::new(prompt.as_str()))) });
-    let o = output.clone();
-    engine.register_fn("show", move |img: Image| o(Out::Image(img)));
-    let s = session.clone();
-    let save = move |img: &mut Image, p: &str, o: Map| -> RResult<Image> {
-        let ow = overwrite(&o, "save")?;
-        lib(lock(&s)?.save_image(img, Path::new(p), ow))?;
-        Ok(img.clone())
-    };
-    let f = save.clone();
-    engine.register_fn("save", move |img: &mut Image, p: ImmutableString| f(img, &p, Map::new()));
-    engine.register_fn("save", move |img: &mut Image, p: ImmutableString, o: Map| save(img, &p, o));
-    let s = session.clone();
-    let export = move |mix: LoraMix, p: &str, o: Map| -> RResult<String> {
-        let ow = overwrite(&o, "export_lora")?;
-        let dtype = match o.get("dtype").map(|d| string(d, "dtype")).transpose()?.as_deref() {
-            None | Some("f16") => candle_core::DType::F16,
-            Some("f32") => candle_core::DType::F32,
-            Some("bf16") => candle_core::DType::BF16,
-            Some(x) => return err(format!("dtype `{x}`: expected f16, f32 or bf16")),
-        };
-        let r = lib(lock(&s)?.export_lora(&mix, Path::new(p), dtype, ow))?;
-        Ok(format!("{p} ({} tensors, {} layers, rank {}, {:.1} MB)", r.tensors, r.layers, r.max_rank, r.bytes as f64 / 1e6))
-    };
-    let f = export.clone();
-    engine.register_fn("export_lora", move |m: LoraMix, p: ImmutableString| f(m, &p, Map::new()));
-    let f = export.clone();
-    engine.register_fn("export_lora", move |m: LoraMix, p: ImmutableString, o: Map| f(m, &p, o));
-    let f = export;
-    engine.register_fn("export_lora", move |id: Identity, p: ImmutableString| f(LoraMix::lora(&id, 1.0), &p, Map::new()));
-    let s = session.clone();
-    let score = move |img: Image, id: Identity, m: Map| -> RResult<f64> {
-        check_keys(&m, &["box", "face"], "face_score")?;
-        let p = pick(&m)?;
-        lib(lock(&s)?.face_score(&img, &id, p))
-    };
-    let f = score.clone();
-    engine.register_fn("face_score", move |img: Image, id: Identity| f(img, id, Map::new()));
-    engine.register_fn("face_score", move |img: Image, id: Identity, m: Map| score(img, id, m));
-
-    // the session
-    let s = session.clone();
-    engine.register_fn("models", move || -> RResult<String> {
-        let g = lock(&s)?;
-        let mut out = String::new();
-        for m in g.models() {
-            let path = m.path.map(|p| p.display().to_string()).unwrap_or_else(|| "(not configured)".into());
-            out.push_str(&format!("{:<11} {:<8} {path}\n", m.name, if m.loaded { "loaded" } else { "-" }));
-        }
-        let (photos, prompts, loras) = g.cache_counts();
-        out.push_str(&format!("caches: {photos} encoded photo(s), {prompts} prompt encoding(s), {loras} synthesized LoRA(s)"));
-        Ok(out)
-    });
-    let s = session;
-    engine.register_fn("unload", move |name: ImmutableString| -> RResult<String> {
-        let freed = lib(lock(&s)?.unload(&name))?;
-        Ok(if freed.is_empty() { format!("{name}: nothing was loaded") } else { format!("unloaded {}", freed.join(", ")) })
-    });
-    engine.register_fn("help", || api::help(None));
-    engine.register_fn("help", |n: ImmutableString| api::help(Some(&n)));
+    identity::register(engine, &session);
+    lora::register(engine, &session);
+    image::register(engine, &session, &output);
+    session_fns::register(engine, &session);
+    space::register(engine, &session);
 }

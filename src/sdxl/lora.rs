@@ -29,7 +29,7 @@ fn signature(terms: &[&LoraLayer]) -> Result<[u8; 32]> {
         for x in [&t.down, &t.up] {
             h.update(format!("{:?}", x.dims()).as_bytes());
             let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            h.update(crate::weights::bytemuck_lite::as_bytes(&v));
+            h.update(crate::weights::as_bytes(&v));
         }
     }
     Ok(h.finalize().into())

@@ -80,11 +80,19 @@ pub(crate) fn component_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     Err(Error::invalid(dir, format!("no {stem}.safetensors (or .fp16.safetensors) here")))
 }
 
+/// A folder's `sub/` tokenizer when it has one, else the embedded CLIP tokenizer.
+fn tokenizer_or_embedded(dir: Option<&Path>, sub: &str, second: bool) -> Result<ClipTokenizer> {
+    match dir.map(|d| d.join(sub)).filter(|d| d.is_dir()) {
+        Some(d) => ClipTokenizer::load(&d),
+        None => ClipTokenizer::embedded(second),
+    }
+}
+
 impl Sdxl {
     /// `path`: a diffusers folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/) or a
     /// single-file checkpoint. For a single file, `config` names a diffusers-layout folder whose configs and
-    /// tokenizers to use (weights there are not read); without it the SDXL base configs are built in, but the
-    /// tokenizers must come from somewhere.
+    /// tokenizers to use (weights there are not read); without it SDXL base's configs and the embedded CLIP
+    /// tokenizers are used.
     pub fn load(path: &Path, config: Option<&Path>, opts: &SdxlOptions) -> Result<Self> {
         if opts.device.is_cpu() && (opts.dtype == DType::BF16 || opts.vae_dtype == DType::BF16) {
             return Err(Error::Mismatch("bf16 needs a GPU (candle has no bf16 matmul on the CPU); use f32 or f16 on the CPU".into()));
@@ -96,12 +104,15 @@ impl Sdxl {
         if !path.exists() {
             return Err(Error::invalid(path, "no such file or folder (expected an SDXL diffusers folder or a single-file .safetensors checkpoint)"));
         }
-        let cfg_dir = config.map(Path::to_path_buf);
-        let tok_dir = cfg_dir.clone().ok_or_else(|| {
-            Error::invalid(path, "a single-file checkpoint carries no tokenizer: also give a folder with tokenizer/ and tokenizer_2/ (any SDXL diffusers folder, weights not needed)")
-        })?;
+        // configs and tokenizers: from `config` where it has them, else SDXL base's configs and the embedded
+        // CLIP tokenizers (a ComfyUI single file needs nothing else)
+        // (a path that cannot exist stands for "no folder", so nothing is read relative to the working directory)
+        let tok_dir = config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/nonexistent/hyperlora-no-config"));
         let file = Arc::new(StFile::open(path)?);
         single_file::detect(&file)?;
+        if config.is_none() {
+            single_file::check_base_shapes(&file)?;
+        }
         let c = |sub: &str, f: &str| tok_dir.join(sub).join(f);
         let unet_cfg = json_or(&c("unet", "config.json"), SDXL_UNET, UNetConfig::load)?;
         let vae_cfg = json_or(&c("vae", "config.json"), SDXL_VAE, VaeConfig::load)?;
@@ -130,8 +141,8 @@ impl Sdxl {
         };
         Ok(Sdxl {
             name,
-            tokenizer: ClipTokenizer::load(&tok_dir.join("tokenizer"))?,
-            tokenizer_2: ClipTokenizer::load(&tok_dir.join("tokenizer_2"))?,
+            tokenizer: tokenizer_or_embedded(config, "tokenizer", false)?,
+            tokenizer_2: tokenizer_or_embedded(config, "tokenizer_2", true)?,
             text_encoder,
             text_encoder_2,
             unet,

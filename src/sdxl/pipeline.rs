@@ -55,7 +55,7 @@ pub fn time_ids(h: usize, w: usize, device: &Device) -> Result<Tensor> {
 
 /// Gaussian noise from a seed, made on the CPU so the same seed gives the same noise on every device.
 pub fn seeded_noise(seed: u64, shape: &[usize], device: &Device) -> Result<Tensor> {
-    let mut rng = crate::hyper::synthetic::Rng::new(seed ^ 0x5EED_5EED_5EED_5EED);
+    let mut rng = crate::rng::Rng::new(seed ^ 0x5EED_5EED_5EED_5EED);
     let n: usize = shape.iter().product();
     let mut v = Vec::with_capacity(n);
     while v.len() < n {

@@ -202,3 +202,32 @@ pub fn detect(file: &StFile) -> Result<()> {
     };
     Err(Error::invalid(file.path(), format!("not a single-file SDXL checkpoint: it looks like {looks}")))
 }
+
+/// Signature shapes of SDXL base (what the built-in configs build). A single file used without a config folder
+/// must have them; the loader and `doctor` both ask this, so doctor never passes a file the loader refuses.
+const BASE_SHAPES: [(&str, &[usize]); 5] = [
+    ("model.diffusion_model.input_blocks.0.0.weight", &[320, 4, 3, 3]),
+    ("model.diffusion_model.label_emb.0.0.weight", &[1280, 2816]),
+    ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", &[49408, 768]),
+    ("conditioner.embedders.1.model.token_embedding.weight", &[49408, 1280]),
+    ("first_stage_model.encoder.conv_in.weight", &[128, 3, 3, 3]),
+];
+
+/// Check that a single file has SDXL base's shapes (so the built-in configs fit it).
+pub fn check_base_shapes(file: &StFile) -> Result<()> {
+    for (key, want) in BASE_SHAPES {
+        match file.shape(key) {
+            Some(s) if s == want => {}
+            got => {
+                return Err(Error::invalid(
+                    file.path(),
+                    format!(
+                        "`{key}` is {} where SDXL base has {want:?}: this checkpoint's dimensions differ from SDXL base, so give its configs with --sdxl-config DIR (a diffusers-layout folder with unet/, vae/, text_encoder*/ config.json; tokenizers are built in)",
+                        got.map(|s| format!("{s:?}")).unwrap_or_else(|| "missing".into())
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}

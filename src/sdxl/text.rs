@@ -199,6 +199,48 @@ fn clip_tokenizer_json(vocab: &str, merges: &str, pad: &str) -> Result<String> {
     Ok(j.to_string())
 }
 
+/// GPT-2's byte → printable character table (what CLIP's BPE vocabulary is spelled in).
+pub fn bytes_to_unicode() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).expect("valid char");
+    }
+    table
+}
+
+/// CLIP's BPE merges (OpenAI CLIP / open_clip `bpe_simple_vocab_16e6`, MIT licence; the same file SDXL
+/// repositories and ComfyUI ship as `merges.txt`). Embedded so that a single-file checkpoint needs no tokenizer
+/// folder.
+pub const CLIP_MERGES: &str = include_str!("../../assets/clip/merges.txt");
+
+/// CLIP's 49408-token vocabulary as `vocab.json` text, derived from the merges the way CLIP defines it: the 256
+/// byte symbols (GPT-2's byte → unicode table order), the same with `</w>`, one token per merge, then
+/// `<|startoftext|>` and `<|endoftext|>`.
+pub fn clip_vocab_json(merges: &str) -> String {
+    // the 256 byte symbols in GPT-2's order: printable bytes first, then the rest
+    let table = bytes_to_unicode();
+    let mut order: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    order.extend((0..256u32).filter(|b| !order.contains(b)).collect::<Vec<_>>());
+    let base: Vec<String> = order.iter().map(|&b| table[b as usize].to_string()).collect();
+    let mut tokens: Vec<String> = base.clone();
+    tokens.extend(base.iter().map(|t| format!("{t}</w>")));
+    tokens.extend(merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).take(49152 - 256 - 2).map(|l| l.replacen(' ', "", 1)));
+    tokens.push("<|startoftext|>".into());
+    tokens.push("<|endoftext|>".into());
+    let map: serde_json::Map<String, serde_json::Value> = tokens.into_iter().enumerate().map(|(i, t)| (t, serde_json::Value::from(i))).collect();
+    serde_json::Value::Object(map).to_string()
+}
+
 impl ClipTokenizer {
     /// Load from a `tokenizer*/` folder: `tokenizer.json` if present, else `vocab.json` + `merges.txt`.
     /// The pad token comes from `special_tokens_map.json` (SDXL: `<|endoftext|>` for tokenizer, `!` for tokenizer_2).
@@ -218,8 +260,21 @@ impl ClipTokenizer {
             let json = clip_tokenizer_json(&read("vocab.json")?, &read("merges.txt")?, &pad_name)?;
             json.parse::<tokenizers::Tokenizer>().map_err(|e| Error::invalid(dir, format!("cannot build a CLIP tokenizer from vocab.json + merges.txt: {e}")))?
         };
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| Error::invalid(dir, format!("the vocabulary has no `{t}` token")));
-        Ok(ClipTokenizer { bos: id("<|startoftext|>")?, eos: id("<|endoftext|>")?, pad: id(&pad_name)?, inner, max_len: 77 })
+        Self::with_pad(inner, &pad_name, dir)
+    }
+
+    /// SDXL's tokenizers from the embedded CLIP vocabulary: `tokenizer` pads with `<|endoftext|>`, `tokenizer_2`
+    /// with `!` (as the SDXL repositories' `special_tokens_map.json` say).
+    pub fn embedded(second: bool) -> Result<Self> {
+        let pad = if second { "!" } else { "<|endoftext|>" };
+        let json = clip_tokenizer_json(&clip_vocab_json(CLIP_MERGES), CLIP_MERGES, pad)?;
+        let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| Error::Mismatch(format!("embedded CLIP tokenizer: {e}")))?;
+        Self::with_pad(inner, pad, Path::new("<embedded CLIP vocabulary>"))
+    }
+
+    fn with_pad(inner: tokenizers::Tokenizer, pad_name: &str, source: &Path) -> Result<Self> {
+        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| Error::invalid(source, format!("the vocabulary has no `{t}` token")));
+        Ok(ClipTokenizer { bos: id("<|startoftext|>")?, eos: id("<|endoftext|>")?, pad: id(pad_name)?, inner, max_len: 77 })
     }
 
     pub fn encode(&self, prompt: &str) -> Result<Tokens> {

@@ -92,6 +92,10 @@ impl Graphics {
 }
 
 pub struct App {
+    /// Resident memory as the status bar shows it (read on a timer, not per frame).
+    pub memory: String,
+    /// The last frame's draw time, for `:mem`.
+    pub frame: std::time::Duration,
     /// None: halfblocks.
     pub graphics: Option<Graphics>,
     pub input: String,
@@ -106,6 +110,8 @@ pub struct App {
     pub selected: Option<usize>,
     /// The latest image shown or made.
     pub latest: Option<Image>,
+    /// The latest plot (shown in the preview pane until an image is shown or a value selected).
+    pub plot: Option<crate::render::plot::Plot>,
     /// The running job's latest latent preview (cleared when it ends).
     pub latents: Option<(usize, usize, Image)>,
     pub preview: bool,
@@ -121,6 +127,8 @@ pub struct App {
 impl App {
     pub fn new(device: String) -> Self {
         App {
+            memory: "?".into(),
+            frame: std::time::Duration::ZERO,
             graphics: None,
             input: String::new(),
             cursor: 0,
@@ -131,6 +139,7 @@ impl App {
             values: Vec::new(),
             selected: None,
             latest: None,
+            plot: None,
             latents: None,
             preview: true,
             help: false,
@@ -167,6 +176,12 @@ impl App {
             Msg::Out(Out::Image(img)) => {
                 self.push(LineKind::Output, img.summary());
                 self.latest = Some(img);
+                self.plot = None;
+                self.selected = None;
+            }
+            Msg::Out(Out::Plot(p)) => {
+                self.push(LineKind::Output, format!("plot: {} ({} points)", if p.title.is_empty() { "untitled" } else { &p.title }, p.points.len()));
+                self.plot = Some(p);
                 self.selected = None;
             }
             Msg::Event(e) => match e {
@@ -238,14 +253,9 @@ impl App {
 
     /// Complete the word before the cursor from `names`; several matches are listed.
     pub fn complete(&mut self, names: &[String]) {
-        let start = self.input[..self.cursor].rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map(|i| i + 1).unwrap_or(0);
+        let start = crate::front::input::word_start(&self.input, self.cursor);
         let word = self.input[start..self.cursor].to_string();
-        if word.is_empty() {
-            return;
-        }
-        let mut m: Vec<String> = names.iter().filter(|n| n.starts_with(&word)).cloned().collect();
-        m.sort();
-        m.dedup();
+        let m = crate::front::input::candidates(&word, names);
         match m.len() {
             0 => {}
             1 => self.insert(&m[0][word.len()..]),
@@ -282,7 +292,7 @@ impl App {
             KeyCode::Char('?') if self.input.is_empty() => self.help = true,
             KeyCode::Enter if k.modifiers.contains(KeyModifiers::ALT) || k.modifiers.contains(KeyModifiers::SHIFT) => self.insert("\n"),
             KeyCode::Enter => {
-                if crate::cli::open_brackets(&self.input) > 0 {
+                if crate::front::input::open_brackets(&self.input) > 0 {
                     self.insert("\n");
                     return Action::None;
                 }
@@ -290,7 +300,8 @@ impl App {
                 if code.is_empty() {
                     return Action::None;
                 }
-                if self.job.is_some() {
+                // the UI's own `:` commands (`:mem`, `:help`, …) answer while a job runs; the run loop refuses the rest
+                if self.job.is_some() && !code.starts_with(':') {
                     self.info("a job is running: wait, or Ctrl-C to stop it");
                     return Action::None;
                 }

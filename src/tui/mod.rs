@@ -4,7 +4,7 @@
 pub mod app;
 pub mod ui;
 
-use crate::cli::session_args::{resolve_paths, session_with, ModelArgs};
+use crate::front::args::{define_demo, device_dtype, resolve_paths, session_with, ModelArgs};
 use crate::script::{describe, Limits, Out, Script};
 use crate::session::{Event, Image};
 use app::{Action, App, Job, Msg, Value};
@@ -54,11 +54,8 @@ fn ui_command(app: &mut App, code: &str) -> Option<()> {
     match (parts.next()?, parts.next().map(str::trim)) {
         (":help", _) => app.help = true,
         (":mem", _) => {
-            let rss = std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_string))
-                .unwrap_or_else(|| "VmRSS: unknown".into());
-            app.info(rss);
+            let line = format!("resident memory {} · last frame drawn in {:.1} ms", rss().unwrap_or_else(|| "unknown".into()), app.frame.as_secs_f64() * 1e3);
+            app.info(line);
         }
         (":preview", Some("on")) => app.preview = true,
         (":preview", Some("off")) => app.preview = false,
@@ -76,24 +73,127 @@ fn ui_command(app: &mut App, code: &str) -> Option<()> {
     Some(())
 }
 
-/// The preview's graphics protocol: `HYPERLORA_GRAPHICS` = kitty | sixel | iterm2 | halfblocks, or asked of the
-/// terminal (inside tmux with passthrough when the outer terminal is known). Halfblocks when nothing better
-/// answers.
-fn graphics() -> Option<app::Graphics> {
-    use ratatui_image::picker::{Picker, ProtocolType};
-    let forced = std::env::var("HYPERLORA_GRAPHICS").ok();
-    let mut picker = match forced.as_deref() {
-        Some("halfblocks") => return None,
-        Some(_) => Picker::from_fontsize((10, 20)),
-        None => Picker::from_query_stdio().ok()?,
+/// Resident memory (VmRSS) in GB, where /proc tells it.
+pub fn rss() -> Option<String> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|kb| format!("{:.2} GB", kb / 1e6))
+}
+
+/// The preview's graphics: `HYPERLORA_GRAPHICS` = kitty | sixel | iterm2 | halfblocks, or the terminal's
+/// answers to one query on the controlling terminal (`term::detect`, read with poll on this thread, so no key
+/// is lost; keys typed meanwhile come back in `Detected::typed`). Inside tmux the kitty query and the images go
+/// through passthrough. Halfblocks when nothing better answers.
+fn graphics(tty: Option<&std::fs::File>) -> (Option<app::Graphics>, crate::term::Detected) {
+    use crate::term::{detect, forced, Detected, Protocol, QUERY_TIMEOUT};
+    let d = match forced() {
+        Err(e) => Detected { protocol: Protocol::Halfblocks, answers: Default::default(), typed: Vec::new(), elapsed: Duration::ZERO, why: e },
+        Ok(Some(p)) => Detected { protocol: p, answers: Default::default(), typed: Vec::new(), elapsed: Duration::ZERO, why: "HYPERLORA_GRAPHICS".into() },
+        Ok(None) => detect(tty, QUERY_TIMEOUT),
     };
-    match forced.as_deref() {
-        Some("kitty") => picker.set_protocol_type(ProtocolType::Kitty),
-        Some("sixel") => picker.set_protocol_type(ProtocolType::Sixel),
-        Some("iterm2") => picker.set_protocol_type(ProtocolType::Iterm2),
-        _ => {}
+    (picker_for(d.protocol, d.answers.cell), d)
+}
+
+fn picker_for(p: crate::term::Protocol, cell: Option<(u16, u16)>) -> Option<app::Graphics> {
+    use crate::term::Protocol;
+    use ratatui_image::picker::{Picker, ProtocolType};
+    let t = match p {
+        Protocol::Halfblocks => return None,
+        Protocol::Kitty => ProtocolType::Kitty,
+        Protocol::Sixel => ProtocolType::Sixel,
+        Protocol::Iterm2 => ProtocolType::Iterm2,
+    };
+    let mut picker = Picker::from_fontsize(cell.unwrap_or((10, 20)));
+    picker.set_protocol_type(t);
+    Some(app::Graphics::new(picker))
+}
+
+/// Keys typed before the event loop ran (read by the terminal query), as key events.
+pub fn keys_from_bytes(bytes: &[u8]) -> Vec<crossterm::event::KeyEvent> {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    let mut out = Vec::new();
+    let text = String::from_utf8_lossy(bytes);
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        match c {
+            '\r' | '\n' => out.push(key(KeyCode::Enter)),
+            '\x7f' | '\x08' => out.push(key(KeyCode::Backspace)),
+            '\t' => out.push(key(KeyCode::Tab)),
+            '\x03' => out.push(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            '\x04' => out.push(KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL)),
+            '\x1b' => match (it.next(), it.peek().copied()) {
+                (Some('[') | Some('O'), Some(f @ ('A' | 'B' | 'C' | 'D' | 'H' | 'F'))) => {
+                    it.next();
+                    out.push(key(match f {
+                        'A' => KeyCode::Up,
+                        'B' => KeyCode::Down,
+                        'C' => KeyCode::Right,
+                        'D' => KeyCode::Left,
+                        'H' => KeyCode::Home,
+                        _ => KeyCode::End,
+                    }));
+                }
+                (Some('['), _) => {
+                    // another CSI sequence: skip to its final byte
+                    for n in it.by_ref() {
+                        if ('\x40'..='\x7e').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+                (None, _) => out.push(key(KeyCode::Esc)),
+                _ => {}
+            },
+            c if c.is_control() => {}
+            c => out.push(key(KeyCode::Char(c))),
+        }
     }
-    (picker.protocol_type() != ProtocolType::Halfblocks).then(|| app::Graphics::new(picker))
+    out
+}
+
+/// Answers that arrive after the query gave up: crossterm drops DA1, status and cell-size answers itself, but
+/// reads the kitty answer `ESC _ G…;OK ESC \` as Alt-_, characters and Alt-\. For a while after start-up those
+/// are swallowed here instead of reaching the input; a late kitty OK switches the preview to kitty.
+pub struct LateAnswers {
+    until: Instant,
+    body: Option<String>,
+}
+
+impl LateAnswers {
+    pub fn new(window: Duration) -> Self {
+        LateAnswers { until: Instant::now() + window, body: None }
+    }
+
+    /// `Some(kitty_ok)` when the key was part of a late answer (swallowed).
+    pub fn filter(&mut self, k: &crossterm::event::KeyEvent) -> Option<bool> {
+        use crossterm::event::{KeyCode, KeyModifiers};
+        let alt = k.modifiers.contains(KeyModifiers::ALT);
+        match (&mut self.body, k.code) {
+            (None, KeyCode::Char('_')) if alt && Instant::now() < self.until => {
+                self.body = Some(String::new());
+                Some(false)
+            }
+            (Some(b), KeyCode::Char('\\')) if alt => {
+                let ok = b.starts_with('G') && b.contains(";OK");
+                self.body = None;
+                Some(ok)
+            }
+            (Some(b), KeyCode::Char(c)) if b.len() < 4096 => {
+                b.push(c);
+                Some(false)
+            }
+            (Some(_), _) => {
+                self.body = None;
+                None
+            }
+            _ => None,
+        }
+    }
 }
 
 pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
@@ -112,7 +212,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         let otx = wtx.clone();
         let mut script = Script::new(sess, Arc::new(move |o: Out| drop(otx.send(Msg::Out(o)))), Limits::default());
         if let Some(d) = &demo {
-            crate::cli::define_demo(&mut script, d);
+            define_demo(&mut script, d);
         }
         let _ = wtx.send(Msg::Done { code: ":init".into(), result: Ok(String::new()), vars: values(&script), cancelled: false });
         while let Ok(code) = code_rx.recv() {
@@ -121,7 +221,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         }
     });
 
-    let (device, dtype) = crate::cli::session_args::device_dtype(models)?;
+    let (device, dtype) = device_dtype(models)?;
     let app_device = format!("{device} {dtype:?}").to_lowercase();
     let mut app = App::new(app_device);
     for h in hints {
@@ -131,31 +231,77 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         app.info("demo set (random weights): try  let me = identity(#{ path: demo_photo, box: demo_box });");
     }
     let mut terminal = ratatui::init();
-    app.graphics = graphics();
+    let tty = crate::term::query::open_tty();
+    let (gfx, detected) = graphics(tty.as_ref());
+    drop(tty);
+    app.graphics = gfx;
+    app.info(format!(
+        "preview: {} ({}{})",
+        detected.protocol.name(),
+        detected.why,
+        if detected.elapsed.is_zero() { String::new() } else { format!(", asked in {} ms", detected.elapsed.as_millis()) }
+    ));
+    let mut late = (!detected.answers.complete && detected.elapsed > Duration::ZERO).then(|| LateAnswers::new(Duration::from_secs(30)));
+    // keys typed while the terminal was asked: replayed in order; lines wait while a job runs
+    let mut typed: std::collections::VecDeque<crossterm::event::KeyEvent> = keys_from_bytes(&detected.typed).into();
+    let mut memory_at = Instant::now() - Duration::from_secs(10);
     let result = (|| -> anyhow::Result<()> {
         loop {
+            if memory_at.elapsed() >= Duration::from_secs(1) {
+                app.memory = rss().unwrap_or_else(|| "?".into());
+                memory_at = Instant::now();
+            }
+            let t0 = Instant::now();
             terminal.draw(|f| ui::draw(f, &app))?;
-            if event::poll(Duration::from_millis(50))? {
+            app.frame = t0.elapsed();
+            let key = if app.job.is_none() && !typed.is_empty() {
+                typed.pop_front()
+            } else if event::poll(Duration::from_millis(50))? {
                 match event::read()? {
                     TermEvent::Key(k) if k.kind != KeyEventKind::Release => {
-                        let names: Vec<String> =
-                            crate::script::api::API.iter().map(|(n, ..)| n.to_string()).chain(app.values.iter().map(|v| v.name.clone())).collect();
-                        match app.on_key(k, &names) {
-                            Action::Quit => return Ok(()),
-                            Action::Cancel => {
-                                cancel.store(true, Ordering::Relaxed);
-                                app.info("cancelling …");
+                        match late.as_mut().and_then(|l| l.filter(&k)) {
+                            Some(true) => {
+                                app.graphics = picker_for(crate::term::Protocol::Kitty, None);
+                                app.info("preview: kitty (the terminal answered the graphics query late)");
+                                None
                             }
-                            Action::Submit(code) => {
-                                if ui_command(&mut app, &code).is_none() {
-                                    app.job = Some(Job { code: code.clone(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0 });
-                                    code_tx.send(code)?;
+                            Some(false) => None,
+                            None if app.job.is_some() || !typed.is_empty() => {
+                                // typed-ahead keys still waiting keep their place in the queue
+                                if !typed.is_empty() {
+                                    typed.push_back(k);
+                                    None
+                                } else {
+                                    Some(k)
                                 }
                             }
-                            Action::None => {}
+                            None => Some(k),
                         }
                     }
-                    _ => {}
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(k) = key {
+                let names: Vec<String> = app.values.iter().map(|v| v.name.clone()).collect();
+                match app.on_key(k, &names) {
+                    Action::Quit => return Ok(()),
+                    Action::Cancel => {
+                        cancel.store(true, Ordering::Relaxed);
+                        app.info("cancelling …");
+                    }
+                    Action::Submit(code) => {
+                        if ui_command(&mut app, &code).is_none() {
+                            if app.job.is_some() {
+                                app.info("a job is running: wait, or Ctrl-C to stop it");
+                            } else {
+                                app.job = Some(Job { code: code.clone(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0 });
+                                code_tx.send(code)?;
+                            }
+                        }
+                    }
+                    Action::None => {}
                 }
             }
             while let Ok(m) = rx.try_recv() {

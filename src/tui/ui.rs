@@ -8,32 +8,21 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Widget, Wrap};
 use ratatui::Frame;
 
-/// An image drawn with upper-half blocks, two pixels per cell, scaled to fit and centred.
+/// An image drawn with upper-half blocks (the shared sampler in `term::halfblocks`), scaled to fit and centred.
 pub struct Halfblocks<'a>(pub &'a Image);
 
 impl Widget for Halfblocks<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let img = self.0;
-        if area.width == 0 || area.height == 0 || img.width == 0 || img.height == 0 {
+        let c = crate::term::halfblocks::sample(&img.rgb, img.width, img.height, area.width as usize, area.height as usize);
+        if c.cols == 0 {
             return;
         }
-        let scale = (img.width as f64 / area.width as f64).max(img.height as f64 / (2.0 * area.height as f64));
-        let (w, h) = (((img.width as f64 / scale) as u16).clamp(1, area.width), ((img.height as f64 / scale / 2.0).ceil() as u16).clamp(1, area.height));
-        let (x0, y0) = (area.x + (area.width - w) / 2, area.y + (area.height - h) / 2);
-        let px = |x: f64, y: f64| -> Color {
-            let (ix, iy) = ((x * scale) as usize, (y * scale) as usize);
-            if ix >= img.width || iy >= img.height {
-                return Color::Reset;
-            }
-            let o = (iy * img.width + ix) * 3;
-            Color::Rgb(img.rgb[o], img.rgb[o + 1], img.rgb[o + 2])
-        };
-        for cy in 0..h {
-            for cx in 0..w {
-                let (fx, fy) = (cx as f64 + 0.5, cy as f64 * 2.0);
-                if let Some(cell) = buf.cell_mut((x0 + cx, y0 + cy)) {
-                    cell.set_symbol("▀").set_fg(px(fx, fy + 0.5)).set_bg(px(fx, fy + 1.5));
-                }
+        let (x0, y0) = (area.x + (area.width - c.cols as u16) / 2, area.y + (area.height - c.rows as u16) / 2);
+        for (i, (t, b)) in c.cells.iter().enumerate() {
+            let (cx, cy) = ((i % c.cols) as u16, (i / c.cols) as u16);
+            if let Some(cell) = buf.cell_mut((x0 + cx, y0 + cy)) {
+                cell.set_symbol("▀").set_fg(Color::Rgb(t[0], t[1], t[2])).set_bg(Color::Rgb(b[0], b[1], b[2]));
             }
         }
     }
@@ -55,12 +44,18 @@ fn protocol_image(f: &mut Frame, g: &super::app::Graphics, img: &Image, area: Re
     }
 }
 
-fn memory() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
-        .map(|kb| format!("{:.2} GB", kb / 1e6))
-        .unwrap_or_else(|| "?".into())
+/// A plot with ratatui's Chart: the points joined by lines, axes labelled with their ranges.
+fn chart(f: &mut Frame, p: &crate::render::plot::Plot, area: Rect) {
+    use ratatui::symbols::Marker;
+    use ratatui::widgets::{Axis, Chart, Dataset, GraphType};
+    let ((x0, x1), (y0, y1)) = p.bounds();
+    let label = |v: f64| Span::raw(format!("{v:.3}"));
+    let data = Dataset::default().marker(Marker::Braille).graph_type(GraphType::Line).style(Style::default().fg(Color::Cyan)).data(&p.points);
+    let chart = Chart::new(vec![data])
+        .block(Block::default().title(p.title.clone()))
+        .x_axis(Axis::default().title(p.x_label.clone()).bounds([x0, x1]).labels(vec![label(x0), label(x1)]))
+        .y_axis(Axis::default().title(p.y_label.clone()).bounds([y0, y1]).labels(vec![label(y0), label(y1)]));
+    f.render_widget(chart, area);
 }
 
 pub fn draw(f: &mut Frame, app: &App) {
@@ -131,6 +126,8 @@ pub fn draw(f: &mut Frame, app: &App) {
     if let (true, Some(img)) = (app.preview, live) {
         // a running job's latents: halfblocks (cheap, redrawn every few steps)
         f.render_widget(Halfblocks(img), pin);
+    } else if let (true, Some(p), None) = (app.preview, &app.plot, app.selected) {
+        chart(f, p, pin);
     } else {
         match (app.preview, app.shown_image()) {
             (true, Some(img)) if pin.height > 1 => {
@@ -170,16 +167,17 @@ pub fn draw(f: &mut Frame, app: &App) {
     let models = if app.models.is_empty() { "none".to_string() } else { app.models.join(", ") };
     let gfx = app.graphics.as_ref().map(|g| g.name()).unwrap_or("halfblocks");
     // the job first: on a narrow terminal the tail is cut
-    let status = format!(" {job} · {} · models: {} · mem {} · preview {gfx}", app.device, models, memory());
+    let status = format!(" {job} · {} · models: {} · mem {} · preview {gfx}", app.device, models, app.memory);
     f.render_widget(Paragraph::new(status).style(Style::default().bg(Color::Blue).fg(Color::White)), rows[2]);
 
     if app.help {
         let w = area.width.saturating_sub(4).min(100);
         let h = area.height.saturating_sub(2);
         let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + 1, width: w, height: h };
+        // keys and commands first: the API list below may run past the bottom of a small terminal
         let text = format!(
-            "{}\n\nkeys: Enter run · Alt/Shift-Enter newline · Tab complete · ↑/↓ history · Alt-↑/↓ select a value · PgUp/PgDn scroll · Ctrl-C stop the job · Ctrl-D quit\n\
-             commands: :models  :mem  :unload NAME  :preview on|off  :save-session FILE  :load-session FILE  :help\n\nEsc closes this help.",
+            "keys: Enter run · Alt/Shift-Enter newline · Tab complete · ↑/↓ history · Alt-↑/↓ select a value · PgUp/PgDn scroll · Ctrl-C stop the job · Ctrl-D quit · Esc closes this help\n\
+             commands: :models  :mem  :unload NAME  :preview on|off  :save-session FILE  :load-session FILE  :help\n\n{}",
             crate::script::api::help(None)
         );
         f.render_widget(Clear, r);

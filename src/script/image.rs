@@ -1,0 +1,67 @@
+//! Images: generation, previews, contact sheets and plots, PNG output, the face score.
+use super::*;
+
+pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, output: &Output) {
+    // images
+    let s = session.clone();
+    engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Image> {
+        let req = generate_opts(&prompt, &m)?;
+        lib(lock(&s)?.generate(&req))
+    });
+    let s = session.clone();
+    engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> { lib(lock(&s)?.generate(&Generate::new(prompt.as_str()))) });
+    let o = output.clone();
+    engine.register_fn("show", move |img: Image| o(Out::Image(img)));
+    let s = session.clone();
+    let grid = move |images: Array, m: Map| -> RResult<Image> {
+        check_keys(&m, &["cols", "labels", "title"], "grid")?;
+        let images: Vec<Image> = images
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| d.clone().try_cast::<Image>().ok_or_else(|| format!("grid: item {i} is {}, not an image", d.type_name()).into()))
+            .collect::<RResult<_>>()?;
+        let cols = m.get("cols").map(|c| int(c, "cols")).transpose()?;
+        if cols.is_some_and(|c| c < 1) {
+            return err("grid: cols must be at least 1");
+        }
+        let labels: Option<Vec<String>> = m
+            .get("labels")
+            .map(|l| l.clone().into_typed_array::<Dynamic>().or_else(|_| err("labels: expected an array of strings")).and_then(|a| a.iter().map(|x| Ok(x.to_string())).collect()))
+            .transpose()?;
+        let title = m.get("title").map(|t| string(t, "title")).transpose()?;
+        lib(lock(&s)?.grid(&images, labels.as_deref(), cols.map(|c| c as usize), title.as_deref()))
+    };
+    let f = grid.clone();
+    engine.register_fn("grid", move |images: Array| f(images, Map::new()));
+    engine.register_fn("grid", move |images: Array, m: Map| grid(images, m));
+    let o = output.clone();
+    let plot = move |xs: Array, ys: Array, m: Map| -> RResult<()> {
+        check_keys(&m, &["title", "x", "y"], "plot")?;
+        let nums = |a: &Array, what: &str| a.iter().map(|v| num(v, what)).collect::<RResult<Vec<f64>>>();
+        let text = |k: &str| m.get(k).map(|t| string(t, k)).transpose().map(|t| t.unwrap_or_default());
+        let p = lib(crate::render::plot::Plot::new(&nums(&xs, "plot xs")?, &nums(&ys, "plot ys")?, &text("title")?, &text("x")?, &text("y")?))?;
+        o(Out::Plot(p));
+        Ok(())
+    };
+    let f = plot.clone();
+    engine.register_fn("plot", move |xs: Array, ys: Array| f(xs, ys, Map::new()));
+    engine.register_fn("plot", move |xs: Array, ys: Array, m: Map| plot(xs, ys, m));
+    let s = session.clone();
+    let save = move |img: &mut Image, p: &str, o: Map| -> RResult<Image> {
+        let ow = overwrite(&o, "save")?;
+        lib(lock(&s)?.save_image(img, Path::new(p), ow))?;
+        Ok(img.clone())
+    };
+    let f = save.clone();
+    engine.register_fn("save", move |img: &mut Image, p: ImmutableString| f(img, &p, Map::new()));
+    engine.register_fn("save", move |img: &mut Image, p: ImmutableString, o: Map| save(img, &p, o));
+    let s = session.clone();
+    let score = move |img: Image, id: Identity, m: Map| -> RResult<f64> {
+        check_keys(&m, &["box", "face"], "face_score")?;
+        let p = pick(&m)?;
+        lib(lock(&s)?.face_score(&img, &id, p))
+    };
+    let f = score.clone();
+    engine.register_fn("face_score", move |img: Image, id: Identity| f(img, id, Map::new()));
+    engine.register_fn("face_score", move |img: Image, id: Identity, m: Map| score(img, id, m));
+}

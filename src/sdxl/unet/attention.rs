@@ -1,0 +1,152 @@
+//! The attention side of the UNet: LoRA-patchable projections, attention, transformer blocks and the
+//! `Transformer2DModel` wrapper (diffusers' `attention.py` / `transformers/transformer_2d.py`).
+use super::UNetConfig;
+use crate::error::{Error, Result};
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{group_norm, layer_norm, linear, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+/// A Linear whose weight can be patched by a LoRA merge; `target` is its diffusers path. The loaded weight is
+/// kept (shared, not copied) so that removing a LoRA restores it bit for bit — never by subtracting ΔW.
+pub struct Projection {
+    pub target: String,
+    pub(crate) original: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) linear: Linear,
+    /// Content signature of the LoRA terms merged now (None: the original weight is in use).
+    pub(crate) merged: Option<[u8; 32]>,
+}
+
+impl Projection {
+    pub(crate) fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        Ok(Self { target: vb.prefix(), linear: Linear::new(weight.clone(), bias.clone()), original: weight, bias, merged: None })
+    }
+    /// The weight as loaded.
+    pub fn original(&self) -> &Tensor {
+        &self.original
+    }
+    /// The weight in use.
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+    /// Use `original + delta` (delta [out, in], any float dtype; summed in f32, cast once).
+    pub(crate) fn merge(&mut self, delta: &Tensor, signature: [u8; 32]) -> Result<()> {
+        if delta.dims() != self.original.dims() {
+            return Err(Error::Mismatch(format!("{}: LoRA ΔW is {:?} but the weight is {:?}", self.target, delta.dims(), self.original.dims())));
+        }
+        let w = (self.original.to_dtype(DType::F32)? + delta.to_device(self.original.device())?.to_dtype(DType::F32)?)?.to_dtype(self.original.dtype())?;
+        self.linear = Linear::new(w, self.bias.clone());
+        self.merged = Some(signature);
+        Ok(())
+    }
+    /// Back to the loaded weight (the same tensor, bit-identical).
+    pub(crate) fn restore(&mut self) {
+        self.linear = Linear::new(self.original.clone(), self.bias.clone());
+        self.merged = None;
+    }
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.linear.forward(x)
+    }
+}
+
+pub(crate) struct Attention {
+    pub(crate) to_q: Projection,
+    pub(crate) to_k: Projection,
+    pub(crate) to_v: Projection,
+    pub(crate) to_out: Projection,
+    pub(crate) heads: usize,
+}
+
+impl Attention {
+    pub(crate) fn new(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            to_q: Projection::new(dim, dim, false, vb.pp("to_q"))?,
+            to_k: Projection::new(context_dim, dim, false, vb.pp("to_k"))?,
+            to_v: Projection::new(context_dim, dim, false, vb.pp("to_v"))?,
+            to_out: Projection::new(dim, dim, true, vb.pp("to_out").pp("0"))?,
+            heads,
+        })
+    }
+    pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let dh = c / self.heads;
+        let split = |t: Tensor| {
+            let l = t.dim(1)?;
+            t.reshape((b, l, self.heads, dh))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(self.to_q.forward(x)?)?;
+        let k = split(self.to_k.forward(context)?)?;
+        let v = split(self.to_v.forward(context)?)?;
+        let w = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (dh as f64).sqrt()))?;
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        self.to_out.forward(&w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?)
+    }
+    pub(crate) fn projections_mut(&mut self) -> [&mut Projection; 4] {
+        [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out]
+    }
+}
+
+/// diffusers `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward (exact erf GELU).
+pub(crate) struct TransformerBlock {
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn1: Attention,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) attn2: Attention,
+    pub(crate) norm3: LayerNorm,
+    pub(crate) ff_proj: Linear,
+    pub(crate) ff_out: Linear,
+}
+
+impl TransformerBlock {
+    pub(crate) fn new(dim: usize, ctx: usize, heads: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(dim, dim, heads, vb.pp("attn1"))?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(dim, ctx, heads, vb.pp("attn2"))?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff_proj: linear(dim, inner * 2, vb.pp("ff").pp("net").pp("0").pp("proj"))?,
+            ff_out: linear(inner, dim, vb.pp("ff").pp("net").pp("2"))?,
+        })
+    }
+    pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+        let n = self.norm1.forward(x)?;
+        let x = (x + self.attn1.forward(&n, &n)?)?;
+        let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, context)?)?;
+        let h = self.ff_proj.forward(&self.norm3.forward(&x)?)?;
+        let half = h.dim(D::Minus1)? / 2;
+        let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+        &x + self.ff_out.forward(&gated)?
+    }
+}
+
+/// diffusers `Transformer2DModel` with linear projections.
+pub(crate) struct Transformer2D {
+    pub(crate) norm: GroupNorm,
+    pub(crate) proj_in: Linear,
+    pub(crate) blocks: Vec<TransformerBlock>,
+    pub(crate) proj_out: Linear,
+}
+
+impl Transformer2D {
+    pub(crate) fn new(c: &UNetConfig, ch: usize, heads: usize, depth: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            norm: group_norm(c.norm_num_groups, ch, 1e-6, vb.pp("norm"))?,
+            proj_in: linear(ch, ch, vb.pp("proj_in"))?,
+            blocks: (0..depth).map(|i| TransformerBlock::new(ch, c.cross_attention_dim, heads, vb.pp("transformer_blocks").pp(i))).collect::<candle_core::Result<_>>()?,
+            proj_out: linear(ch, ch, vb.pp("proj_out"))?,
+        })
+    }
+    pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let mut t = self.norm.forward(x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?;
+        t = self.proj_in.forward(&t)?;
+        for blk in &self.blocks {
+            t = blk.forward(&t, context)?;
+        }
+        let t = self.proj_out.forward(&t)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
+        x + t
+    }
+}

@@ -1,0 +1,146 @@
+//! Images in the line REPL and `run`: viuer draws them on kitty, iTerm2/WezTerm and sixel terminals; every
+//! other terminal gets the shared halfblocks. The protocol is decided once per process, on the first image:
+//! `HYPERLORA_GRAPHICS` when set, else the terminal's answers to one query (read with a timeout; keys typed
+//! meanwhile are kept for the REPL's next line). viuer confirms kitty and sixel with the terminal itself, so
+//! it is only handed a protocol that the terminal has just confirmed — a silent terminal never blocks it.
+use super::{detect, forced, iterm2_from_env, query, Protocol};
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+static TYPED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static CHOICE: OnceLock<(Protocol, Option<String>)> = OnceLock::new();
+
+/// Keys typed while the terminal was being asked (the REPL feeds them into its next line).
+pub fn take_typed() -> Vec<u8> {
+    TYPED.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default()
+}
+
+/// Typed bytes as the lines they complete and the unfinished rest (Backspace applied, escape sequences such as
+/// arrow keys dropped).
+pub fn lines_from_typed(bytes: &[u8]) -> (Vec<String>, String) {
+    let (mut lines, mut cur) = (Vec::new(), String::new());
+    let text = String::from_utf8_lossy(bytes);
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\r' | '\n' => lines.push(std::mem::take(&mut cur)),
+            '\x7f' | '\x08' => {
+                cur.pop();
+            }
+            '\x1b' => {
+                // ESC [ params final, or ESC O x, or ESC x
+                match it.next() {
+                    Some('[') => {
+                        while let Some(&n) = it.peek() {
+                            it.next();
+                            if ('\x40'..='\x7e').contains(&n) {
+                                break;
+                            }
+                        }
+                    }
+                    Some('O') => {
+                        it.next();
+                    }
+                    _ => {}
+                }
+            }
+            '\t' => cur.push(' '),
+            c if c.is_control() => {}
+            c => cur.push(c),
+        }
+    }
+    (lines, cur)
+}
+
+/// The protocol for this process, and a note to print once when a wish could not be honoured.
+pub fn protocol() -> (Protocol, Option<String>) {
+    CHOICE.get_or_init(choose).clone()
+}
+
+fn choose() -> (Protocol, Option<String>) {
+    let wish = match forced() {
+        Ok(w) => w,
+        Err(e) => return (Protocol::Halfblocks, Some(e)),
+    };
+    if wish == Some(Protocol::Halfblocks) {
+        return (Protocol::Halfblocks, None);
+    }
+    if !std::io::stdout().is_terminal() {
+        return (Protocol::Halfblocks, wish.map(|w| format!("HYPERLORA_GRAPHICS={}: stdout is not a terminal, halfblocks instead", w.name())));
+    }
+    let tty = query::open_tty();
+    let raw = crossterm::terminal::enable_raw_mode().is_ok();
+    let d = detect(tty.as_ref(), Duration::from_millis(1000));
+    if raw {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+    if let Ok(mut t) = TYPED.lock() {
+        t.extend_from_slice(&d.typed);
+    }
+    match wish {
+        None => (d.protocol, None),
+        Some(p) => {
+            let ok = match p {
+                Protocol::Kitty => d.answers.kitty,
+                Protocol::Sixel => d.answers.sixel,
+                Protocol::Iterm2 => iterm2_from_env(),
+                Protocol::Halfblocks => true,
+            };
+            if ok {
+                (p, None)
+            } else {
+                let why = match p {
+                    Protocol::Iterm2 => "viuer draws iTerm2 images only where TERM_PROGRAM or LC_TERMINAL names such a terminal".to_string(),
+                    _ => format!("the terminal did not confirm {} ({}), and viuer needs that confirmation", p.name(), d.why),
+                };
+                (Protocol::Halfblocks, Some(format!("HYPERLORA_GRAPHICS={}: {why}; halfblocks instead", p.name())))
+            }
+        }
+    }
+}
+
+/// Draw an image (8-bit RGB) in at most `cols` × `rows` cells.
+pub fn show(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize) {
+    static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let (p, note) = protocol();
+    if let Some(n) = note {
+        if !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{n}");
+        }
+    }
+    let half = || print!("{}", super::halfblocks::halfblocks(rgb, width, height, cols, rows));
+    if p == Protocol::Halfblocks {
+        half();
+        return;
+    }
+    let Some(img) = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()) else {
+        half();
+        return;
+    };
+    let _ = std::io::stdout().flush();
+    let cfg = viuer::Config {
+        absolute_offset: false,
+        width: Some(cols as u32),
+        height: Some(rows as u32),
+        use_kitty: p == Protocol::Kitty,
+        use_iterm: p == Protocol::Iterm2,
+        use_sixel: p == Protocol::Sixel,
+        ..Default::default()
+    };
+    if let Err(e) = viuer::print(&image::DynamicImage::ImageRgb8(img), &cfg) {
+        eprintln!("image preview ({}): {e}; halfblocks instead", p.name());
+        half();
+    }
+    let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn typed_bytes_become_lines() {
+        let (l, rest) = super::lines_from_typed(b"1 + 40\r2 +\x7f+ 40\n\x1b[A3 +");
+        assert_eq!(l, vec!["1 + 40".to_string(), "2 + 40".to_string()]);
+        assert_eq!(rest, "3 +");
+    }
+}

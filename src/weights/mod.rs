@@ -1,0 +1,252 @@
+//! Reading safetensors files: `StFile` (header validated, tensors converted to the dtype asked for), and strict
+//! loading (`strict`) the way PyTorch's `load_state_dict` does it: every expected key present with its shape,
+//! nothing unexpected, and errors that name the file, the key and both shapes.
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype as StDtype, Metadata, TensorInfo};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+mod strict;
+pub use strict::{build_strict, Expected, StrictBackend, Transform};
+
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One safetensors file, memory-mapped, with its header parsed and validated.
+pub struct StFile {
+    path: PathBuf,
+    bytes: Bytes,
+    data_start: usize,
+    meta: Metadata,
+}
+
+impl StFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the map is read-only; a file changed underneath us would give wrong numbers, not UB in safe code
+        // that only reads bytes.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Self::from_bytes(path, Bytes::Mapped(mmap))
+    }
+
+    /// A file image held in memory (for synthesized models and tests); `path` is used in messages only.
+    pub fn from_vec(path: impl Into<PathBuf>, data: Vec<u8>) -> Result<Self> {
+        Self::from_bytes(path.into(), Bytes::Owned(data))
+    }
+
+    fn from_bytes(path: PathBuf, bytes: Bytes) -> Result<Self> {
+        let header_err = |e: safetensors::SafeTensorError| Error::Header { file: path.clone(), reason: describe(&e, bytes.len()) };
+        // `deserialize` validates offsets against the buffer length (catches truncated downloads).
+        safetensors::SafeTensors::deserialize(&bytes).map_err(header_err)?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(header_err)?;
+        Ok(StFile { data_start: 8 + n, path, bytes, meta })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.meta.tensors().into_keys().collect()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.meta.info(key).is_some()
+    }
+
+    pub fn metadata(&self) -> HashMap<String, String> {
+        self.meta.metadata().clone().unwrap_or_default()
+    }
+
+    fn info(&self, key: &str) -> Option<&TensorInfo> {
+        self.meta.info(key)
+    }
+
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.info(key).map(|i| i.shape.as_slice())
+    }
+
+    /// Shape of a key that must exist; the error names the file and the key.
+    pub fn require_shape(&self, key: &str, what: &str) -> Result<&[usize]> {
+        self.shape(key).ok_or_else(|| Error::Missing {
+            file: self.path.clone(),
+            key: key.to_string(),
+            expected: vec![],
+            hint: format!(" ({what})"),
+        })
+    }
+
+    pub fn dtype(&self, key: &str) -> Option<StDtype> {
+        self.info(key).map(|i| i.dtype)
+    }
+
+    /// Raw little-endian bytes of one tensor.
+    pub fn raw(&self, key: &str) -> Option<&[u8]> {
+        let info = self.info(key)?;
+        let (a, b) = info.data_offsets;
+        Some(&self.bytes[self.data_start + a..self.data_start + b])
+    }
+
+    fn check_dtype(&self, key: &str) -> Result<StDtype> {
+        let dt = self.dtype(key).ok_or_else(|| Error::Missing {
+            file: self.path.clone(),
+            key: key.into(),
+            expected: vec![],
+            hint: String::new(),
+        })?;
+        match dt {
+            StDtype::F16 | StDtype::BF16 | StDtype::F32 | StDtype::F64 => Ok(dt),
+            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "F16, BF16, F32 or F64".into() }),
+        }
+    }
+
+    /// Load one floating-point tensor (F16, BF16 or F32 on disk), converted to `dtype` on `device`.
+    pub fn tensor(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let dt = self.check_dtype(key)?;
+        let shape = self.shape(key).unwrap_or_default().to_vec();
+        let raw = self.raw(key).unwrap_or_default();
+        let t = match dt {
+            StDtype::F16 => Tensor::from_vec(bytes_to::<half::f16>(raw), shape, &Device::Cpu)?,
+            StDtype::BF16 => Tensor::from_vec(bytes_to::<half::bf16>(raw), shape, &Device::Cpu)?,
+            StDtype::F64 => Tensor::from_vec(bytes_to::<f64>(raw), shape, &Device::Cpu)?,
+            _ => Tensor::from_vec(bytes_to::<f32>(raw), shape, &Device::Cpu)?,
+        };
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// One tensor's values as f32 on the CPU, converted straight from the mapped bytes.
+    pub fn to_f32_vec(&self, key: &str) -> Result<Vec<f32>> {
+        let dt = self.check_dtype(key)?;
+        let raw = self.raw(key).unwrap_or_default();
+        Ok(match dt {
+            StDtype::F16 => {
+                let h = bytes_to::<half::f16>(raw);
+                let mut out = vec![0f32; h.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(h.as_slice(), &mut out);
+                out
+            }
+            StDtype::BF16 => {
+                let h = bytes_to::<half::bf16>(raw);
+                let mut out = vec![0f32; h.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(h.as_slice(), &mut out);
+                out
+            }
+            StDtype::F64 => bytes_to::<f64>(raw).into_iter().map(|v| v as f32).collect(),
+            _ => bytes_to::<f32>(raw),
+        })
+    }
+
+    /// An integer tensor (I64 or I32 on disk) as i64 values.
+    pub fn to_i64_vec(&self, key: &str) -> Result<Vec<i64>> {
+        let raw = self.raw(key).ok_or_else(|| Error::Missing { file: self.path.clone(), key: key.into(), expected: vec![], hint: String::new() })?;
+        match self.dtype(key) {
+            Some(StDtype::I64) => Ok(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+            Some(StDtype::I32) => Ok(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()),
+            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "I64 or I32".into() }),
+        }
+    }
+
+    /// PyTorch-style strict check: every expected key present with its shape and a float dtype, no other keys.
+    /// `unexpected_hint` is appended to the "unexpected tensors" error (e.g. a likely cause).
+    pub fn check_strict(&self, expected: &[Expected], unexpected_hint: &str) -> Result<()> {
+        for e in expected {
+            match self.shape(&e.key) {
+                None => {
+                    return Err(Error::Missing {
+                        file: self.path.clone(),
+                        key: e.key.clone(),
+                        expected: e.shape.clone(),
+                        hint: e.why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default(),
+                    })
+                }
+                Some(found) if found != e.shape.as_slice() => {
+                    return Err(Error::Shape {
+                        file: self.path.clone(),
+                        key: e.key.clone(),
+                        expected: e.shape.clone(),
+                        found: found.to_vec(),
+                        hint: e.why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default(),
+                    })
+                }
+                Some(_) => {
+                    self.check_dtype(&e.key)?;
+                }
+            }
+        }
+        let want: BTreeSet<&str> = expected.iter().map(|e| e.key.as_str()).collect();
+        let extra: Vec<String> = self.keys().into_iter().filter(|k| !want.contains(k.as_str())).collect();
+        if let Some(first) = extra.first() {
+            return Err(Error::Unexpected {
+                file: self.path.clone(),
+                count: extra.len(),
+                first: first.clone(),
+                hint: unexpected_hint.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Load a set of tensors as one map (for a `VarBuilder`).
+    pub fn load_all(&self, keys: impl IntoIterator<Item = String>, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+        keys.into_iter().map(|k| Ok((k.clone(), self.tensor(&k, dtype, device)?))).collect()
+    }
+
+    /// A content fingerprint that is cheap on multi-GB files: the header, the length and (for large files) 1024
+    /// evenly spaced 4 KiB samples of the data; small files are hashed whole.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        let bytes: &[u8] = &self.bytes;
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes[..self.data_start.min(bytes.len())]);
+        let data = &bytes[self.data_start.min(bytes.len())..];
+        const WHOLE: usize = 64 << 20;
+        if data.len() <= WHOLE {
+            h.update(data);
+        } else {
+            let chunk = 4096;
+            let n = 1024;
+            let step = (data.len() - chunk) / (n - 1);
+            for i in 0..n {
+                let a = i * step;
+                h.update(&data[a..a + chunk]);
+            }
+        }
+        h.finalize().into()
+    }
+}
+
+fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooLarge => format!("HeaderTooLarge: the header length field is implausible for a {len}-byte file — a corrupt or partial download?"),
+        E::HeaderTooSmall => format!("HeaderTooSmall: only {len} bytes"),
+        E::MetadataIncompleteBuffer => format!("the tensors' data does not fit in the file's {len} bytes — truncated download?"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reinterpret little-endian bytes as values (copying, so alignment does not matter).
+pub fn bytes_to<T: bytemuck::Pod>(raw: &[u8]) -> Vec<T> {
+    bytemuck::pod_collect_to_vec(&raw[..raw.len() / std::mem::size_of::<T>() * std::mem::size_of::<T>()])
+}
+
+/// Values as their bytes.
+pub fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+

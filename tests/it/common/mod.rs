@@ -1,0 +1,78 @@
+//! Shared test helpers: fixture paths and tolerance comparisons that say where they broke.
+#![allow(dead_code)]
+use candle_core::{DType, Device, Tensor};
+use hyperlora::output::RawTensor;
+use hyperlora::weights::StFile;
+use std::path::{Path, PathBuf};
+
+/// `../shared/fixtures` beside the checkout (or `$HYPERLORA_FIXTURES`). Missing fixtures fail loudly.
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var_os("HYPERLORA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    assert!(p.join("README.md").is_file(), "fixtures not found at {} (set HYPERLORA_FIXTURES)", p.display());
+    p
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    fixtures().join(rel)
+}
+
+pub fn load(rel: &str, key: &str) -> Tensor {
+    let f = StFile::open(fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    f.tensor(key, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{rel}:{key}: {e}"))
+}
+
+pub fn max_abs(got: &Tensor, want: &Tensor) -> (f32, usize) {
+    let d = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap();
+    let v = d.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().copied().enumerate().fold((0f32, 0usize), |m, (i, x)| if x > m.0 || x.is_nan() { (x, i) } else { m })
+}
+
+pub fn assert_max_abs(name: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape {:?} vs reference {:?}", got.dims(), want.dims());
+    let (worst, i) = max_abs(got, want);
+    assert!(worst <= tol, "{name}: max |Δ| {worst:.3e} at flat index {i} > tol {tol:.0e}");
+}
+
+/// Copy a fixture folder into a fresh temp dir.
+pub fn copy_dir(src: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    tmp
+}
+
+/// Read every tensor of a safetensors file as raw entries, let `f` edit the list, write it to `dst`.
+pub fn rewrite(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<(String, RawTensor)>)) {
+    let file = StFile::open(src).unwrap();
+    let mut entries: Vec<(String, RawTensor)> = file
+        .keys()
+        .into_iter()
+        .map(|k| {
+            let dtype = file.dtype(&k).unwrap();
+            let shape = file.shape(&k).unwrap().to_vec();
+            let data = file.raw(&k).unwrap().to_vec();
+            (k, RawTensor { dtype, shape, data })
+        })
+        .collect();
+    f(&mut entries);
+    let bytes = hyperlora::output::safetensors_bytes(&entries, Default::default()).unwrap();
+    std::fs::write(dst, bytes).unwrap();
+}
+
+/// One demo set for the tests that run the binary on it, written once per test run (in-process, so the children
+/// never race to write it).
+pub fn demo_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        hyperlora::demo::ensure(&dir).unwrap();
+        dir
+    })
+    .clone()
+}

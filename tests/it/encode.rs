@@ -1,0 +1,228 @@
+//! Photo → features: the 2d106 runner, the face analyser chain and `hyperlora encode` on the fixture photo with
+//! the tiny ONNX models (fixture README §3, §6) and a 2d106-shaped model written by the test.
+use crate::common::*;
+use hyperlora::face::analyser::{kps_from_landmarks, Antelope, FaceOptions, FacePick, KpsFrom};
+use hyperlora::face::onnx::Landmark106;
+use hyperlora::synthetic::onnx as synthetic;
+use hyperlora::vision::processor::Rgb8;
+use hyperlora::weights::StFile;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn png(rel: &str) -> Rgb8 {
+    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture(rel)).unwrap();
+    Rgb8::new(w, h, rgb).unwrap()
+}
+
+fn face_ref() -> StFile {
+    StFile::open(fixture("face/face_reference.safetensors")).unwrap()
+}
+
+fn bbox() -> [f64; 4] {
+    let b = face_ref().to_f32_vec("landmark106_bbox").unwrap();
+    [b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64]
+}
+
+/// A small per-output gain so the output depends on the input's mean pixel (raw 0–255 if fed correctly).
+fn gain() -> Vec<f32> {
+    (0..212).map(|i| 1e-4 * ((i % 5) as f32 - 2.0)).collect()
+}
+
+/// An antelopev2 folder made of the fixture's tiny SCRFD and ArcFace and a 2d106 model whose output is the
+/// fixture's raw landmark output (+ `gain` × mean pixel).
+fn antelope(dir: &Path, gain: &[f32], detector: Option<Vec<u8>>) {
+    let raw = face_ref().to_f32_vec("landmark106_raw_output").unwrap();
+    std::fs::write(dir.join("2d106det.onnx"), synthetic::landmark_106(&raw, gain).unwrap()).unwrap();
+    match detector {
+        Some(bytes) => std::fs::write(dir.join("scrfd_10g_bnkps.onnx"), bytes).unwrap(),
+        None => drop(std::fs::copy(fixture("onnx-tiny/scrfd_tiny.onnx"), dir.join("scrfd_10g_bnkps.onnx")).unwrap()),
+    }
+    std::fs::copy(fixture("onnx-tiny/arcface_tiny.onnx"), dir.join("glintr100.onnx")).unwrap();
+}
+
+#[test]
+fn landmark_model_runs_on_raw_pixels_and_decodes_to_the_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    antelope(dir.path(), &[0.0; 212], None);
+    let model = Landmark106::load(&dir.path().join("2d106det.onnx")).unwrap();
+    assert_eq!((model.mean, model.std), (0.0, 1.0), "a graph that starts with Sub and Mul normalises itself");
+    let truth = face_ref().to_f32_vec("landmarks_106").unwrap();
+    let lm = model.landmarks(&png("photo.png"), bbox()).unwrap();
+    for (i, p) in lm.iter().enumerate() {
+        for c in 0..2 {
+            assert!((p[c] - truth[i * 2 + c] as f64).abs() < 1e-3, "landmark {i}: {p:?}");
+        }
+    }
+    // with a gain, the output moves by gain × the mean of the fixture's 192² crop in 0–255
+    let g = gain();
+    std::fs::write(dir.path().join("g.onnx"), synthetic::landmark_106(&face_ref().to_f32_vec("landmark106_raw_output").unwrap(), &g).unwrap()).unwrap();
+    let model = Landmark106::load(&dir.path().join("g.onnx")).unwrap();
+    let (raw, _) = model.raw(&png("photo.png"), bbox()).unwrap();
+    let input = png("face/landmark106_input_192.png");
+    let mean = input.data.iter().map(|v| *v as f64).sum::<f64>() / input.data.len() as f64;
+    let base = face_ref().to_f32_vec("landmark106_raw_output").unwrap();
+    for i in 0..212 {
+        let want = base[i] as f64 + mean * g[i] as f64;
+        assert!((raw[i] as f64 - want).abs() < 2e-4, "output {i}: {} vs {want} (mean pixel {mean:.2})", raw[i]);
+    }
+    // a model with another input size is refused
+    let mut b = synthetic::OnnxBuilder::default();
+    b.node("Relu", &["input.1"], vec![], Some("fc1"));
+    std::fs::write(dir.path().join("bad.onnx"), b.finish(&[1, 3, 96, 96], &["fc1"])).unwrap();
+    let e = Landmark106::load(&dir.path().join("bad.onnx")).err().unwrap().to_string();
+    assert!(e.contains("bad.onnx") && e.contains("192") && e.contains("96"), "{e}");
+}
+
+#[test]
+fn analyser_with_a_box_follows_the_id_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    antelope(dir.path(), &[0.0; 212], None);
+    let face = Antelope::load(dir.path()).unwrap();
+    let photo = png("photo.png");
+    let a = face.analyse(&photo, "photo.png", &FaceOptions { pick: FacePick::Box(bbox()), ..Default::default() }).unwrap();
+    assert_eq!((a.score, a.faces_found, a.kps_from.clone()), (None, 0, KpsFrom::Landmarks));
+    let truth = face_ref().to_f32_vec("landmarks_106").unwrap();
+    assert!(a.landmarks.iter().flatten().zip(&truth).all(|(p, t)| (p - *t as f64).abs() < 1e-3));
+    // the cutout and crops of the official node (same tolerance as the face tests)
+    // the fixture's 3× box is [93.5, -9, 357.5, 255]: halves that the landmarks' f32 decoding (±1e-5 px) may round
+    // either way, so its corners may move by one pixel
+    let want: Vec<i64> = vec![94, -9, 358, 255];
+    assert!(a.cond.arcface_box.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1), "3× box {:?}", a.cond.arcface_box);
+    // the CLIP box [159.5, 57, 291.5, 189] has halves too: crop the fixture's face-on-grey where ours was cropped
+    let b = a.cond.clip_box;
+    assert!(b.iter().zip([160i64, 57, 292, 189]).all(|(g, w)| (g - w).abs() <= 1), "CLIP box {b:?}");
+    let want = png("face/idcond_face_on_grey.png").crop(b[0], b[1], b[2], b[3]).unwrap();
+    let off = a.cond.clip_crop.data.iter().zip(&want.data).filter(|(x, y)| (**x as i32 - **y as i32).abs() > 2).count();
+    assert!((off as f64) < 0.02 * want.data.len() as f64, "CLIP crop: {off} values beyond ±2 levels");
+    // the alignment on the 3× crop is the alignment on the photo, moved by the crop's origin
+    let (on_photo, _) = hyperlora::face::align::norm_crop(&photo, &kps_from_landmarks(&a.landmarks));
+    let diff: Vec<i32> = a.aligned.data.iter().zip(&on_photo.data).map(|(x, y)| (*x as i32 - *y as i32).abs()).collect();
+    let n = diff.iter().filter(|d| **d > 0).count();
+    // the same warp up to float rounding of the translation (a rare value on a .5 boundary may round the other way)
+    assert!(diff.iter().all(|d| *d <= 1) && n < 20, "aligned crop from the 3× crop differs from the one on the photo: {n} values, max {}", diff.iter().max().unwrap());
+    let arc = hyperlora::face::onnx::ArcFace::load(&fixture("onnx-tiny/arcface_tiny.onnx")).unwrap();
+    let want = arc.normed_embedding(&on_photo).unwrap();
+    assert_eq!(a.embedding.len(), 512);
+    assert!(a.embedding.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
+    assert!(a.describe().contains("face box given"), "{}", a.describe());
+    // boxes that cannot be a face
+    for b in [[10.0, 10.0, 5.0, 50.0], [900.0, 900.0, 950.0, 950.0], [f64::NAN, 0.0, 10.0, 10.0]] {
+        let e = face.analyse(&photo, "photo.png", &FaceOptions { pick: FacePick::Box(b), ..Default::default() }).err().unwrap().to_string();
+        assert!(e.contains("photo.png") && e.contains("box"), "{e}");
+    }
+}
+
+#[test]
+fn analyser_detection_path_and_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // a detector that finds nothing: the photo is named with every size tried
+    antelope(dir.path(), &[0.0; 212], Some(synthetic::scrfd(3, -30.0)));
+    let face = Antelope::load(dir.path()).unwrap();
+    let e = face.analyse(&png("photo.png"), "me.jpg", &FaceOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("me.jpg") && e.contains("no face") && e.contains("[640, 512, 384, 256]"), "{e}");
+    // the fixture's tiny SCRFD finds faces on its input photo; asking for a face index beyond them is an error
+    let dir = tempfile::tempdir().unwrap();
+    antelope(dir.path(), &[0.0; 212], None);
+    let face = Antelope::load(dir.path()).unwrap();
+    let img = png("face/scrfd_input.png");
+    let found = face.detector.detect_any_size(&img, 0.5, "x").unwrap();
+    let e = face.analyse(&img, "scrfd_input.png", &FaceOptions { pick: FacePick::Index(found.faces.len()), ..Default::default() }).err().unwrap().to_string();
+    assert!(e.contains(&format!("{} face(s) were found", found.faces.len())), "{e}");
+    // the detection path: the best face's box feeds the landmarks; ArcFace needs a re-detection on the 3× crop
+    match face.analyse(&img, "scrfd_input.png", &FaceOptions::default()) {
+        Ok(a) => {
+            eprintln!("detection path: {}", a.describe());
+            assert_eq!(a.bbox, found.faces[0].bbox.map(|v| v as f64));
+            assert_eq!(a.score, Some(found.faces[0].score));
+            let re = face.detector.detect(&a.cond.arcface_crop, 640, 0.5).unwrap();
+            assert_eq!(a.kps_from, KpsFrom::Redetected { score: re[0].score });
+        }
+        Err(e) => {
+            let e = e.to_string();
+            eprintln!("detection path: {e}");
+            assert!(e.contains("scrfd_input.png") && e.contains("re-detecting") && e.contains("640"), "{e}");
+            let a = face.landmarks.landmarks(&img, found.faces[0].bbox.map(|v| v as f64)).unwrap();
+            let c = hyperlora::face::cutout::id_condition(&img, &a, true, false).unwrap();
+            assert!(face.detector.detect(&c.arcface_crop, 640, 0.5).unwrap().is_empty(), "re-detection found a face but the analyser said none");
+        }
+    }
+}
+
+#[test]
+fn antelope_folder_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("antelopev2");
+    std::fs::create_dir(&nested).unwrap();
+    antelope(&nested, &[0.0; 212], None);
+    let e = Antelope::load(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("scrfd_10g_bnkps.onnx") && e.contains("nested"), "{e}");
+    let buffalo = tempfile::tempdir().unwrap();
+    std::fs::write(buffalo.path().join("det_10g.onnx"), b"x").unwrap();
+    let e = Antelope::load(buffalo.path()).err().unwrap().to_string();
+    assert!(e.contains("buffalo_l"), "{e}");
+    // a corrupt ONNX file is named
+    std::fs::write(nested.join("glintr100.onnx"), b"not a model").unwrap();
+    let e = Antelope::load(&nested).err().unwrap().to_string();
+    assert!(e.contains("glintr100.onnx"), "{e}");
+}
+
+fn hyperlora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(args).env_remove("HYPERLORA_HYPERLORA").output().unwrap()
+}
+
+#[test]
+fn encode_command_writes_features_an_identity_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("antelopev2");
+    std::fs::create_dir(&models).unwrap();
+    antelope(&models, &[0.0; 212], None);
+    let out = dir.path().join("me.features.safetensors");
+    let dbg = dir.path().join("debug");
+    let photo = fixture("photo.png");
+    let clip = fixture("clip-vision-tiny");
+    let args = |out: &Path| -> Vec<String> {
+        ["encode", photo.to_str().unwrap(), photo.to_str().unwrap(), "--antelopev2", models.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--box", "180,52,270,180", "--out", out.to_str().unwrap(), "--debug-dir", dbg.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let cmd = args(&out);
+    let r = hyperlora(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(stdout.contains("face box given") && stdout.contains("2 photo(s)"), "{stdout}");
+    let f = StFile::open(&out).unwrap();
+    assert_eq!(f.shape("arcface").unwrap(), vec![2, 512]);
+    assert_eq!(f.shape("clip").unwrap(), vec![2, 257, 32]);
+    assert_eq!(f.shape("landmarks").unwrap(), vec![2, 106, 2]);
+    assert_eq!(f.to_f32_vec("face_box").unwrap()[..4], [180.0, 52.0, 270.0, 180.0]);
+    // the CLIP rows are the tiny CLIP's hidden_states[-2] of the crop
+    let vision = hyperlora::vision::clip::load_clip_vision(&clip, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let face = Antelope::load(&models).unwrap();
+    let a = face.analyse(&png("photo.png"), "p", &FaceOptions { pick: FacePick::Box(bbox()), ..Default::default() }).unwrap();
+    let want = vision.penultimate(&hyperlora::vision::processor::clip_pixel_values(&a.cond.clip_crop, 224).unwrap()).unwrap();
+    assert_max_abs("clip row 0", &f.tensor("clip", candle_core::DType::F32, &candle_core::Device::Cpu).unwrap().narrow(0, 0, 1).unwrap(), &want, 1e-5);
+    for what in ["cutout", "clip_crop", "arcface_crop", "aligned"] {
+        assert!(dbg.join(format!("00_photo.{what}.png")).is_file(), "{what} not saved");
+    }
+    // the features make an identity whose sources are the photo files
+    let id = dir.path().join("me.id.safetensors");
+    let h = fixture("hyperlora-tiny");
+    let r = hyperlora(&["identity", "--hyperlora", h.to_str().unwrap(), "--features", out.to_str().unwrap(), "--out", id.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ident = hyperlora::Identity::load(&id).unwrap();
+    use sha2::Digest;
+    let hash = hyperlora::identity::hex(&sha2::Sha256::digest(std::fs::read(&photo).unwrap()));
+    assert_eq!(ident.photos(), 2);
+    assert!(ident.sources().iter().all(|s| s.hash == hash && s.label.ends_with("photo.png")), "{:?}", ident.sources());
+    // no overwrite, and a photo that is not one is named
+    let r = hyperlora(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("already exists"));
+    let bad = dir.path().join("broken.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff\xe0 truncated").unwrap();
+    let out2 = dir.path().join("x.safetensors");
+    let r = hyperlora(&["encode", bad.to_str().unwrap(), "--antelopev2", models.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--box", "1,1,5,5", "--out", out2.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && e.contains("broken.jpg"), "{e}");
+    assert!(!out2.exists());
+}

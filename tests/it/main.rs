@@ -1,0 +1,26 @@
+//! All integration tests in one binary (one link, one debug binary instead of one per file).
+mod common;
+mod bad_files;
+mod cli;
+mod download;
+mod encode;
+mod face;
+mod generate;
+mod identity_algebra;
+mod models;
+mod onnx;
+mod parity_hyper;
+mod parity_sampling;
+mod parity_scheduler;
+mod parity_text;
+mod parity_unet;
+mod parity_vae;
+mod parity_vision;
+mod photos;
+mod real_size;
+mod script;
+mod session;
+mod single_file;
+mod tui;
+mod pty;
+mod space;

@@ -1,0 +1,358 @@
+//! The default terminal path, driven through a real pty: a fake terminal answers the start-up graphics query
+//! the way kitty, a sixel terminal or iTerm2 would, or stays silent, or answers late. Nothing is overridden
+//! (no HYPERLORA_GRAPHICS). Each case checks the protocol picked, that every typed line runs — including lines
+//! typed before the prompt appears, while the query waits — and the start-up time.
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Answer {
+    /// kitty: answers the kitty query with OK (and the file-based one with an error, as over SSH), DA1, cell size.
+    Kitty,
+    /// a sixel terminal (xterm -ti vt340, foot, mlterm): ignores APC, DA1 lists 4.
+    Sixel,
+    /// iTerm2: no kitty, no sixel in DA1; says who it is in TERM_PROGRAM.
+    Iterm2,
+    /// answers DA1 and the status report only (xterm, plain SSH clients).
+    Plain,
+    /// never answers anything.
+    Silent,
+    /// kitty, but every answer comes 1.2 s late (after the start-up timeout).
+    Slow,
+}
+
+pub struct FakeTerm {
+    master: std::fs::File,
+    child: Child,
+    /// Everything the program wrote.
+    pub raw: Arc<Mutex<Vec<u8>>>,
+    screen: Arc<Mutex<vt100::Parser>>,
+    pub started: Instant,
+}
+
+fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: cols * 10, ws_ypixel: rows * 20 };
+    // SAFETY: out-pointers to two ints and a valid winsize.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0, "openpty failed");
+    // SAFETY: openpty returned two fresh descriptors that we now own.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+/// What a terminal of kind `a` answers to the bytes a program wrote (the queries in them, in order).
+fn answers(a: Answer, out: &[u8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    let text = String::from_utf8_lossy(out);
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        let Some(p) = rest.find('\x1b') else { break };
+        let s = &rest[p..];
+        let step;
+        if let Some(body) = s.strip_prefix("\x1b_G") {
+            let end = body.find("\x1b\\").unwrap_or(body.len());
+            let query = &body[..end];
+            if matches!(a, Answer::Kitty | Answer::Slow) && query.contains("a=q") {
+                if query.contains("t=t") {
+                    r.extend_from_slice(b"\x1b_Gi=31;EBADF:cannot read the file\x1b\\");
+                } else {
+                    r.extend_from_slice(b"\x1b_Gi=31;OK\x1b\\");
+                }
+            }
+            step = 3 + end;
+        } else if s.starts_with("\x1bPtmux;") {
+            step = 7;
+        } else if s.starts_with("\x1b[c") || s.starts_with("\x1b[0c") {
+            match a {
+                Answer::Sixel => r.extend_from_slice(b"\x1b[?62;4;22c"),
+                Answer::Silent => {}
+                _ => r.extend_from_slice(b"\x1b[?62;22c"),
+            }
+            step = 3;
+        } else if s.starts_with("\x1b[16t") {
+            if matches!(a, Answer::Kitty | Answer::Slow) {
+                r.extend_from_slice(b"\x1b[6;20;10t");
+            }
+            step = 5;
+        } else if s.starts_with("\x1b[5n") {
+            if a != Answer::Silent {
+                r.extend_from_slice(b"\x1b[0n");
+            }
+            step = 4;
+        } else if s.starts_with("\x1b[6n") {
+            if a != Answer::Silent {
+                r.extend_from_slice(b"\x1b[1;1R");
+            }
+            step = 4;
+        } else {
+            step = 1;
+        }
+        i += p + step;
+    }
+    r
+}
+
+impl FakeTerm {
+    /// Run `hyperlora ARGS` on a pty answering as `a`.
+    pub fn spawn(a: Answer, args: &[&str], env: &[(&str, &str)]) -> FakeTerm {
+        let (master, slave) = openpty(40, 120);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hyperlora"));
+        cmd.args(args)
+            .env_remove("HYPERLORA_GRAPHICS")
+            .env_remove("TMUX")
+            .env_remove("TERM_PROGRAM")
+            .env_remove("LC_TERMINAL")
+            .env_remove("KITTY_WINDOW_ID")
+            .env("TERM", "xterm-256color")
+            .env("COLUMNS", "120")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        if a == Answer::Iterm2 {
+            cmd.env("TERM_PROGRAM", "iTerm.app");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let child = cmd.spawn().unwrap();
+        let master = std::fs::File::from(master);
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(40, 120, 0)));
+        let (mut rd, mut wr) = (master.try_clone().unwrap(), master.try_clone().unwrap());
+        let (raw2, screen2) = (raw.clone(), screen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = match rd.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                raw2.lock().unwrap().extend_from_slice(&buf[..n]);
+                screen2.lock().unwrap().process(&buf[..n]);
+                let reply = answers(a, &buf[..n]);
+                if !reply.is_empty() {
+                    if a == Answer::Slow {
+                        let mut w = wr.try_clone().unwrap();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(1200));
+                            let _ = w.write_all(&reply);
+                        });
+                    } else {
+                        let _ = wr.write_all(&reply);
+                    }
+                }
+            }
+        });
+        FakeTerm { master, child, raw, screen, started }
+    }
+
+    pub fn screen(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    pub fn type_text(&mut self, s: &str) {
+        self.master.write_all(s.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Wait until the screen shows `what`; the time since spawn.
+    pub fn wait_for(&self, what: &str, secs: u64) -> Duration {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            if self.screen().contains(what) {
+                return self.started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("`{what}` did not appear within {secs} s; screen:\n{}", self.screen());
+    }
+
+    pub fn raw_text(&self) -> String {
+        String::from_utf8_lossy(&self.raw.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for FakeTerm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.master.as_raw_fd();
+    }
+}
+
+/// Only one pty session at a time: start-up times are measured, and the machine has two cores.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+fn demo_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    vec![("HYPERLORA_DEMO_DIR".into(), dir.display().to_string())]
+}
+
+fn tui_case(a: Answer, status: &str) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let env = demo_env(&demo);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut t = FakeTerm::spawn(a, &["--demo"], &env);
+    // typed at once, while the start-up query may still be waiting
+    t.type_text("40000 + 1\r");
+    let prompt = t.wait_for("hl>", 20);
+    for i in 2..=5 {
+        std::thread::sleep(Duration::from_millis(300));
+        t.type_text(&format!("40000 + {i}\r"));
+    }
+    for i in 1..=5 {
+        t.wait_for(&format!("{}", 40000 + i), 20);
+    }
+    let screen = t.screen();
+    assert!(screen.contains(&format!("preview {status}")), "{a:?}: expected the {status} protocol; screen:\n{screen}");
+    // nothing of a (late) answer reached the input line
+    assert!(!screen.contains("Gi=31") && !screen.contains("62;"), "{a:?}: an answer leaked into the input:\n{screen}");
+    assert!(prompt < Duration::from_secs(1), "{a:?}: the prompt took {prompt:?}");
+    eprintln!("{a:?}: prompt after {:?}", prompt);
+    t.type_text("\x04");
+}
+
+#[test]
+fn tui_kitty_terminal() {
+    tui_case(Answer::Kitty, "kitty");
+}
+
+#[test]
+fn tui_sixel_terminal() {
+    tui_case(Answer::Sixel, "sixel");
+}
+
+#[test]
+fn tui_iterm2_terminal() {
+    tui_case(Answer::Iterm2, "iterm2");
+}
+
+#[test]
+fn tui_plain_terminal() {
+    tui_case(Answer::Plain, "halfblocks");
+}
+
+#[test]
+fn tui_silent_terminal() {
+    tui_case(Answer::Silent, "halfblocks");
+}
+
+#[test]
+fn tui_slow_terminal() {
+    // the answers come after the timeout: halfblocks first, no answer bytes in the input, then kitty
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let env = demo_env(&demo);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut t = FakeTerm::spawn(Answer::Slow, &["--demo"], &env);
+    t.type_text("40000 + 1\r");
+    let prompt = t.wait_for("hl>", 20);
+    assert!(prompt < Duration::from_secs(1), "the prompt took {prompt:?}");
+    for i in 2..=5 {
+        std::thread::sleep(Duration::from_millis(300));
+        t.type_text(&format!("40000 + {i}\r"));
+    }
+    for i in 1..=5 {
+        t.wait_for(&format!("{}", 40000 + i), 20);
+    }
+    t.wait_for("preview kitty", 10);
+    let screen = t.screen();
+    assert!(!screen.contains("Gi=31"), "the late answer leaked into the input:\n{screen}");
+    t.type_text("\x04");
+}
+
+/// The line REPL's `show`: the bytes each terminal gets.
+fn repl_show(a: Answer, env: &[(&str, &str)]) -> String {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let out = tempfile::tempdir().unwrap();
+    let mut e = demo_env(&demo);
+    e.push(("HYPERLORA_HISTORY".into(), out.path().join("history").display().to_string()));
+    let mut env2: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env2.extend_from_slice(env);
+    let mut t = FakeTerm::spawn(a, &["repl", "--demo"], &env2);
+    t.wait_for("hl>", 30);
+    let png = out.path().join("shown.png");
+    t.type_text(&format!("let img = generate(\"x\", #{{ steps: 1, width: 64, height: 64, seed: 3 }}); save(img, \"{}\"); show(img)\r", png.display()));
+    t.wait_for("saved as", 60);
+    // a line typed right after still runs
+    t.type_text("40000 + 7\r");
+    t.wait_for("40007", 20);
+    t.type_text("\x04");
+    t.raw_text()
+}
+
+#[test]
+fn repl_show_kitty() {
+    let raw = repl_show(Answer::Kitty, &[]);
+    assert!(raw.contains("\x1b_Gf=32,a=T"), "no kitty image transfer in the output");
+}
+
+#[test]
+fn repl_show_sixel() {
+    let raw = repl_show(Answer::Sixel, &[]);
+    let dcs = raw.find("\x1bP").expect("no sixel DCS in the output");
+    assert!(raw[dcs..].contains('q') && raw[dcs..].contains("\x1b\\"), "malformed sixel sequence");
+}
+
+#[test]
+fn repl_show_iterm2() {
+    let raw = repl_show(Answer::Iterm2, &[]);
+    assert!(raw.contains("\x1b]1337;File="), "no iTerm2 inline image in the output");
+}
+
+#[test]
+fn repl_show_halfblocks_elsewhere_and_when_asked() {
+    for (a, env) in [(Answer::Plain, vec![]), (Answer::Silent, vec![]), (Answer::Kitty, vec![("HYPERLORA_GRAPHICS", "halfblocks")])] {
+        let raw = repl_show(a, &env);
+        assert!(raw.contains("▀") && raw.contains("\x1b[48;2;"), "{a:?} {env:?}: no halfblocks");
+        assert!(!raw.contains("\x1b_Gf=") && !raw.contains("\x1b]1337;File="), "{a:?} {env:?}: an image protocol was used");
+    }
+}
+
+#[test]
+fn tui_echoes_keys_promptly_while_a_job_runs() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let env = demo_env(&demo);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut t = FakeTerm::spawn(Answer::Plain, &["--demo"], &env);
+    t.wait_for("hl>", 20);
+    t.type_text("let big = generate(\"x\", #{ steps: 999, width: 1024, height: 1024 })\r");
+    t.wait_for("job: step", 60);
+    let mut worst = Duration::ZERO;
+    for word in ["zq", "xk", "wv"] {
+        let t0 = Instant::now();
+        t.type_text(word);
+        let end = t0 + Duration::from_secs(10);
+        while !t.screen().contains(word) {
+            assert!(Instant::now() < end, "`{word}` was not echoed within 10 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        worst = worst.max(t0.elapsed());
+    }
+    eprintln!("input-to-echo latency while sampling (worst of 3): {worst:?}");
+    // `:mem` answers during the job with the last frame time
+    t.type_text(&"\x7f".repeat(6));
+    t.type_text(":mem\r");
+    t.wait_for("last frame drawn in", 10);
+    t.type_text("\x03");
+    t.wait_for("cancelled", 60);
+    assert!(worst < Duration::from_millis(500), "keys took {worst:?} to echo while a job ran");
+    t.type_text("\x04");
+}

@@ -1,0 +1,52 @@
+//! The released configuration at full size (spec §2.1, §2.4, §2.6): random f16 weights written by the test in
+//! the release layout (no config.json), loaded through the real loader, one forward, one LoRA.
+use candle_core::DType;
+use hyperlora::hyper::config::HyperConfig;
+use hyperlora::hyper::synth::Branch;
+use hyperlora::hyper::{modules, HyperLora, LoadOptions};
+use hyperlora::synthetic::hyper as synthetic;
+use hyperlora::lora::file::export_kohya;
+use hyperlora::weights::StFile;
+
+#[test]
+fn release_shapes_load_forward_and_synthesize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sdxl_hyper_id_lora_v1_fidelity");
+    synthetic::write_variant(&dir, &HyperConfig::release(140), &modules::sdxl_release_modules(), 3, false).unwrap();
+
+    // the file sizes the spec publishes (§2.6): params × 2 bytes + header
+    let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+    assert!(size("hyper_lora_modules.safetensors") > 2_972_712_960 && size("hyper_lora_modules.safetensors") < 2_972_712_960 + 300_000);
+    assert!(size("resampler.safetensors") > 149_500_160 && size("resampler.safetensors") < 149_500_160 + 20_000);
+    assert!(size("id_projector.safetensors") > 16_814_080 && size("id_projector.safetensors") < 16_814_080 + 1_000);
+
+    let h = HyperLora::load(&dir, &LoadOptions::default()).unwrap();
+    let c = h.config();
+    assert_eq!(c, &HyperConfig::release(140), "derived configuration differs from spec §2.1");
+    assert_eq!(h.variant().label, "sdxl_hyper_id_lora_v1_fidelity");
+
+    let feats = synthetic::random_features(1, 512, 257, 1024, 5).unwrap();
+    let id = h.identity(&feats).unwrap();
+    assert_eq!(id.dims(), (1120, 128));
+    let coeffs = id.coefficients().unwrap();
+    let norms = coeffs.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1::<f32>().unwrap();
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "coefficient tokens are not unit vectors");
+
+    let w = h.synthesize(&id, Branch::Id).unwrap();
+    assert_eq!(w.layers.len(), 560);
+    assert_eq!(w.num_params(), 11_612_160);
+    let l = w.layers.iter().find(|l| l.target == "down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_k").unwrap();
+    assert_eq!((l.down.dims(), l.up.dims()), (&[8, 2048][..], &[1280, 8][..]));
+    let all_finite = w.layers.iter().all(|l| l.down.sum_all().unwrap().to_scalar::<f32>().unwrap().is_finite());
+    assert!(all_finite);
+
+    let out = tmp.path().join("lora.safetensors");
+    let s = export_kohya(&w, hyperlora::hyper::ALPHA_RATIO, &out, DType::F16, Default::default(), false).unwrap();
+    assert_eq!(s.tensors, 1680);
+    let f = StFile::open(&out).unwrap();
+    assert_eq!(f.keys().len(), 1680);
+    let alpha = f.to_f32_vec("lora_unet_mid_block_attentions_0_transformer_blocks_9_attn2_to_out_0.alpha").unwrap();
+    assert_eq!(alpha, vec![4.0]);
+    // ≈ 23.2 MB in fp16 (spec §5.1)
+    assert!((23_000_000..23_500_000).contains(&s.bytes), "{} bytes", s.bytes);
+}

@@ -1,0 +1,255 @@
+//! The TUI: layout with ratatui's TestBackend at 80×24 and 200×60 (and tiny sizes), key handling, and an
+//! end-to-end run of the binary inside tmux on the demo set (type a script, see progress, a halfblock preview
+//! and the saved path, cancel a long job with Ctrl-C and keep working).
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use hyperlora::session::Image;
+use hyperlora::tui::app::{Action, App, Job, LineKind, Msg, Value};
+use hyperlora::tui::ui::draw;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn image(path: Option<&str>) -> Image {
+    let (w, h) = (64, 48);
+    let rgb: Vec<u8> = (0..w * h).flat_map(|i| [(i % 256) as u8, 128, 30]).collect();
+    Image { rgb: Arc::new(rgb), width: w, height: h, seed: 7, prompt: "p".into(), settings: vec![], path: path.map(Into::into) }
+}
+
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+}
+
+fn busy_app() -> App {
+    let mut app = App::new("cpu".into());
+    app.on_msg(Msg::Out(hyperlora::script::Out::Text("hello from the script".into())));
+    let img = image(Some("/out/astro.png"));
+    app.on_msg(Msg::Done {
+        code: "let img = generate(\"x\")".into(),
+        result: Ok(String::new()),
+        vars: vec![
+            Value { name: "me".into(), kind: "Identity".into(), text: "identity abc — 1 photo".into(), image: None },
+            Value { name: "img".into(), kind: "Image".into(), text: img.summary(), image: Some(img) },
+        ],
+        cancelled: false,
+    });
+    app.on_msg(Msg::Done { code: "nope".into(), result: Err("input:1:1: Variable not found: nope".into()), vars: app.values.clone(), cancelled: false });
+    app.job = Some(Job { code: "generate".into(), started: Instant::now(), step: 3, total: 20, elapsed: 1.5 });
+    app.models = vec!["sdxl".into(), "hyperlora".into()];
+    app
+}
+
+#[test]
+fn layout_at_80x24_and_200x60() {
+    let app = busy_app();
+    for (w, h) in [(80, 24), (200, 60)] {
+        let s = screen(&app, w, h);
+        for want in [
+            "output",
+            "values",
+            "preview",
+            "hl>",
+            "hello from the script",
+            "Variable not found",
+            "step 3/20",
+            "2.00 it/s",
+            "models: sdxl, hyperlora",
+            "saved: /out/astro.png",
+            "me ",
+            "img ",
+        ] {
+            assert!(s.contains(want), "{w}×{h}: `{want}` not on screen:\n{s}");
+        }
+        assert!(s.contains('▀'), "{w}×{h}: no halfblock preview:\n{s}");
+        assert_eq!(s.lines().count(), h as usize);
+    }
+    // a running job's latents replace the preview until it ends
+    let mut app = busy_app();
+    app.on_msg(Msg::Event(hyperlora::session::Event::Preview { step: 5, total: 20, image: image(None) }));
+    assert!(screen(&app, 80, 24).contains("latents, step 5/20"));
+    app.on_msg(Msg::Done { code: "x".into(), result: Ok(String::new()), vars: app.values.clone(), cancelled: false });
+    assert!(!screen(&app, 80, 24).contains("latents"));
+    // the help overlay lists the API
+    let mut app = busy_app();
+    app.help = true;
+    let s = screen(&app, 200, 60);
+    assert!(s.contains("face_score") && s.contains(":save-session"), "{s}");
+    // preview off still names the saved file
+    let mut app = busy_app();
+    app.preview = false;
+    assert!(screen(&app, 80, 24).contains("preview off"));
+}
+
+#[test]
+fn graphics_protocols_encode_the_preview() {
+    use hyperlora::tui::app::Graphics;
+    use ratatui_image::picker::{Picker, ProtocolType};
+    for (proto, marker) in [(ProtocolType::Kitty, "\x1b_G"), (ProtocolType::Sixel, "\x1bP"), (ProtocolType::Iterm2, "\x1b]1337;File=")] {
+        let mut app = busy_app();
+        let mut picker = Picker::from_fontsize((10, 20));
+        picker.set_protocol_type(proto);
+        app.graphics = Some(Graphics::new(picker));
+        let s = screen(&app, 120, 40);
+        assert!(s.contains(marker), "{proto:?}: no {marker:?} in the frame");
+        assert!(s.contains("saved: /out/astro.png"), "the path stays beside the image");
+        assert!(!s.contains('▀'), "{proto:?}: halfblocks drawn as well");
+        // the encoding is kept while the image stays the same
+        let first = app.graphics.as_ref().unwrap().state.borrow().as_ref().map(|(k, _)| *k);
+        let _ = screen(&app, 120, 40);
+        assert_eq!(first, app.graphics.as_ref().unwrap().state.borrow().as_ref().map(|(k, _)| *k));
+    }
+}
+
+#[test]
+fn tiny_and_odd_sizes_do_not_panic() {
+    let mut app = busy_app();
+    app.input = "let a = [\n  1,\n  2,\n  3,\n  4,\n  5".into();
+    app.cursor = app.input.len();
+    for (w, h) in [(1, 1), (9, 4), (10, 5), (20, 6), (33, 9), (80, 7), (300, 12), (40, 100)] {
+        let _ = screen(&app, w, h);
+    }
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn typed(app: &mut App, s: &str) {
+    for ch in s.chars() {
+        app.on_key(key(KeyCode::Char(ch)), &[]);
+    }
+}
+
+#[test]
+fn keys_edit_submit_recall_and_cancel() {
+    let mut app = App::new("cpu".into());
+    typed(&mut app, "for t in [1, 2] {");
+    assert_eq!(app.on_key(key(KeyCode::Enter), &[]), Action::None, "open brackets continue on a new line");
+    typed(&mut app, " print(t) }");
+    assert_eq!(app.on_key(key(KeyCode::Enter), &[]), Action::Submit("for t in [1, 2] {\n print(t) }".into()));
+    assert!(app.input.is_empty());
+    assert!(app.log.iter().any(|(k, l)| *k == LineKind::Input && l.contains("for t in")));
+    // history
+    typed(&mut app, "1 + 1");
+    app.on_key(key(KeyCode::Enter), &[]);
+    app.on_key(key(KeyCode::Up), &[]);
+    assert_eq!(app.input, "1 + 1");
+    app.on_key(key(KeyCode::Up), &[]);
+    assert!(app.input.starts_with("for t"));
+    app.on_key(key(KeyCode::Down), &[]);
+    app.on_key(key(KeyCode::Down), &[]);
+    assert!(app.input.is_empty());
+    // editing keys
+    typed(&mut app, "abcé");
+    app.on_key(key(KeyCode::Backspace), &[]);
+    app.on_key(key(KeyCode::Left), &[]);
+    app.on_key(key(KeyCode::Delete), &[]);
+    assert_eq!(app.input, "ab");
+    // completion: one match completes, several list and complete their common prefix
+    app.input.clear();
+    app.cursor = 0;
+    typed(&mut app, "simi");
+    app.on_key(key(KeyCode::Tab), &["similarity".into(), "slider".into()]);
+    assert_eq!(app.input, "similarity");
+    app.input = "z".into();
+    app.cursor = 1;
+    app.on_key(key(KeyCode::Tab), &["zeta".into(), "zeta_2".into(), "zap".into()]);
+    assert_eq!(app.completions.len(), 3);
+    // API names complete too, with the variables in scope
+    app.input = "sim".into();
+    app.cursor = 3;
+    app.on_key(key(KeyCode::Tab), &["simple".into()]);
+    assert_eq!(app.completions, ["similarity", "similarity_by_module", "simple"]);
+    // Ctrl-C: cancels a running job, else clears the line; Ctrl-D quits on an empty line
+    app.job = Some(Job { code: "x".into(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0 });
+    assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &[]), Action::Cancel);
+    typed(&mut app, "2");
+    assert_eq!(app.on_key(key(KeyCode::Enter), &[]), Action::None, "no second job while one runs");
+    app.job = None;
+    assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &[]), Action::None);
+    assert!(app.input.is_empty());
+    assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL), &[]), Action::Quit);
+    // F1 opens help; Esc closes it
+    app.on_key(key(KeyCode::F(1)), &[]);
+    assert!(app.help);
+    app.on_key(key(KeyCode::Esc), &[]);
+    assert!(!app.help);
+}
+
+/// tmux must be there (CI installs it): this test drives the real binary in a real terminal.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux").arg("-L").arg(&self.0).args(args).output().expect("tmux is needed for this test (apt-get install tmux)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", "hl"])
+    }
+    fn wait_for(&self, what: &str, secs: u64) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(secs), "`{what}` did not appear within {secs} s:\n{s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    fn line(&self, text: &str) {
+        self.cmd(&["send-keys", "-t", "hl", "-l", text]);
+        self.cmd(&["send-keys", "-t", "hl", "Enter"]);
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").arg("-L").arg(&self.0).arg("kill-server").output();
+    }
+}
+
+#[test]
+fn end_to_end_in_tmux() {
+    let demo = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let t = Tmux(format!("hyperlora-test-{}", std::process::id()));
+    let bin = env!("CARGO_BIN_EXE_hyperlora");
+    // the default path, nothing overridden: the start-up query goes to tmux (detached: no outer terminal), which
+    // answers DA1 and the status report itself; halfblocks result, and capture-pane shows them as text
+    let cmd = format!("env -u HYPERLORA_GRAPHICS HYPERLORA_DEMO_DIR={} {bin} --demo", demo.path().display());
+    t.cmd(&["new-session", "-d", "-s", "hl", "-x", "120", "-y", "40", &cmd]);
+    // five lines typed one every 1.5 s from the moment it starts (the report: at most one of them ran)
+    for i in 1..=5 {
+        t.cmd(&["send-keys", "-t", "hl", "-l", &format!("{i} + 40")]);
+        t.cmd(&["send-keys", "-t", "hl", "Enter"]);
+        std::thread::sleep(std::time::Duration::from_millis(if i == 1 { 100 } else { 1500 }));
+    }
+    for i in 1..=5 {
+        t.wait_for(&format!("│{}", 40 + i), 30);
+    }
+    t.wait_for("preview halfblocks", 5);
+    t.line("let me = identity(#{ path: demo_photo, box: demo_box })");
+    t.wait_for("me Identity", 30);
+    let png = out.path().join("a.png");
+    t.line(&format!(
+        "let img = generate(\"portrait\", #{{ lora: lora(me, 0.85), seed: 7, steps: 4, width: 128, height: 128 }}); save(img, \"{}\"); show(img)",
+        png.display()
+    ));
+    let s = t.wait_for("saved: ", 60);
+    assert!(s.contains('▀'), "no halfblock preview:\n{s}");
+    assert!(png.is_file());
+    // a long job shows progress and stops on Ctrl-C; the session and its values stay
+    t.line("let big = generate(\"x\", #{ steps: 999, width: 1024, height: 1024 })");
+    t.wait_for("job: step", 60);
+    t.cmd(&["send-keys", "-t", "hl", "C-c"]);
+    t.wait_for("cancelled", 30);
+    t.line("me.photos + 41");
+    t.wait_for("│42", 30);
+    t.cmd(&["send-keys", "-t", "hl", "C-d"]);
+}
