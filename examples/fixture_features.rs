@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args_os().skip(1);
-    let out = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: fixture_features OUT.safetensors [FIXTURES_DIR]"))?);
+    let out = PathBuf::from(
+        args.next().ok_or_else(|| anyhow::anyhow!("usage: fixture_features OUT.safetensors [FIXTURES_DIR]"))?,
+    );
     let fixtures = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/fixtures"));
     let inputs = fixtures.join("hyperlora-tiny/inputs.safetensors");
     let f = StFile::open(&inputs)?;

@@ -48,7 +48,14 @@ pub(crate) struct ClipLayer {
 
 impl ClipLayer {
     /// `vb` at `…encoder.layers.{i}`; `act` is the config's `hidden_act` (`quick_gelu` or `gelu`).
-    pub(crate) fn new(hidden: usize, heads: usize, intermediate: usize, act: &str, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        hidden: usize,
+        heads: usize,
+        intermediate: usize,
+        act: &str,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             ln1: layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
             attn: SelfAttention::new(hidden, heads, vb.pp("self_attn"))?,

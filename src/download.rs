@@ -23,11 +23,23 @@ pub fn plans(variant: &str, clip: bool, sdxl: Option<&str>) -> Result<Vec<Plan>>
     let folder = format!("sdxl_hyper_id_lora_v1_{variant}");
     let mut out = vec![Plan {
         repo: HYPERLORA_REPO.into(),
-        files: ["hyper_lora_modules.json", "hyper_lora_modules.safetensors", "resampler.safetensors", "id_projector.safetensors"].iter().map(|f| format!("{folder}/{f}")).collect(),
+        files: [
+            "hyper_lora_modules.json",
+            "hyper_lora_modules.safetensors",
+            "resampler.safetensors",
+            "id_projector.safetensors",
+        ]
+        .iter()
+        .map(|f| format!("{folder}/{f}"))
+        .collect(),
         what: "hyperlora",
     }];
     if clip {
-        out.push(Plan { repo: CLIP_REPO.into(), files: vec!["config.json".into(), "model.safetensors".into(), "preprocessor_config.json".into()], what: "clip" });
+        out.push(Plan {
+            repo: CLIP_REPO.into(),
+            files: vec!["config.json".into(), "model.safetensors".into(), "preprocessor_config.json".into()],
+            what: "clip",
+        });
     }
     if let Some(repo) = sdxl {
         let mut files: Vec<String> = vec!["model_index.json".into(), "scheduler/scheduler_config.json".into()];
@@ -62,7 +74,13 @@ pub fn verify(path: &Path) -> Result<()> {
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(&blob, e))?;
     let got = crate::provenance::hex(&h.finalize());
     if got != name.to_lowercase() {
-        return Err(Error::invalid(path, format!("checksum mismatch: SHA-256 {got}, the hub says {name}; delete {} and download again", blob.display())));
+        return Err(Error::invalid(
+            path,
+            format!(
+                "checksum mismatch: SHA-256 {got}, the hub says {name}; delete {} and download again",
+                blob.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 use crate::face::analyser::{Antelope, FaceAnalysis, FaceOptions};
 use crate::features::FeatureSet;
-use crate::provenance::{sha256_hex, Source};
 use crate::output::{write_file, RawTensor};
+use crate::provenance::{sha256_hex, Source};
 use crate::vision::clip::ClipVision;
 use crate::vision::processor::{clip_pixel_values, load_photo, Rgb8};
 use candle_core::{DType, Device, Tensor};
@@ -31,7 +31,13 @@ impl Encoded {
 }
 
 /// Encode a decoded photo; `source` names it (content hash + label).
-pub fn encode_image(face: &Antelope, clip: &ClipVision, img: &Rgb8, source: Source, opts: &FaceOptions) -> Result<Encoded> {
+pub fn encode_image(
+    face: &Antelope,
+    clip: &ClipVision,
+    img: &Rgb8,
+    source: Source,
+    opts: &FaceOptions,
+) -> Result<Encoded> {
     let analysis = face.analyse(img, &source.label, opts)?;
     let t = Instant::now();
     let pixels = clip_pixel_values(&analysis.cond.clip_crop, clip.config().image_size)?;
@@ -69,8 +75,17 @@ pub fn save_features(photos: &[Encoded], opts: &FaceOptions, path: &Path, overwr
     let flat = |f: &dyn Fn(&FaceAnalysis) -> Vec<f32>| photos.iter().flat_map(|p| f(&p.face)).collect::<Vec<f32>>();
     let extra = vec![
         ("face_box".to_string(), RawTensor::f32(&[n, 4], &flat(&|a| a.bbox.iter().map(|v| *v as f32).collect()))),
-        ("landmarks".to_string(), RawTensor::f32(&[n, 106, 2], &flat(&|a| a.landmarks.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect()))),
-        ("kps".to_string(), RawTensor::f32(&[n, 5, 2], &flat(&|a| a.kps.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect()))),
+        (
+            "landmarks".to_string(),
+            RawTensor::f32(
+                &[n, 106, 2],
+                &flat(&|a| a.landmarks.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect()),
+            ),
+        ),
+        (
+            "kps".to_string(),
+            RawTensor::f32(&[n, 5, 2], &flat(&|a| a.kps.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect())),
+        ),
     ];
     let meta = [
         ("remove_background".to_string(), opts.remove_background.to_string()),
@@ -87,9 +102,19 @@ pub fn write_debug(e: &Encoded, dir: &Path, stem: &str, overwrite: bool) -> Resu
     std::fs::create_dir_all(dir).map_err(|err| Error::io(dir, err))?;
     let c = &e.face.cond;
     let mut written = Vec::new();
-    for (what, img) in [("cutout", &c.face), ("clip_crop", &c.clip_crop), ("arcface_crop", &c.arcface_crop), ("aligned", &e.face.aligned)] {
+    for (what, img) in [
+        ("cutout", &c.face),
+        ("clip_crop", &c.clip_crop),
+        ("arcface_crop", &c.arcface_crop),
+        ("aligned", &e.face.aligned),
+    ] {
         let path = dir.join(format!("{stem}.{what}.png"));
-        let png = crate::png_meta::encode_png(&img.data, img.width, img.height, &[("source".into(), e.source.label.clone())])?;
+        let png = crate::png_meta::encode_png(
+            &img.data,
+            img.width,
+            img.height,
+            &[("source".into(), e.source.label.clone())],
+        )?;
         write_file(&path, &png, overwrite)?;
         written.push(path);
     }

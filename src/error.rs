@@ -12,34 +12,13 @@ pub enum Error {
     #[error("{file}: not a valid safetensors file ({reason})")]
     Header { file: PathBuf, reason: String },
     #[error("{file}: missing tensor `{key}` (expected shape {expected:?}){hint}")]
-    Missing {
-        file: PathBuf,
-        key: String,
-        expected: Vec<usize>,
-        hint: String,
-    },
+    Missing { file: PathBuf, key: String, expected: Vec<usize>, hint: String },
     #[error("{file}: tensor `{key}` has shape {found:?}, expected {expected:?}{hint}")]
-    Shape {
-        file: PathBuf,
-        key: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-        hint: String,
-    },
+    Shape { file: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize>, hint: String },
     #[error("{file}: {count} unexpected tensor(s), e.g. `{first}`{hint}")]
-    Unexpected {
-        file: PathBuf,
-        count: usize,
-        first: String,
-        hint: String,
-    },
+    Unexpected { file: PathBuf, count: usize, first: String, hint: String },
     #[error("{file}: tensor `{key}` has dtype {found}, expected {expected}")]
-    Dtype {
-        file: PathBuf,
-        key: String,
-        found: String,
-        expected: String,
-    },
+    Dtype { file: PathBuf, key: String, found: String, expected: String },
     /// A file that parses but whose content is wrong (bad JSON, dimensions that disagree, wrong format).
     #[error("{file}: {message}")]
     Invalid { file: PathBuf, message: String },

@@ -48,18 +48,32 @@ impl FeatureSet {
         };
         let arcface = get("arcface", 2, "[N, 512] L2-normalised ArcFace embeddings")?;
         let clip = get("clip", 3, "[N, 257, D] CLIP vision hidden_states[-2]")?;
-        let clip_base = if file.contains("clip_base") { Some(get("clip_base", 3, "[M, 257, D] CLIP hidden states of Base-condition images")?) } else { None };
+        let clip_base = if file.contains("clip_base") {
+            Some(get("clip_base", 3, "[M, 257, D] CLIP hidden states of Base-condition images")?)
+        } else {
+            None
+        };
         let n = arcface.dim(0)?;
         if clip.dim(0)? != n || n == 0 {
-            return Err(Error::invalid(path, format!("`arcface` has {n} rows but `clip` has {}; one row per photo in both", clip.dim(0)?)));
+            return Err(Error::invalid(
+                path,
+                format!("`arcface` has {n} rows but `clip` has {}; one row per photo in both", clip.dim(0)?),
+            ));
         }
         let norms = arcface.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
         if let Some((i, v)) = norms.iter().enumerate().find(|(_, v)| (**v - 1.0).abs() > NORM_TOL || !v.is_finite()) {
-            return Err(Error::invalid(path, format!("`arcface` row {i} has L2 norm {v:.4}; expected L2-normalised embeddings (norm 1)")));
+            return Err(Error::invalid(
+                path,
+                format!("`arcface` row {i} has L2 norm {v:.4}; expected L2-normalised embeddings (norm 1)"),
+            ));
         }
         let label = path.display().to_string();
         // `hyperlora encode` records the photos (content hash + name); older or hand-made files get row hashes
-        let recorded: Option<Vec<Source>> = file.metadata().get("sources").and_then(|s| serde_json::from_str(s).ok()).filter(|v: &Vec<Source>| v.len() == n);
+        let recorded: Option<Vec<Source>> = file
+            .metadata()
+            .get("sources")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .filter(|v: &Vec<Source>| v.len() == n);
         if let Some(sources) = recorded {
             return FeatureSet::new(arcface, clip, clip_base, sources);
         }
@@ -124,7 +138,10 @@ impl FeatureSet {
         }
         t.extend(extra);
         meta.insert("format".to_string(), "hyperlora.features".to_string());
-        meta.insert("sources".to_string(), serde_json::to_string(&self.sources).map_err(|e| Error::Mismatch(e.to_string()))?);
+        meta.insert(
+            "sources".to_string(),
+            serde_json::to_string(&self.sources).map_err(|e| Error::Mismatch(e.to_string()))?,
+        );
         write_file(path, &safetensors_bytes(&t, meta)?, overwrite)
     }
 }

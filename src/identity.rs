@@ -46,13 +46,23 @@ pub struct Identity {
 
 impl Identity {
     /// `raw`: [Q, K] mean of the resampler's raw outputs over `photos` photos; `base_raw` likewise for the Base branch.
-    pub fn new(raw: Tensor, photos: usize, base: Option<(Tensor, usize)>, sources: Vec<Source>, variant: Variant) -> Result<Self> {
+    pub fn new(
+        raw: Tensor,
+        photos: usize,
+        base: Option<(Tensor, usize)>,
+        sources: Vec<Source>,
+        variant: Variant,
+    ) -> Result<Self> {
         let raw = to_2d(raw)?;
         let (base_raw, base_photos) = match base {
             Some((b, n)) => {
                 let b = to_2d(b)?;
                 if b.dims() != raw.dims() {
-                    return Err(Error::Mismatch(format!("Base coefficients {:?} do not match ID coefficients {:?}", b.dims(), raw.dims())));
+                    return Err(Error::Mismatch(format!(
+                        "Base coefficients {:?} do not match ID coefficients {:?}",
+                        b.dims(),
+                        raw.dims()
+                    )));
                 }
                 (Some(b), n)
             }
@@ -124,7 +134,11 @@ impl Identity {
             )));
         }
         if self.raw.dims() != other.raw.dims() {
-            return Err(Error::Mismatch(format!("identity shapes differ: {:?} vs {:?}", self.raw.dims(), other.raw.dims())));
+            return Err(Error::Mismatch(format!(
+                "identity shapes differ: {:?} vs {:?}",
+                self.raw.dims(),
+                other.raw.dims()
+            )));
         }
         Ok(())
     }
@@ -234,17 +248,26 @@ impl Identity {
     pub fn load(path: &Path) -> Result<Identity> {
         let file = StFile::open(path)?;
         let meta = file.metadata();
-        let get = |k: &str| meta.get(k).cloned().ok_or_else(|| Error::invalid(path, format!("not a hyperlora identity file (metadata `{k}` missing)")));
+        let get = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| Error::invalid(path, format!("not a hyperlora identity file (metadata `{k}` missing)")))
+        };
         if get("format")? != IDENTITY_FORMAT {
             return Err(Error::invalid(path, format!("not a hyperlora identity file (format `{}`)", get("format")?)));
         }
         let version = get("format_version")?;
         if version != IDENTITY_FORMAT_VERSION {
-            return Err(Error::invalid(path, format!("identity format version {version}; this build reads version {IDENTITY_FORMAT_VERSION}")));
+            return Err(Error::invalid(
+                path,
+                format!("identity format version {version}; this build reads version {IDENTITY_FORMAT_VERSION}"),
+            ));
         }
-        let num = |k: &str| -> Result<usize> { get(k)?.parse().map_err(|_| Error::invalid(path, format!("metadata `{k}` is not a number"))) };
-        let sources: Vec<Source> =
-            serde_json::from_str(&get("sources")?).map_err(|e| Error::invalid(path, format!("metadata `sources`: {e}")))?;
+        let num = |k: &str| -> Result<usize> {
+            get(k)?.parse().map_err(|_| Error::invalid(path, format!("metadata `{k}` is not a number")))
+        };
+        let sources: Vec<Source> = serde_json::from_str(&get("sources")?)
+            .map_err(|e| Error::invalid(path, format!("metadata `sources`: {e}")))?;
         let variant = Variant { hash: get("variant_hash")?, label: get("variant_label")? };
         let raw = file.tensor("raw", DType::F32, &Device::Cpu)?;
         if raw.rank() != 2 {
@@ -293,4 +316,3 @@ fn to_2d(t: Tensor) -> Result<Tensor> {
         _ => return Err(Error::Mismatch(format!("identity coefficients must be [Q, K], got {:?}", t.dims()))),
     })
 }
-

@@ -48,7 +48,9 @@ fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Mismatch(format!("library name `{name}`: expected 1–128 letters, digits, `_`, `-` or `.` (not starting with `.`)")))
+        Err(Error::Mismatch(format!(
+            "library name `{name}`: expected 1–128 letters, digits, `_`, `-` or `.` (not starting with `.`)"
+        )))
     }
 }
 
@@ -71,13 +73,16 @@ impl Library {
         let p = self.dir.join(INDEX);
         match std::fs::read_to_string(&p) {
             Ok(t) => {
-                let i: Index = serde_json::from_str(&t).map_err(|e| Error::invalid(&p, format!("not a library index: {e}")))?;
+                let i: Index =
+                    serde_json::from_str(&t).map_err(|e| Error::invalid(&p, format!("not a library index: {e}")))?;
                 if i.format != FORMAT {
                     return Err(Error::invalid(&p, format!("format `{}`, expected `{FORMAT}`", i.format)));
                 }
                 Ok(i)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index { format: FORMAT.into(), version: 1, variant: None, entries: BTreeMap::new() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Index { format: FORMAT.into(), version: 1, variant: None, entries: BTreeMap::new() })
+            }
             Err(e) => Err(Error::io(&p, e)),
         }
     }
@@ -110,7 +115,10 @@ impl Library {
             }
         }
         if index.entries.contains_key(name) && !overwrite {
-            return Err(Error::Mismatch(format!("library {}: `{name}` already exists; save with overwrite: true to replace it", self.dir.display())));
+            return Err(Error::Mismatch(format!(
+                "library {}: `{name}` already exists; save with overwrite: true to replace it",
+                self.dir.display()
+            )));
         }
         let dtype_name = match dtype {
             DType::F16 => "f16",
@@ -162,6 +170,10 @@ impl Library {
 
     fn unknown(&self, name: &str, index: &Index) -> Error {
         let names: Vec<&String> = index.entries.keys().take(8).collect();
-        Error::Mismatch(format!("library {}: no identity `{name}` (it holds {}{names:?})", self.dir.display(), if index.entries.len() > 8 { "e.g. " } else { "" }))
+        Error::Mismatch(format!(
+            "library {}: no identity `{name}` (it holds {}{names:?})",
+            self.dir.display(),
+            if index.entries.len() > 8 { "e.g. " } else { "" }
+        ))
     }
 }

@@ -13,7 +13,11 @@ use std::sync::Arc;
 pub enum TermSource {
     Identity(Identity),
     /// A LoRA file imported as weights (its own alpha/rank already in the layer scales).
-    File { path: PathBuf, hash: String, weights: Arc<LoraWeights> },
+    File {
+        path: PathBuf,
+        hash: String,
+        weights: Arc<LoraWeights>,
+    },
 }
 
 impl TermSource {
@@ -26,7 +30,12 @@ impl TermSource {
     }
     fn label(&self) -> String {
         match self {
-            TermSource::Identity(id) => format!("identity {} ({} photo{})", id.short_hash(), id.photos(), if id.photos() == 1 { "" } else { "s" }),
+            TermSource::Identity(id) => format!(
+                "identity {} ({} photo{})",
+                id.short_hash(),
+                id.photos(),
+                if id.photos() == 1 { "" } else { "s" }
+            ),
             TermSource::File { path, .. } => format!("file {}", path.display()),
         }
     }
@@ -59,7 +68,8 @@ impl LoraMix {
     }
     /// A LoRA file as a term at strength `weight`.
     pub fn file(path: PathBuf, hash: String, weights: Arc<LoraWeights>, weight: f64) -> Self {
-        LoraMix { terms: vec![MixTerm { source: TermSource::File { path, hash, weights }, weight, base_weight: 0.0 }] }.merged()
+        LoraMix { terms: vec![MixTerm { source: TermSource::File { path, hash, weights }, weight, base_weight: 0.0 }] }
+            .merged()
     }
     /// `slider(a, b)` = lora(b, 1) − lora(a, 1): the direction from `a` to `b`.
     pub fn slider(a: &Identity, b: &Identity) -> Self {
@@ -81,7 +91,11 @@ impl LoraMix {
     }
     pub fn scale(&self, s: f64) -> Self {
         LoraMix {
-            terms: self.terms.iter().map(|t| MixTerm { weight: t.weight * s, base_weight: t.base_weight * s, ..t.clone() }).collect(),
+            terms: self
+                .terms
+                .iter()
+                .map(|t| MixTerm { weight: t.weight * s, base_weight: t.base_weight * s, ..t.clone() })
+                .collect(),
         }
         .merged()
     }
@@ -92,7 +106,10 @@ impl LoraMix {
             terms: self
                 .terms
                 .iter()
-                .map(|t| MixTerm { base_weight: if matches!(t.source, TermSource::Identity(_)) { b } else { t.base_weight }, ..t.clone() })
+                .map(|t| MixTerm {
+                    base_weight: if matches!(t.source, TermSource::Identity(_)) { b } else { t.base_weight },
+                    ..t.clone()
+                })
                 .collect(),
         }
         .merged()
@@ -124,7 +141,9 @@ impl LoraMix {
     pub fn approx_eq(&self, other: &LoraMix, tol: f64) -> bool {
         let (a, b) = (self.canonical(), other.canonical());
         a.len() == b.len()
-            && a.iter().zip(&b).all(|((ka, (wa, ba)), (kb, (wb, bb)))| ka == kb && (wa - wb).abs() <= tol && (ba - bb).abs() <= tol)
+            && a.iter()
+                .zip(&b)
+                .all(|((ka, (wa, ba)), (kb, (wb, bb)))| ka == kb && (wa - wb).abs() <= tol && (ba - bb).abs() <= tol)
     }
 
     pub fn summary(&self) -> String {
@@ -162,7 +181,10 @@ impl LoraMix {
     }
 
     /// The same, with each identity's factors (scale 1) from `synth` — so a caller can cache them.
-    pub fn weights_with<'a>(&self, synth: &mut dyn FnMut(&Identity, Branch) -> Result<std::borrow::Cow<'a, LoraWeights>>) -> Result<LoraWeights> {
+    pub fn weights_with<'a>(
+        &self,
+        synth: &mut dyn FnMut(&Identity, Branch) -> Result<std::borrow::Cow<'a, LoraWeights>>,
+    ) -> Result<LoraWeights> {
         let mut out = LoraWeights::default();
         for t in self.terms() {
             match &t.source {

@@ -9,7 +9,10 @@ pub fn to_rgb8(img: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
     if c != 3 {
         return Err(Error::Mismatch(format!("an RGB image needs 3 channels, got {c}")));
     }
-    let v = ((img.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.permute((1, 2, 0))?.flatten_all()?.to_vec1::<f32>()?;
+    let v = ((img.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     Ok((v.into_iter().map(|x| x.round().clamp(0.0, 255.0) as u8).collect(), w, h))
 }
 
@@ -49,7 +52,8 @@ pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, Stri
     let frame = reader.next_frame(&mut buf).map_err(bad)?;
     buf.truncate(frame.buffer_size());
     let info = reader.info();
-    let mut text: Vec<(String, String)> = info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
+    let mut text: Vec<(String, String)> =
+        info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
     for z in &info.compressed_latin1_text {
         text.push((z.keyword.clone(), z.get_text().unwrap_or_default()));
     }
@@ -70,7 +74,10 @@ pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, Stri
 pub fn load_image(path: &Path, width: usize, height: usize) -> Result<Tensor> {
     let (rgb, w, h, _) = read_png(path)?;
     if (w, h) != (width, height) {
-        return Err(Error::invalid(path, format!("image is {w}×{h}; this run is {width}×{height} (resize it or change --width/--height)")));
+        return Err(Error::invalid(
+            path,
+            format!("image is {w}×{h}; this run is {width}×{height} (resize it or change --width/--height)"),
+        ));
     }
     let t = Tensor::from_vec(rgb, (h, w, 3), &candle_core::Device::Cpu)?.permute((2, 0, 1))?.to_dtype(DType::F32)?;
     Ok(((t / 127.5)? - 1.0)?.unsqueeze(0)?)

@@ -47,7 +47,15 @@ impl Coeffs {
     pub fn of(id: &Identity, modules: Arc<Vec<String>>) -> Result<Coeffs> {
         let (q, k) = id.dims();
         let data = id.raw().flatten_all()?.to_vec1::<f32>()?;
-        Ok(Coeffs { data: Arc::new(data), tokens: Arc::new((0..q).collect()), k, q, space: Space::Raw, variant: id.variant().clone(), modules })
+        Ok(Coeffs {
+            data: Arc::new(data),
+            tokens: Arc::new((0..q).collect()),
+            k,
+            q,
+            space: Space::Raw,
+            variant: id.variant().clone(),
+            modules,
+        })
     }
 
     fn with(&self, data: Vec<f32>) -> Coeffs {
@@ -92,7 +100,11 @@ impl Coeffs {
     /// Row `i` of this view (K numbers).
     pub fn token(&self, i: usize) -> Result<Vec<f32>> {
         if i >= self.rows() {
-            return Err(Error::Mismatch(format!("token {i}: this value has {} token(s) (0..{})", self.rows(), self.rows())));
+            return Err(Error::Mismatch(format!(
+                "token {i}: this value has {} token(s) (0..{})",
+                self.rows(),
+                self.rows()
+            )));
         }
         Ok(self.data[i * self.k..(i + 1) * self.k].to_vec())
     }
@@ -101,7 +113,10 @@ impl Coeffs {
         let mut data = Vec::with_capacity(global.len() * self.k);
         for g in global {
             let Some(r) = self.tokens.iter().position(|t| t == g) else {
-                return Err(Error::Mismatch(format!("{what}: token {g} is not part of this value (it holds {})", self.describe_tokens())));
+                return Err(Error::Mismatch(format!(
+                    "{what}: token {g} is not part of this value (it holds {})",
+                    self.describe_tokens()
+                )));
             };
             data.extend_from_slice(&self.data[r * self.k..(r + 1) * self.k]);
         }
@@ -113,7 +128,11 @@ impl Coeffs {
     pub fn module_index(&self, name: &str) -> Result<usize> {
         let n = self.q / 8;
         if let Ok(i) = name.parse::<usize>() {
-            return if i < n { Ok(i) } else { Err(Error::Mismatch(format!("module {i}: this variant has {n} modules (0..{n})"))) };
+            return if i < n {
+                Ok(i)
+            } else {
+                Err(Error::Mismatch(format!("module {i}: this variant has {n} modules (0..{n})")))
+            };
         }
         let canon = |s: &str| s.trim_start_matches("lora_unet_").replace('.', "_");
         let want = canon(name);
@@ -135,15 +154,27 @@ impl Coeffs {
 
     /// The 2 tokens (down, up) of one projection of a one-module view.
     pub fn proj(&self, p: &str) -> Result<Coeffs> {
-        let j = PROJECTIONS.iter().position(|x| *x == p).ok_or_else(|| Error::Mismatch(format!("projection `{p}`: expected one of {PROJECTIONS:?}")))?;
-        let m = self.single_module().ok_or_else(|| Error::Mismatch(format!(".proj(\"{p}\") needs one module's tokens (use .of_module(name) first); this value holds {}", self.describe_tokens())))?;
+        let j = PROJECTIONS
+            .iter()
+            .position(|x| *x == p)
+            .ok_or_else(|| Error::Mismatch(format!("projection `{p}`: expected one of {PROJECTIONS:?}")))?;
+        let m = self.single_module().ok_or_else(|| {
+            Error::Mismatch(format!(
+                ".proj(\"{p}\") needs one module's tokens (use .of_module(name) first); this value holds {}",
+                self.describe_tokens()
+            ))
+        })?;
         self.select(&[8 * m + 2 * j, 8 * m + 2 * j + 1], p)
     }
 
     /// The down (`up = false`) or up factor's token of a one-projection view.
     pub fn factor(&self, up: bool) -> Result<Coeffs> {
         if self.rows() != 2 || self.tokens[0] % 2 != 0 || self.tokens[1] != self.tokens[0] + 1 {
-            return Err(Error::Mismatch(format!(".{} needs one projection's two tokens (use .proj(\"to_q\") first); this value holds {}", if up { "up" } else { "down" }, self.describe_tokens())));
+            return Err(Error::Mismatch(format!(
+                ".{} needs one projection's two tokens (use .proj(\"to_q\") first); this value holds {}",
+                if up { "up" } else { "down" },
+                self.describe_tokens()
+            )));
         }
         self.select(&[self.tokens[usize::from(up)]], if up { "up" } else { "down" })
     }
@@ -162,7 +193,11 @@ impl Coeffs {
         match self.rows() {
             8 if self.single_module().is_some() => format!("module {}{name}", first / 8),
             2 => format!("tokens {first}–{} ({}{name})", first + 1, PROJECTIONS.get((first % 8) / 2).unwrap_or(&"?")),
-            1 => format!("token {first} ({} {}{name})", PROJECTIONS.get((first % 8) / 2).unwrap_or(&"?"), if first % 2 == 0 { "down" } else { "up" }),
+            1 => format!(
+                "token {first} ({} {}{name})",
+                PROJECTIONS.get((first % 8) / 2).unwrap_or(&"?"),
+                if first % 2 == 0 { "down" } else { "up" }
+            ),
             n => format!("{n} tokens"),
         }
     }
@@ -170,13 +205,22 @@ impl Coeffs {
     /// Both values must be of one variant, one space and the same tokens.
     pub fn check_same(&self, o: &Coeffs, what: &str) -> Result<()> {
         if self.variant.hash != o.variant.hash {
-            return Err(Error::Mismatch(format!("{what}: coefficients of two variants ({} and {})", self.variant.label, o.variant.label)));
+            return Err(Error::Mismatch(format!(
+                "{what}: coefficients of two variants ({} and {})",
+                self.variant.label, o.variant.label
+            )));
         }
         if self.space != o.space {
-            return Err(Error::Mismatch(format!("{what}: one value is raw and the other normalised; use .normalized on both or on neither")));
+            return Err(Error::Mismatch(format!(
+                "{what}: one value is raw and the other normalised; use .normalized on both or on neither"
+            )));
         }
         if self.tokens != o.tokens || self.k != o.k {
-            return Err(Error::Mismatch(format!("{what}: shapes differ ({} vs {}; expected the same tokens)", self.describe_tokens(), o.describe_tokens())));
+            return Err(Error::Mismatch(format!(
+                "{what}: shapes differ ({} vs {}; expected the same tokens)",
+                self.describe_tokens(),
+                o.describe_tokens()
+            )));
         }
         Ok(())
     }
@@ -224,10 +268,16 @@ impl Coeffs {
     /// Back to `[Q, K]` raw tokens for an identity: only a whole, raw value can become one.
     pub fn to_tensor(&self) -> Result<Tensor> {
         if !self.is_whole() {
-            return Err(Error::Mismatch(format!("an identity needs all {} tokens; this value holds {}", self.q, self.describe_tokens())));
+            return Err(Error::Mismatch(format!(
+                "an identity needs all {} tokens; this value holds {}",
+                self.q,
+                self.describe_tokens()
+            )));
         }
         if self.space != Space::Raw {
-            return Err(Error::Mismatch("an identity is made from raw tokens; this value is normalised (its scale is lost)".into()));
+            return Err(Error::Mismatch(
+                "an identity is made from raw tokens; this value is normalised (its scale is lost)".into(),
+            ));
         }
         Ok(Tensor::from_vec(self.data.as_ref().clone(), (self.q, self.k), &Device::Cpu)?)
     }
@@ -235,12 +285,22 @@ impl Coeffs {
     /// A value of `like`'s shape, space and variant from numbers (rows × K).
     pub fn from_rows(rows: &[Vec<f64>], like: &Coeffs) -> Result<Coeffs> {
         if rows.len() != like.rows() {
-            return Err(Error::Mismatch(format!("coeffs_from: {} rows given, expected {} ({} × {})", rows.len(), like.rows(), like.rows(), like.k)));
+            return Err(Error::Mismatch(format!(
+                "coeffs_from: {} rows given, expected {} ({} × {})",
+                rows.len(),
+                like.rows(),
+                like.rows(),
+                like.k
+            )));
         }
         let mut data = Vec::with_capacity(rows.len() * like.k);
         for (i, r) in rows.iter().enumerate() {
             if r.len() != like.k {
-                return Err(Error::Mismatch(format!("coeffs_from: row {i} has {} numbers, expected {}", r.len(), like.k)));
+                return Err(Error::Mismatch(format!(
+                    "coeffs_from: row {i} has {} numbers, expected {}",
+                    r.len(),
+                    like.k
+                )));
             }
             if let Some(v) = r.iter().find(|v| !v.is_finite()) {
                 return Err(Error::Mismatch(format!("coeffs_from: row {i} holds {v}; only finite numbers")));
@@ -253,7 +313,11 @@ impl Coeffs {
     /// An identity from whole raw tokens, keeping `like`'s variant and photo count; its source says how it was made.
     pub fn to_identity(&self, like: &Identity, how: &str) -> Result<Identity> {
         if like.variant().hash != self.variant.hash {
-            return Err(Error::Mismatch(format!("identity_from: coefficients of {} but `like` is of {}", self.variant.label, like.variant().label)));
+            return Err(Error::Mismatch(format!(
+                "identity_from: coefficients of {} but `like` is of {}",
+                self.variant.label,
+                like.variant().label
+            )));
         }
         let bytes: Vec<u8> = self.data.iter().flat_map(|v| v.to_le_bytes()).collect();
         let src = Source { hash: crate::provenance::sha256_hex(&bytes), label: how.to_string() };
@@ -345,7 +409,8 @@ pub fn pca(xs: &[Coeffs], k: usize) -> Result<Pca> {
         }
     }
     mean.iter_mut().for_each(|m| *m /= n as f64);
-    let centred: Vec<Vec<f32>> = xs.iter().map(|x| x.data.iter().zip(&mean).map(|(v, m)| (*v as f64 - m) as f32).collect()).collect();
+    let centred: Vec<Vec<f32>> =
+        xs.iter().map(|x| x.data.iter().zip(&mean).map(|(v, m)| (*v as f64 - m) as f32).collect()).collect();
     // Gram matrix with candle's matmul (multi-threaded), then the small eigenproblem in f64
     let flat: Vec<f32> = centred.iter().flatten().copied().collect();
     let xt = Tensor::from_vec(flat, (n, d), &Device::Cpu)?;
@@ -403,7 +468,9 @@ pub fn similarity_by_module(a: &Coeffs, b: &Coeffs) -> Result<Vec<(usize, String
     let cos = |x: &[f32], y: &[f32]| dot(x, y) / (dot(x, x).sqrt() * dot(y, y).sqrt()).max(1e-30);
     Ok((0..a.q / 8)
         .map(|m| {
-            let c: f64 = (8 * m..8 * m + 8).map(|t| cos(&a.data[t * k..(t + 1) * k], &b.data[t * k..(t + 1) * k])).sum::<f64>() / 8.0;
+            let c: f64 =
+                (8 * m..8 * m + 8).map(|t| cos(&a.data[t * k..(t + 1) * k], &b.data[t * k..(t + 1) * k])).sum::<f64>()
+                    / 8.0;
             (m, a.modules.get(m).cloned().unwrap_or_else(|| format!("module {m}")), c)
         })
         .collect())

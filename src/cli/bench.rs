@@ -1,8 +1,8 @@
 //! `hyperlora bench`: the hypernetwork's speed on real-size shapes, printed as a table.
 use super::load_hyper;
 use crate::hyper::config::HyperConfig;
-use crate::hyper::synth::Branch;
 use crate::hyper::modules;
+use crate::hyper::synth::Branch;
 use crate::synthetic::hyper as synthetic;
 use crate::Identity;
 use std::path::PathBuf;
@@ -109,13 +109,20 @@ fn run_space(a: Args) -> anyhow::Result<()> {
     use crate::space::{orthogonalize, pca, Coeffs};
     let (q, k) = (1120, 128);
     let variant = Variant { hash: "0".repeat(64), label: "real-size random".into() };
-    let names: std::sync::Arc<Vec<String>> = std::sync::Arc::new(modules::sdxl_release_modules().into_iter().map(|m| m.name).collect());
+    let names: std::sync::Arc<Vec<String>> =
+        std::sync::Arc::new(modules::sdxl_release_modules().into_iter().map(|m| m.name).collect());
     let mut rng = crate::rng::Rng::new(5);
     let mut ident = |i: usize| -> anyhow::Result<Identity> {
         let mut v = vec![0f32; q * k];
         rng.fill(&mut v, 0.0, 1.0);
         let t = candle_core::Tensor::from_vec(v, (q, k), &candle_core::Device::Cpu)?;
-        Ok(Identity::new(t, 1, None, vec![crate::identity::Source { hash: format!("{i:064}"), label: format!("random {i}") }], variant.clone())?)
+        Ok(Identity::new(
+            t,
+            1,
+            None,
+            vec![crate::identity::Source { hash: format!("{i:064}"), label: format!("random {i}") }],
+            variant.clone(),
+        )?)
     };
     let ids: Vec<Identity> = (0..100).map(&mut ident).collect::<anyhow::Result<_>>()?;
     let cs: Vec<Coeffs> = ids.iter().map(|i| Coeffs::of(i, names.clone())).collect::<crate::Result<_>>()?;
@@ -131,7 +138,11 @@ fn run_space(a: Args) -> anyhow::Result<()> {
         Ok(t.elapsed() / n)
     };
     let goal = "goal < 1 ms".to_string();
-    table.row("coeffs(id) (1120×128 raw tokens out of an identity)", per(&|| Ok(drop(Coeffs::of(&ids[0], names.clone())?)))?, goal.clone());
+    table.row(
+        "coeffs(id) (1120×128 raw tokens out of an identity)",
+        per(&|| Ok(drop(Coeffs::of(&ids[0], names.clone())?)))?,
+        goal.clone(),
+    );
     table.row("a + b", per(&|| Ok(drop(x.add(y)?)))?, goal.clone());
     table.row("a − b (direction)", per(&|| Ok(drop(y.sub(x)?)))?, goal.clone());
     table.row("a × 0.5", per(&|| Ok(drop(x.scale(0.5))))?, goal.clone());
@@ -141,9 +152,23 @@ fn run_space(a: Args) -> anyhow::Result<()> {
     table.row("project(a, dir)", per(&|| Ok(drop(x.project(&d)?)))?, goal.clone());
     table.row("reject(a, dir)", per(&|| Ok(drop(x.reject(&d)?)))?, goal.clone());
     table.row(".normalized", per(&|| Ok(drop(x.normalized())))?, goal.clone());
-    table.row(".module(\"…mid_block…attn2\").proj(\"to_k\").down", per(&|| Ok(drop(x.module(x.module_index("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2")?)?.proj("to_k")?.factor(false)?)))?, goal.clone());
+    table.row(
+        ".module(\"…mid_block…attn2\").proj(\"to_k\").down",
+        per(&|| {
+            Ok(drop(
+                x.module(x.module_index("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2")?)?
+                    .proj("to_k")?
+                    .factor(false)?,
+            ))
+        })?,
+        goal.clone(),
+    );
     table.row("identity_from(coeffs, like)", per(&|| Ok(drop(x.to_identity(&ids[0], "bench")?)))?, goal.clone());
-    table.row("orthogonalize 4 directions", per(&|| Ok(drop(orthogonalize(&cs[1..5])?)))?, "(4 × the single ops)".into());
+    table.row(
+        "orthogonalize 4 directions",
+        per(&|| Ok(drop(orthogonalize(&cs[1..5])?)))?,
+        "(4 × the single ops)".into(),
+    );
     let (dp, _) = median(a.repeat, || Ok(pca(&cs, 8)?))?;
     table.row("pca(100 identities, 8)", dp, "goal < 50 ms".into());
     let dir = tempfile_dir()?;
@@ -160,7 +185,11 @@ fn run_space(a: Args) -> anyhow::Result<()> {
     let size = std::fs::metadata(dir.join("lib").join("person_0000.id.safetensors"))?.len();
     let back = lib.get("person_0000")?;
     let err = Coeffs::of(&back, names.clone())?.sub(x)?.norm() / x.norm();
-    table.row("library: f16 file size and relative error", Duration::ZERO, format!("{:.0} KB, ‖f16 − f32‖/‖f32‖ = {err:.2e}", size as f64 / 1e3));
+    table.row(
+        "library: f16 file size and relative error",
+        Duration::ZERO,
+        format!("{:.0} KB, ‖f16 − f32‖/‖f32‖ = {err:.2e}", size as f64 / 1e3),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     println!("hyperlora {} bench space — {} threads", env!("CARGO_PKG_VERSION"), rayon::current_num_threads());
     table.print();
@@ -209,7 +238,11 @@ fn bench(dir: &std::path::Path, a: &Args, table: &mut Table) -> anyhow::Result<(
     let c = hyper.config().clone();
     let feats = synthetic::random_features(a.images, c.id_embed_dim, 257, c.embedding_dim, 11)?;
     let (d, id) = median(a.repeat, || Ok(hyper.identity(&feats)?))?;
-    table.row(&format!("identity forward ({} image(s))", a.images), d, format!("{}×{} coefficients", c.resampler.num_queries, c.hyper_dim));
+    table.row(
+        &format!("identity forward ({} image(s))", a.images),
+        d,
+        format!("{}×{} coefficients", c.resampler.num_queries, c.hyper_dim),
+    );
 
     let bytes = hyper.bases().branch_bytes(Branch::Id);
     let (d, lw) = median(a.repeat, || Ok(hyper.synthesize(&id, Branch::Id)?))?;
@@ -238,8 +271,19 @@ fn bench(dir: &std::path::Path, a: &Args, table: &mut Table) -> anyhow::Result<(
     table.row("identity mix(a, b, 0.3)", per(&|| Ok(drop(id.mix(&other, 0.3)?)))?, shape.clone());
     table.row("identity mean of 8", per(&|| Ok(drop(Identity::mean(&[&id; 8])?)))?, shape.clone());
     table.row("identity a − b", per(&|| Ok(drop(id.sub(&other)?)))?, shape.clone());
-    table.row("identity similarity(a, b)", per(&|| { std::hint::black_box(id.similarity(&other)?); Ok(()) })?, shape.clone());
+    table.row(
+        "identity similarity(a, b)",
+        per(&|| {
+            std::hint::black_box(id.similarity(&other)?);
+            Ok(())
+        })?,
+        shape.clone(),
+    );
     table.row("identity normalised coefficients", per(&|| Ok(drop(id.coefficients()?)))?, shape.clone());
-    table.row("identity a − b, then its content hash (first use; cached after)", per(&|| Ok(drop(id.sub(&other)?.hash())))?, shape);
+    table.row(
+        "identity a − b, then its content hash (first use; cached after)",
+        per(&|| Ok(drop(id.sub(&other)?.hash())))?,
+        shape,
+    );
     Ok(())
 }

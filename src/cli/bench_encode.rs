@@ -49,7 +49,11 @@ pub fn encode(a: Args) -> anyhow::Result<()> {
             std::fs::create_dir_all(&tmp)?;
             let t = Instant::now();
             let mut notes = Vec::new();
-            for (file, m) in [("scrfd_10g_bnkps.onnx", synthetic::scrfd_standin(1)), ("2d106det.onnx", synthetic::landmark_standin(2)), ("glintr100.onnx", synthetic::iresnet100(3))] {
+            for (file, m) in [
+                ("scrfd_10g_bnkps.onnx", synthetic::scrfd_standin(1)),
+                ("2d106det.onnx", synthetic::landmark_standin(2)),
+                ("glintr100.onnx", synthetic::iresnet100(3)),
+            ] {
                 notes.push(format!("{file}: {} {:.2} GMACs", m.what, m.macs as f64 / 1e9));
                 std::fs::write(tmp.join(file), &m.onnx)?;
             }
@@ -64,9 +68,17 @@ pub fn encode(a: Args) -> anyhow::Result<()> {
         let t = Instant::now();
         let clip: ClipVision = match &a.clip {
             Some(d) => load_clip_vision(d, DType::F32, &dev)?,
-            None => ClipVision::new(&clip_l14(), candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, dev.clone()), false)?,
+            None => ClipVision::new(
+                &clip_l14(),
+                candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, dev.clone()),
+                false,
+            )?,
         };
-        table.row("load CLIP vision", t.elapsed(), a.clip.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "random ViT-L/14 weights, f32".into()));
+        table.row(
+            "load CLIP vision",
+            t.elapsed(),
+            a.clip.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "random ViT-L/14 weights, f32".into()),
+        );
         let img = match &a.photo {
             Some(p) => {
                 let (d, img) = median(a.repeat, || Ok(load_photo(p)?))?;
@@ -88,15 +100,24 @@ pub fn encode(a: Args) -> anyhow::Result<()> {
         let (d, lm) = median(a.repeat, || Ok(face.landmarks.landmarks(&img, bbox)?))?;
         table.row("landmarks (2d106 crop + model)", d, "192² input".into());
         // stand-in landmarks are noise: lay the cutout on a generic face in the same box instead
-        let lm = if stand_ins { landmark::decode(&synthetic::mean_face_106(), &landmark::crop_transform(bbox))? } else { lm };
+        let lm = if stand_ins {
+            landmark::decode(&synthetic::mean_face_106(), &landmark::crop_transform(bbox))?
+        } else {
+            lm
+        };
         let (d, cond) = median(a.repeat, || Ok(id_condition(&img, &lm, true, false)?))?;
-        table.row("ID cutout (polygon mask, 512² blur, grey paste, crops)", d, format!("CLIP crop {}², 3× crop {}²", cond.clip_crop.width, cond.arcface_crop.width));
+        table.row(
+            "ID cutout (polygon mask, 512² blur, grey paste, crops)",
+            d,
+            format!("CLIP crop {}², 3× crop {}²", cond.clip_crop.width, cond.arcface_crop.width),
+        );
         let (d, re) = median(a.repeat, || Ok(face.detector.detect(&cond.arcface_crop, 640, 0.5)?))?;
         table.row("re-detect on the 3× crop (SCRFD at 640²)", d, format!("{} face(s)", re.len()));
         let size = face.recognizer.input_size;
         let kps = match re.first() {
             Some(f) if !stand_ins => f.kps.map(|p| [p[0] as f64, p[1] as f64]),
-            _ => crate::face::analyser::kps_from_landmarks(&lm).map(|p| [p[0] - cond.arcface_box[0] as f64, p[1] - cond.arcface_box[1] as f64]),
+            _ => crate::face::analyser::kps_from_landmarks(&lm)
+                .map(|p| [p[0] - cond.arcface_box[0] as f64, p[1] - cond.arcface_box[1] as f64]),
         };
         let (d, _) = median(a.repeat, || {
             let (crop, _) = norm_crop_size(&cond.arcface_crop, &kps, size);
@@ -117,8 +138,13 @@ pub fn encode(a: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result?;
-    let per_photo: std::time::Duration = table.0.iter().filter(|(n, ..)| !n.starts_with("load") && !n.starts_with("write")).map(|(_, d, _)| *d).sum();
-    table.row("per photo, all stages", per_photo, if stand_ins { "stand-in face models".into() } else { "real face models".into() });
+    let per_photo: std::time::Duration =
+        table.0.iter().filter(|(n, ..)| !n.starts_with("load") && !n.starts_with("write")).map(|(_, d, _)| *d).sum();
+    table.row(
+        "per photo, all stages",
+        per_photo,
+        if stand_ins { "stand-in face models".into() } else { "real face models".into() },
+    );
     println!(
         "hyperlora {} encoder bench — {} threads, {}",
         env!("CARGO_PKG_VERSION"),

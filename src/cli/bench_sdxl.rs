@@ -13,7 +13,14 @@ use std::time::Instant;
 pub(super) struct RandomWeights;
 
 impl candle_nn::var_builder::SimpleBackend for RandomWeights {
-    fn get(&self, s: candle_core::Shape, _: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        _: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
     }
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
@@ -35,12 +42,19 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     let mut table = Table(Vec::new());
     let t = Instant::now();
     let model = match &a.model {
-        Some(p) => Some(Sdxl::load(p, a.config.as_deref(), &SdxlOptions { device: dev.clone(), dtype, vae_dtype: DType::F32 })?),
+        Some(p) => Some(Sdxl::load(
+            p,
+            a.config.as_deref(),
+            &SdxlOptions { device: dev.clone(), dtype, vae_dtype: DType::F32 },
+        )?),
         None => None,
     };
     let random = match &model {
         Some(_) => None,
-        None => Some(UNet::new(&sdxl_base_unet_config(), candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, dev.clone()))?),
+        None => Some(UNet::new(
+            &sdxl_base_unet_config(),
+            candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, dev.clone()),
+        )?),
     };
     let unet: &UNet = match (&model, &random) {
         (Some(m), _) => &m.unet,
@@ -48,15 +62,25 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
         (None, None) => unreachable!("one of them is loaded"),
     };
     sync(&dev)?;
-    let what = a.model.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "SDXL base shapes, random weights".into());
+    let what =
+        a.model.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "SDXL base shapes, random weights".into());
     table.row("load UNet", t.elapsed(), what);
     let c = unet.config();
     let ctx = Tensor::randn(0f32, 1.0, (1, 77, c.cross_attention_dim), &dev)?.to_dtype(dtype)?;
     let pooled_dim = c.projection_class_embeddings_input_dim.unwrap_or(0) - 6 * c.addition_time_embed_dim.unwrap_or(0);
-    let cond = Conditioning { embeds: ctx.clone(), pooled: Tensor::randn(0f32, 1.0, (1, pooled_dim), &dev)?.to_dtype(dtype)? };
+    let cond =
+        Conditioning { embeds: ctx.clone(), pooled: Tensor::randn(0f32, 1.0, (1, pooled_dim), &dev)?.to_dtype(dtype)? };
     let uncond = Conditioning::zeros_like(&cond)?;
     let lat = a.size / 8;
-    let spec = SampleSpec { sampler: SamplerKind::DpmPp2mKarras, steps: a.steps, cfg: 5.0, cond: &cond, uncond: &uncond, time_ids: time_ids(a.size, a.size, &dev)?, strength: 1.0 };
+    let spec = SampleSpec {
+        sampler: SamplerKind::DpmPp2mKarras,
+        steps: a.steps,
+        cfg: 5.0,
+        cond: &cond,
+        uncond: &uncond,
+        time_ids: time_ids(a.size, a.size, &dev)?,
+        strength: 1.0,
+    };
     let noise = seeded_noise(1, &[1, 4, lat, lat], &dev)?.to_dtype(dtype)?;
     // warm-up step (kernel compilation, allocator)
     let mut s = Sampler::new(SamplerKind::DpmPp2mKarras, &SchedulerConfig::default(), 1)?;
@@ -67,7 +91,11 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     denoise(unet, &mut sampler, noise, &spec, 0, &mut |_| unreachable!(), &mut |_, _| ControlFlow::Continue(()))?;
     sync(&dev)?;
     let total = t.elapsed();
-    table.row(&format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, a.size), total, format!("{:.3} s/step", total.as_secs_f64() / a.steps as f64));
+    table.row(
+        &format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, a.size),
+        total,
+        format!("{:.3} s/step", total.as_secs_f64() / a.steps as f64),
+    );
     if model.is_none() {
         // the rest of an image with random real-size weights: both text encoders and the VAE decode (f32)
         let rv = |dt: DType| candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dt, dev.clone());
@@ -95,7 +123,12 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     }
     if let Some(m) = &model {
         let t = Instant::now();
-        let req = GenerateRequest { steps: a.steps, width: a.size, height: a.size, ..GenerateRequest::new("fcsks fxhks fhyks, a portrait") };
+        let req = GenerateRequest {
+            steps: a.steps,
+            width: a.size,
+            height: a.size,
+            ..GenerateRequest::new("fcsks fxhks fhyks, a portrait")
+        };
         m.generate(&req, &mut |_, _| ControlFlow::Continue(()))?;
         sync(&dev)?;
         table.row("whole image (text encoders + sampling + VAE decode)", t.elapsed(), "s/image".into());
@@ -108,7 +141,11 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
 /// Tokens each attention module sees at 1024² (latent 128²): 64² in the 640-channel levels, 32² in the 1280 ones.
 fn tokens(hidden: usize, size: usize) -> usize {
     let lat = size / 8;
-    if hidden <= 640 { (lat / 2) * (lat / 2) } else { (lat / 4) * (lat / 4) }
+    if hidden <= 640 {
+        (lat / 2) * (lat / 2)
+    } else {
+        (lat / 4) * (lat / 4)
+    }
 }
 
 pub fn lora(a: Args) -> anyhow::Result<()> {
@@ -120,7 +157,11 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
     for m in &modules {
         for p in Proj::ALL {
             let (i, o) = m.dims(p);
-            let rows = 2 * if matches!(p, Proj::K | Proj::V) && m.cross_attention_dim.is_some() { 77 } else { tokens(m.hidden_size, a.size) };
+            let rows = 2 * if matches!(p, Proj::K | Proj::V) && m.cross_attention_dim.is_some() {
+                77
+            } else {
+                tokens(m.hidden_size, a.size)
+            };
             let w = Tensor::randn(0f32, 0.02, (o, i), &dev)?.to_dtype(dtype)?;
             let down = Tensor::randn(0f32, 0.02, (r, i), &dev)?;
             let up = Tensor::randn(0f32, 0.02, (o, r), &dev)?;
@@ -140,7 +181,10 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     table.row("merge: switch a 560-projection LoRA (W₀ + ΔW, f32 sum, cast)", merge, "paid once per mix change".into());
-    let dd: Vec<(Tensor, Tensor)> = layers.iter().map(|(_, d, u, _)| Ok((d.t()?.to_dtype(dtype)?, (u.t()? * 0.5)?.to_dtype(dtype)?))).collect::<anyhow::Result<_>>()?;
+    let dd: Vec<(Tensor, Tensor)> = layers
+        .iter()
+        .map(|(_, d, u, _)| Ok((d.t()?.to_dtype(dtype)?, (u.t()? * 0.5)?.to_dtype(dtype)?)))
+        .collect::<anyhow::Result<_>>()?;
     let (runtime, _) = median(3, || {
         for ((_, _, _, x), (dt, ut)) in layers.iter().zip(&dd) {
             std::hint::black_box(x.matmul(dt)?.matmul(ut)?);
@@ -161,7 +205,13 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     table.row("for scale: the base projections themselves (x·Wᵀ), one forward", base, String::new());
-    println!("hyperlora {} bench lora — {:?} {:?}, rank {r}, {} projections", env!("CARGO_PKG_VERSION"), dev, dtype, layers.len());
+    println!(
+        "hyperlora {} bench lora — {:?} {:?}, rank {r}, {} projections",
+        env!("CARGO_PKG_VERSION"),
+        dev,
+        dtype,
+        layers.len()
+    );
     table.print();
     Ok(())
 }

@@ -17,7 +17,10 @@ pub struct Args {
 
 /// `NAME.EXT`, or `NAME-1.EXT`, `NAME-2.EXT`, … : the first that does not exist.
 fn free_name(dir: &Path, stem: &str, ext: &str) -> PathBuf {
-    (0..).map(|i| dir.join(if i == 0 { format!("{stem}.{ext}") } else { format!("{stem}-{i}.{ext}") })).find(|p| !p.exists()).expect("unbounded")
+    (0..)
+        .map(|i| dir.join(if i == 0 { format!("{stem}.{ext}") } else { format!("{stem}-{i}.{ext}") }))
+        .find(|p| !p.exists())
+        .expect("unbounded")
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

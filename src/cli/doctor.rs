@@ -21,13 +21,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{mark} {:<11} {path}\n        {}\n        licence: {}", c.component, c.detail, c.licence);
     }
     let (device, dtype) = super::session_args::device_dtype(&a.models)?;
-    println!("device  {device}, {dtype:?} (flags and HYPERLORA_DEVICE/HYPERLORA_DTYPE, else {})", crate::models::config_path().display());
+    println!(
+        "device  {device}, {dtype:?} (flags and HYPERLORA_DEVICE/HYPERLORA_DTYPE, else {})",
+        crate::models::config_path().display()
+    );
     for h in &hints {
         println!("hint: {h}");
     }
     let bad: Vec<&str> = checks.iter().filter(|c| c.status != Status::Ok).map(|c| c.component).collect();
     if !bad.is_empty() {
-        anyhow::bail!("{} not usable: {} (give --sdxl/--hyperlora/--clip/--antelopev2, --comfyui DIR, or {})", bad.len(), bad.join(", "), crate::models::config_path().display());
+        anyhow::bail!(
+            "{} not usable: {} (give --sdxl/--hyperlora/--clip/--antelopev2, --comfyui DIR, or {})",
+            bad.len(),
+            bad.join(", "),
+            crate::models::config_path().display()
+        );
     }
     Ok(())
 }

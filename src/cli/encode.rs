@@ -1,6 +1,6 @@
-use crate::front::device;
 use crate::encode::write_debug;
 use crate::face::analyser::{FaceOptions, FacePick};
+use crate::front::device;
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -44,7 +44,11 @@ pub struct Args {
 
 /// Parse "x1,y1,x2,y2".
 pub fn parse_box(s: &str) -> anyhow::Result<[f64; 4]> {
-    let v: Vec<f64> = s.split(',').map(|t| t.trim().parse::<f64>()).collect::<Result<_, _>>().with_context(|| format!("--box `{s}`: expected four numbers x1,y1,x2,y2"))?;
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|t| t.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--box `{s}`: expected four numbers x1,y1,x2,y2"))?;
     <[f64; 4]>::try_from(v).map_err(|_| anyhow::anyhow!("--box `{s}`: expected four numbers x1,y1,x2,y2"))
 }
 
@@ -53,9 +57,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     crate::output::refuse_existing(&a.out, a.force)?;
     let boxes = a.face_box.iter().map(|s| parse_box(s)).collect::<anyhow::Result<Vec<_>>>()?;
     if boxes.len() > 1 && boxes.len() != a.photos.len() {
-        anyhow::bail!("{} boxes for {} photos: give --box once for all photos or once per photo", boxes.len(), a.photos.len());
+        anyhow::bail!(
+            "{} boxes for {} photos: give --box once for all photos or once per photo",
+            boxes.len(),
+            a.photos.len()
+        );
     }
-    let paths = crate::session::ModelPaths { clip: Some(a.clip.clone()), antelopev2: Some(a.antelopev2.clone()), ..Default::default() };
+    let paths = crate::session::ModelPaths {
+        clip: Some(a.clip.clone()),
+        antelopev2: Some(a.antelopev2.clone()),
+        ..Default::default()
+    };
     let opts = crate::session::SessionOptions { paths, device: device(&a.device)?, dtype: candle_core::DType::F32 };
     let mut session = crate::session::Session::new(opts, std::sync::Arc::new(|_: &crate::session::Event| {}));
     let mut done = Vec::new();
@@ -66,11 +78,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (None, None) => FacePick::Best,
         };
         let opts = FaceOptions { pick, remove_background: !a.keep_background, grayscale: a.grayscale };
-        let e = session.encode_photo(&crate::session::PhotoSpec { path: photo.clone(), options: opts }).with_context(|| format!("encoding {}", photo.display()))?;
-        let times: Vec<String> = e.timings().iter().map(|(k, d)| format!("{k} {:.0} ms", d.as_secs_f64() * 1e3)).collect();
+        let e = session
+            .encode_photo(&crate::session::PhotoSpec { path: photo.clone(), options: opts })
+            .with_context(|| format!("encoding {}", photo.display()))?;
+        let times: Vec<String> =
+            e.timings().iter().map(|(k, d)| format!("{k} {:.0} ms", d.as_secs_f64() * 1e3)).collect();
         println!("{}: {} ({})", photo.display(), e.face.describe(), times.join(", "));
         if let Some(dir) = &a.debug_dir {
-            let stem = format!("{i:02}_{}", photo.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            let stem =
+                format!("{i:02}_{}", photo.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
             for p in write_debug(&e, dir, &stem, a.force)? {
                 println!("  saved {}", p.display());
             }

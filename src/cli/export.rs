@@ -29,7 +29,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     crate::output::refuse_existing(&a.out, a.force)?;
     let id = Identity::load(&a.identity)?;
     let dir = &a.hyper.hyperlora;
-    let mut session = super::session_args::quiet_session(crate::session::ModelPaths { hyperlora: Some(dir.clone()), ..Default::default() });
+    let mut session = super::session_args::quiet_session(crate::session::ModelPaths {
+        hyperlora: Some(dir.clone()),
+        ..Default::default()
+    });
     session.check_identity(&id).with_context(|| format!("{} with {}", a.identity.display(), dir.display()))?;
     let mix = LoraMix::lora_with_base(&id, a.weight, a.base_weight);
     let s = session.export_lora(&mix, &a.out, a.dtype.dtype(), a.force)?;

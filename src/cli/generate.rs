@@ -59,7 +59,6 @@ pub struct Args {
     pub force: bool,
 }
 
-
 fn out_paths(a: &Args) -> Vec<PathBuf> {
     if a.batch == 1 {
         return vec![a.out.clone()];
@@ -73,9 +72,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for p in &outs {
         crate::output::refuse_existing(p, a.force)?;
     }
-    let opts = SdxlOptions { device: crate::front::device(&a.device)?, dtype: a.dtype.dtype(), vae_dtype: candle_core::DType::F32 };
+    let opts = SdxlOptions {
+        device: crate::front::device(&a.device)?,
+        dtype: a.dtype.dtype(),
+        vae_dtype: candle_core::DType::F32,
+    };
     eprintln!("loading {} …", a.model.display());
-    let mut model = Sdxl::load(&a.model, a.config.as_deref(), &opts).with_context(|| format!("loading SDXL from {}", a.model.display()))?;
+    let mut model = Sdxl::load(&a.model, a.config.as_deref(), &opts)
+        .with_context(|| format!("loading SDXL from {}", a.model.display()))?;
     let mut lora_notes = Vec::new();
     if !a.loras.is_empty() {
         let mut all = crate::lora::LoraWeights::default();
@@ -86,10 +90,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             };
             let imp = import(&path)?;
             if !imp.unmatched.is_empty() {
-                eprintln!("{}: {} keys not applied (not UNet attention/linear LoRA), e.g. {}", path.display(), imp.unmatched.len(), imp.unmatched[0]);
+                eprintln!(
+                    "{}: {} keys not applied (not UNet attention/linear LoRA), e.g. {}",
+                    path.display(),
+                    imp.unmatched.len(),
+                    imp.unmatched[0]
+                );
             }
             let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
-            lora_notes.push(format!("{}:{w}:{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), &crate::identity::sha256_hex(&bytes)[..12]));
+            lora_notes.push(format!(
+                "{}:{w}:{}",
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                &crate::identity::sha256_hex(&bytes)[..12]
+            ));
             all.extend(imp.weights.scaled(w));
         }
         let r = model.unet.set_lora(&all)?;
@@ -98,11 +111,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprintln!("  e.g. {t}");
         }
     }
-    let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
     let init_noise = match &a.init_latents {
         Some(p) => {
             let f = crate::weights::StFile::open(p)?;
-            let key = if f.contains("latents") { "latents".to_string() } else { f.keys().into_iter().next().context("empty latents file")? };
+            let key = if f.contains("latents") {
+                "latents".to_string()
+            } else {
+                f.keys().into_iter().next().context("empty latents file")?
+            };
             Some(f.tensor(&key, candle_core::DType::F32, &candle_core::Device::Cpu)?)
         }
         None => None,
@@ -124,7 +143,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
     };
     let bar = indicatif::ProgressBar::new(a.steps as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let t0 = std::time::Instant::now();
     let out = model
         .generate(&req, &mut |p, _| {
@@ -154,7 +176,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     for (i, (img, path)) in out.images.iter().zip(&outs).enumerate() {
         crate::png_meta::write_png(path, img, &text(i), a.force)?;
-        println!("{} ({}×{}, seed {seed}, {} steps {}, {:.1}s)", path.display(), a.width, a.height, a.steps, a.sampler.name(), t0.elapsed().as_secs_f64());
+        println!(
+            "{} ({}×{}, seed {seed}, {} steps {}, {:.1}s)",
+            path.display(),
+            a.width,
+            a.height,
+            a.steps,
+            a.sampler.name(),
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -23,8 +23,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let sets = a.features.iter().map(|p| FeatureSet::load(p)).collect::<crate::Result<Vec<_>>>()?;
     let set = FeatureSet::concat(&sets)?;
     let dir = &a.hyper.hyperlora;
-    let mut session = super::session_args::quiet_session(crate::session::ModelPaths { hyperlora: Some(dir.clone()), ..Default::default() });
-    let id = session.identity_from_features(&set).with_context(|| format!("computing the identity with {}", dir.display()))?;
+    let mut session = super::session_args::quiet_session(crate::session::ModelPaths {
+        hyperlora: Some(dir.clone()),
+        ..Default::default()
+    });
+    let id = session
+        .identity_from_features(&set)
+        .with_context(|| format!("computing the identity with {}", dir.display()))?;
     id.save(&a.out, a.force)?;
     println!("{} → {}", id.summary(), a.out.display());
     Ok(())

@@ -43,14 +43,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let lib = session.library(&dir)?;
             let list = lib.list()?;
             for (name, e) in &list {
-                println!("{name:<24} {:>3} photo(s)  {}  {}  {}", e.photos, &e.hash[..12.min(e.hash.len())], e.dtype, date(e.saved));
+                println!(
+                    "{name:<24} {:>3} photo(s)  {}  {}  {}",
+                    e.photos,
+                    &e.hash[..12.min(e.hash.len())],
+                    e.dtype,
+                    date(e.saved)
+                );
             }
             println!("{} identit{} in {}", list.len(), if list.len() == 1 { "y" } else { "ies" }, dir.display());
         }
         Cmd::Show { dir, name } => {
             let lib = session.library(&dir)?;
             let list = lib.list()?;
-            let (_, e) = list.iter().find(|(n, _)| *n == name).ok_or_else(|| anyhow::anyhow!("{}: no identity `{name}`", dir.display()))?;
+            let (_, e) = list
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| anyhow::anyhow!("{}: no identity `{name}`", dir.display()))?;
             println!("name     {name}\nfile     {}\nhash     {}\nphotos   {}\nvariant  {} ({})\nstored   {}\nsaved    {} UTC", dir.join(&e.file).display(), e.hash, e.photos, e.variant.label, e.variant.hash, e.dtype, date(e.saved));
             for s in &e.sources {
                 println!("source   {s}");

@@ -101,8 +101,14 @@ pub struct HyperArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(cmd) = cli.cmd else {
         use std::io::IsTerminal;
-        let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(false);
-        return if tty { crate::tui::run(&cli.models) } else { repl::run(repl::Args { models: cli.models, history: None }) };
+        let tty = std::io::stdin().is_terminal()
+            && std::io::stdout().is_terminal()
+            && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(false);
+        return if tty {
+            crate::tui::run(&cli.models)
+        } else {
+            repl::run(repl::Args { models: cli.models, history: None })
+        };
     };
     match cmd {
         Cmd::Tui(a) => crate::tui::run(&a.models),
@@ -123,5 +129,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn load_hyper(dir: &std::path::Path) -> anyhow::Result<crate::HyperLora> {
     use anyhow::Context;
-    crate::HyperLora::load(dir, &crate::hyper::LoadOptions::default()).with_context(|| format!("loading HyperLoRA from {}", dir.display()))
+    crate::HyperLora::load(dir, &crate::hyper::LoadOptions::default())
+        .with_context(|| format!("loading HyperLoRA from {}", dir.display()))
 }

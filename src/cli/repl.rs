@@ -31,7 +31,10 @@ impl Completer for ReplHelper {
         let vars = self.vars.lock().map(|v| v.clone()).unwrap_or_default();
         let out = candidates(&line[start..pos], &vars)
             .into_iter()
-            .map(|n| Pair { replacement: if is_function(&n) && !vars.contains(&n) { format!("{n}(") } else { n.clone() }, display: n })
+            .map(|n| Pair {
+                replacement: if is_function(&n) && !vars.contains(&n) { format!("{n}(") } else { n.clone() },
+                display: n,
+            })
             .collect();
         Ok((start, out))
     }
@@ -68,7 +71,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = std::fs::create_dir_all(p);
     }
     let _ = rl.load_history(&hist);
-    println!("hyperlora {} — help() lists the API, :quit or Ctrl-D leaves, Ctrl-C stops a running job.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "hyperlora {} — help() lists the API, :quit or Ctrl-D leaves, Ctrl-C stops a running job.",
+        env!("CARGO_PKG_VERSION")
+    );
     if demo.is_some() {
         println!("demo set loaded (random weights): try  let me = identity(#{{ path: demo_photo, box: demo_box }});");
     }

@@ -15,7 +15,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let code = std::fs::read_to_string(&a.recipe).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.recipe.display()))?;
+    let code =
+        std::fs::read_to_string(&a.recipe).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.recipe.display()))?;
     let (sess, demo) = session(&a.models)?;
     let mut script = Script::new(sess, output(a.models.preview), Limits::default());
     install_ctrl_c(script.cancel_flag());
@@ -24,7 +25,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     for kv in &a.set {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {kv}: expected NAME=VALUE"))?;
-        if k.is_empty() || !k.chars().all(|c| c.is_alphanumeric() || c == '_') || k.starts_with(|c: char| c.is_ascii_digit()) {
+        if k.is_empty()
+            || !k.chars().all(|c| c.is_alphanumeric() || c == '_')
+            || k.starts_with(|c: char| c.is_ascii_digit())
+        {
             anyhow::bail!("--set {kv}: `{k}` is not a valid variable name");
         }
         script.set(k, parse_value(v));
@@ -32,4 +36,3 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let _ = script.eval(&code).map_err(|e| anyhow::anyhow!(e.located(&a.recipe.display().to_string())))?;
     Ok(())
 }
-

@@ -1,7 +1,7 @@
 //! What `run`, `repl` and `demo` share: the model flags, the session with a terminal listener, and how script
 //! output reaches the terminal.
-use crate::script::Out;
 pub use crate::front::args::{device_dtype, quiet_session, resolve_paths, session_with, ModelArgs, Preview};
+use crate::script::Out;
 use crate::session::{Event, Session};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};

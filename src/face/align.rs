@@ -4,7 +4,8 @@
 use crate::vision::processor::Rgb8;
 
 /// insightface's ArcFace template for 112×112 crops.
-pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
+pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 /// A 2×3 affine matrix mapping source (x, y) to destination.
 pub type Affine = [[f64; 3]; 2];
@@ -60,7 +61,10 @@ pub fn warp_affine_f32(img: &Rgb8, m: &Affine, w: usize, h: usize) -> Vec<f32> {
             let (fx, fy) = (sx - x0, sy - y0);
             let (x0, y0) = (x0 as i64, y0 as i64);
             for c in 0..3 {
-                let v = px(x0, y0, c) * (1.0 - fx) * (1.0 - fy) + px(x0 + 1, y0, c) * fx * (1.0 - fy) + px(x0, y0 + 1, c) * (1.0 - fx) * fy + px(x0 + 1, y0 + 1, c) * fx * fy;
+                let v = px(x0, y0, c) * (1.0 - fx) * (1.0 - fy)
+                    + px(x0 + 1, y0, c) * fx * (1.0 - fy)
+                    + px(x0, y0 + 1, c) * (1.0 - fx) * fy
+                    + px(x0 + 1, y0 + 1, c) * fx * fy;
                 out[(y * w + x) * 3 + c] = v as f32;
             }
         }
@@ -82,7 +86,8 @@ pub fn norm_crop(img: &Rgb8, kps: &[[f64; 2]; 5]) -> (Rgb8, Affine) {
 /// `norm_crop` for a recognizer of another input size, as insightface's `estimate_norm` scales the template:
 /// multiples of 112 scale it; other sizes scale by size/128 and shift x by 8·size/128.
 pub fn norm_crop_size(img: &Rgb8, kps: &[[f64; 2]; 5], size: usize) -> (Rgb8, Affine) {
-    let (ratio, dx) = if size % 112 == 0 { (size as f64 / 112.0, 0.0) } else { (size as f64 / 128.0, 8.0 * size as f64 / 128.0) };
+    let (ratio, dx) =
+        if size % 112 == 0 { (size as f64 / 112.0, 0.0) } else { (size as f64 / 128.0, 8.0 * size as f64 / 128.0) };
     let dst = ARCFACE_TEMPLATE.map(|p| [p[0] * ratio + dx, p[1] * ratio]);
     let m = similarity(kps, &dst);
     (warp_affine(img, &m, size, size), m)

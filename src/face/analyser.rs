@@ -33,7 +33,10 @@ impl Antelope {
             }
             let nested = dir.join("antelopev2").join(name);
             let hint = if nested.is_file() {
-                format!("; it is in {} — point at that nested folder (a common unzip mistake)", nested.parent().unwrap_or(dir).display())
+                format!(
+                    "; it is in {} — point at that nested folder (a common unzip mistake)",
+                    nested.parent().unwrap_or(dir).display()
+                )
             } else if dir.join("det_10g.onnx").is_file() || dir.join("w600k_r50.onnx").is_file() {
                 "; this folder holds the buffalo_l pack, HyperLoRA needs antelopev2".to_string()
             } else if !dir.is_dir() {
@@ -117,7 +120,8 @@ impl FaceAnalysis {
         let b = self.bbox;
         let face = match (self.score, self.det_size) {
             (Some(s), Some(d)) => {
-                let border = if self.padding > 0 { format!(" with a {}-px border", self.padding) } else { String::new() };
+                let border =
+                    if self.padding > 0 { format!(" with a {}-px border", self.padding) } else { String::new() };
                 format!("{} face(s) at det size {d}{border}; using one with score {s:.3}", self.faces_found)
             }
             _ => "face box given".to_string(),
@@ -144,10 +148,15 @@ impl Antelope {
         let (bbox, score, faces_found, det_size, padding) = match opts.pick {
             FacePick::Box(b) => {
                 if !(b[2] > b[0] && b[3] > b[1]) || b.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::Mismatch(format!("{what}: face box {b:?} is not x1,y1,x2,y2 with x2 > x1 and y2 > y1")));
+                    return Err(Error::Mismatch(format!(
+                        "{what}: face box {b:?} is not x1,y1,x2,y2 with x2 > x1 and y2 > y1"
+                    )));
                 }
                 if b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= img.width as f64 || b[1] >= img.height as f64 {
-                    return Err(Error::Mismatch(format!("{what}: face box {b:?} lies outside the {}×{} photo", img.width, img.height)));
+                    return Err(Error::Mismatch(format!(
+                        "{what}: face box {b:?} lies outside the {}×{} photo",
+                        img.width, img.height
+                    )));
                 }
                 (b, None, 0, None, 0)
             }
@@ -155,7 +164,10 @@ impl Antelope {
                 let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
                 let i = if let FacePick::Index(i) = opts.pick { i } else { 0 };
                 let f = d.faces.get(i).ok_or_else(|| {
-                    Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found (0 = highest score)", d.faces.len()))
+                    Error::Mismatch(format!(
+                        "{what}: face {i} asked for, but {} face(s) were found (0 = highest score)",
+                        d.faces.len()
+                    ))
                 })?;
                 (f.bbox.map(|v| v as f64), Some(f.score), d.faces.len(), Some(d.det_size), d.padding)
             }
@@ -187,7 +199,20 @@ impl Antelope {
         let (aligned, _) = super::align::norm_crop_size(&cond.arcface_crop, &kps, self.recognizer.input_size);
         let embedding = self.recognizer.normed_embedding(&aligned)?;
         timings.push(("arcface", t.elapsed()));
-        Ok(FaceAnalysis { bbox, score, faces_found, det_size, padding, landmarks, cond, kps, kps_from, aligned, embedding, timings })
+        Ok(FaceAnalysis {
+            bbox,
+            score,
+            faces_found,
+            det_size,
+            padding,
+            landmarks,
+            cond,
+            kps,
+            kps_from,
+            aligned,
+            embedding,
+            timings,
+        })
     }
 }
 
@@ -201,7 +226,9 @@ impl Antelope {
             FacePick::Best | FacePick::Index(_) => {
                 let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
                 let i = if let FacePick::Index(i) = pick { i } else { 0 };
-                let f = d.faces.get(i).ok_or_else(|| Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found", d.faces.len())))?;
+                let f = d.faces.get(i).ok_or_else(|| {
+                    Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found", d.faces.len()))
+                })?;
                 (f.kps.map(|p| [p[0] as f64, p[1] as f64]), f.bbox.map(|v| v as f64))
             }
         };

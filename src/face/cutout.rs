@@ -8,8 +8,8 @@ use crate::vision::processor::Rgb8;
 /// The outline landmarks: jaw contour through the chin, then both eyebrows. The spec calls them "41" but lists
 /// these 43 indices; the fixture's outline centre and boxes are computed from all 43.
 pub const OUTLINE: [usize; 43] = [
-    1, 9, 10, 11, 12, 13, 14, 15, 16, 2, 3, 4, 5, 6, 7, 8, 0, 24, 23, 22, 21, 20, 19, 18, 32, 31, 30, 29, 28, 27, 26, 25, 17, 101, 105, 104, 103,
-    102, 50, 51, 49, 48, 43,
+    1, 9, 10, 11, 12, 13, 14, 15, 16, 2, 3, 4, 5, 6, 7, 8, 0, 24, 23, 22, 21, 20, 19, 18, 32, 31, 30, 29, 28, 27, 26,
+    25, 17, 101, 105, 104, 103, 102, 50, 51, 49, 48, 43,
 ];
 
 /// Crop box (x0, y0, x1, y1) as Pillow rounds a float box.
@@ -18,7 +18,9 @@ pub fn round_box(b: [f64; 4]) -> [i64; 4] {
 }
 
 fn bbox(pts: &[[f64; 2]]) -> (f64, f64, f64, f64) {
-    pts.iter().fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |(a, b, c, d), p| (a.min(p[0]), b.min(p[1]), c.max(p[0]), d.max(p[1])))
+    pts.iter().fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |(a, b, c, d), p| {
+        (a.min(p[0]), b.min(p[1]), c.max(p[0]), d.max(p[1]))
+    })
 }
 
 /// The outline points, their mean (cx, cy) and the crop half-size l = 0.8·max(w, h) of their bounding box.
@@ -230,7 +232,13 @@ pub struct BaseCondition {
     pub crop_box_rounded: Option<[i64; 4]>,
 }
 
-pub fn base_condition(img: &Rgb8, lm: &[[f64; 2]], crop: bool, lrtb: [f64; 4], safe_crop: bool) -> Result<BaseCondition> {
+pub fn base_condition(
+    img: &Rgb8,
+    lm: &[[f64; 2]],
+    crop: bool,
+    lrtb: [f64; 4],
+    safe_crop: bool,
+) -> Result<BaseCondition> {
     if lm.len() != 106 {
         return Err(Error::Mismatch(format!("the Base condition needs the 106 landmarks, got {}", lm.len())));
     }
@@ -259,6 +267,11 @@ pub fn base_condition(img: &Rgb8, lm: &[[f64; 2]], crop: bool, lrtb: [f64; 4], s
 
 /// Parse ComfyUI's `crop_scale_LRTB` string ("1,1,1,1").
 pub fn parse_lrtb(s: &str) -> Result<[f64; 4]> {
-    let v: Vec<f64> = s.split(',').map(|t| t.trim().parse::<f64>()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Mismatch(format!("crop_scale_LRTB `{s}`: expected four numbers like 1,1,1,1")))?;
-    <[f64; 4]>::try_from(v).map_err(|_| Error::Mismatch(format!("crop_scale_LRTB `{s}`: expected four numbers like 1,1,1,1")))
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|t| t.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Mismatch(format!("crop_scale_LRTB `{s}`: expected four numbers like 1,1,1,1")))?;
+    <[f64; 4]>::try_from(v)
+        .map_err(|_| Error::Mismatch(format!("crop_scale_LRTB `{s}`: expected four numbers like 1,1,1,1")))
 }

@@ -28,8 +28,11 @@ pub fn decode(raw: &[f32], m: &Affine) -> Result<Vec<[f64; 2]>> {
     }
     let inv = invert(m);
     let half = INPUT as f64 / 2.0;
-    Ok(raw.chunks(2).map(|p| {
-        let (x, y) = apply(&inv, (p[0] as f64 + 1.0) * half, (p[1] as f64 + 1.0) * half);
-        [x, y]
-    }).collect())
+    Ok(raw
+        .chunks(2)
+        .map(|p| {
+            let (x, y) = apply(&inv, (p[0] as f64 + 1.0) * half, (p[1] as f64 + 1.0) * half);
+            [x, y]
+        })
+        .collect())
 }

@@ -6,4 +6,3 @@ pub mod cutout;
 pub mod landmark;
 pub mod onnx;
 pub mod scrfd;
-

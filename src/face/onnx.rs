@@ -29,7 +29,9 @@ fn run(p: &Plan, path: &Path, input: Vec<f32>, shape: [usize; 4]) -> Result<Vec<
     let t = tract_ndarray::Array4::from_shape_vec(shape, input).map_err(|e| err(path, "input", e))?;
     let out = p.run(tvec!(Tensor::from(t).into())).map_err(|e| err(path, "inference failed", e))?;
     out.iter()
-        .map(|o| Ok(o.to_plain_array_view::<f32>().map_err(|e| err(path, "output is not f32", e))?.iter().copied().collect()))
+        .map(|o| {
+            Ok(o.to_plain_array_view::<f32>().map_err(|e| err(path, "output is not f32", e))?.iter().copied().collect())
+        })
         .collect()
 }
 
@@ -65,10 +67,14 @@ impl Scrfd {
     pub fn heads_from_blob(&self, blob: Vec<f32>, det: usize) -> Result<RawHeads> {
         let out = run(&self.plan(det)?, &self.path, blob, [1, 3, det, det])?;
         if out.len() != 9 {
-            return Err(Error::invalid(&self.path, format!("SCRFD with keypoints has 9 outputs, this model has {}", out.len())));
+            return Err(Error::invalid(
+                &self.path,
+                format!("SCRFD with keypoints has 9 outputs, this model has {}", out.len()),
+            ));
         }
         let mut it = out.into_iter();
-        let mut next3 = || [it.next().unwrap_or_default(), it.next().unwrap_or_default(), it.next().unwrap_or_default()];
+        let mut next3 =
+            || [it.next().unwrap_or_default(), it.next().unwrap_or_default(), it.next().unwrap_or_default()];
         Ok(RawHeads { scores: next3(), boxes: next3(), kps: next3() })
     }
 
@@ -140,7 +146,8 @@ struct GraphInfo {
 }
 
 fn graph_info(path: &Path) -> Result<GraphInfo> {
-    let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
+    let proto =
+        tract_onnx::onnx().proto_model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
     let graph = proto.graph.as_ref().ok_or_else(|| Error::invalid(path, "ONNX file has no graph"))?;
     let names: Vec<&str> = graph.node.iter().take(8).map(|n| n.name.as_str()).collect();
     let dims: Vec<i64> = graph
@@ -200,7 +207,10 @@ impl ArcFace {
     /// insightface's `normed_embedding` of an aligned crop.
     pub fn normed_embedding(&self, crop: &Rgb8) -> Result<Vec<f32>> {
         if crop.width != self.input_size || crop.height != self.input_size {
-            return Err(Error::Mismatch(format!("ArcFace crop is {}×{}; the model takes {}²", crop.width, crop.height, self.input_size)));
+            return Err(Error::Mismatch(format!(
+                "ArcFace crop is {}×{}; the model takes {}²",
+                crop.width, crop.height, self.input_size
+            )));
         }
         let e = self.embed_blob(self.blob(crop))?;
         let n = e.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -224,7 +234,10 @@ impl Landmark106 {
         let (mean, std) = if (g.sub && g.mul) || g.bn_data { (0.0, 1.0) } else { (127.5, 128.0) };
         let size = square_input(path, &g.dims, "a 106-point landmark model")?;
         if size != super::landmark::INPUT {
-            return Err(Error::invalid(path, format!("a 2d106 landmark model takes 192×192 input; this one takes {size}×{size}")));
+            return Err(Error::invalid(
+                path,
+                format!("a 2d106 landmark model takes 192×192 input; this one takes {size}×{size}"),
+            ));
         }
         Ok(Landmark106 { plan: plan(path, [1, 3, size, size])?, path: path.to_path_buf(), mean, std })
     }
@@ -236,7 +249,10 @@ impl Landmark106 {
         let out = run(&self.plan, &self.path, scrfd::chw_normalized(&crop, self.mean, self.std), [1, 3, s, s])?;
         let raw = out.into_iter().next().ok_or_else(|| Error::invalid(&self.path, "model has no output"))?;
         if raw.len() != 212 {
-            return Err(Error::invalid(&self.path, format!("a 2d106 landmark model returns 212 values; this one returns {}", raw.len())));
+            return Err(Error::invalid(
+                &self.path,
+                format!("a 2d106 landmark model returns 212 values; this one returns {}", raw.len()),
+            ));
         }
         Ok((raw, m))
     }

@@ -32,7 +32,10 @@ pub fn resize_bilinear(img: &Rgb8, w: usize, h: usize) -> Rgb8 {
             let (x0, x1, fx) = tap((x as f64 + 0.5) * sx - 0.5, img.width);
             for c in 0..3 {
                 let p = |xx: usize, yy: usize| img.data[(yy * img.width + xx) * 3 + c] as f64;
-                let v = p(x0, y0) * (1.0 - fx) * (1.0 - fy) + p(x1, y0) * fx * (1.0 - fy) + p(x0, y1) * (1.0 - fx) * fy + p(x1, y1) * fx * fy;
+                let v = p(x0, y0) * (1.0 - fx) * (1.0 - fy)
+                    + p(x1, y0) * fx * (1.0 - fy)
+                    + p(x0, y1) * (1.0 - fx) * fy
+                    + p(x1, y1) * fx * fy;
                 out[(y * w + x) * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
             }
         }
@@ -44,12 +47,14 @@ pub fn resize_bilinear(img: &Rgb8, w: usize, h: usize) -> Rgb8 {
 /// (new size / original size).
 pub fn letterbox(img: &Rgb8, det: usize) -> (Rgb8, f32) {
     let ratio = img.height as f64 / img.width as f64;
-    let (nw, nh) = if ratio > 1.0 { ((det as f64 / ratio) as usize, det) } else { (det, (det as f64 * ratio) as usize) };
+    let (nw, nh) =
+        if ratio > 1.0 { ((det as f64 / ratio) as usize, det) } else { (det, (det as f64 * ratio) as usize) };
     let scale = nh as f32 / img.height as f32;
     let small = resize_bilinear(img, nw.max(1), nh.max(1));
     let mut data = vec![0u8; det * det * 3];
     for y in 0..small.height {
-        data[y * det * 3..y * det * 3 + small.width * 3].copy_from_slice(&small.data[y * small.width * 3..(y + 1) * small.width * 3]);
+        data[y * det * 3..y * det * 3 + small.width * 3]
+            .copy_from_slice(&small.data[y * small.width * 3..(y + 1) * small.width * 3]);
     }
     (Rgb8 { width: det, height: det, data }, scale)
 }
@@ -109,7 +114,12 @@ pub fn decode(raw: &RawHeads, det: usize, det_scale: f32, threshold: f32, nms: f
             let cell = i / ANCHORS;
             let (cx, cy) = ((cell % side) as f32 * sf, (cell / side) as f32 * sf);
             let d = &raw.boxes[si][i * 4..i * 4 + 4];
-            let bbox = [(cx - d[0] * sf) / det_scale, (cy - d[1] * sf) / det_scale, (cx + d[2] * sf) / det_scale, (cy + d[3] * sf) / det_scale];
+            let bbox = [
+                (cx - d[0] * sf) / det_scale,
+                (cy - d[1] * sf) / det_scale,
+                (cx + d[2] * sf) / det_scale,
+                (cy + d[3] * sf) / det_scale,
+            ];
             let k = &raw.kps[si][i * 10..i * 10 + 10];
             let mut kps = [[0f32; 2]; 5];
             for (j, p) in kps.iter_mut().enumerate() {

@@ -137,8 +137,9 @@ pub fn device_dtype(a: &ModelArgs) -> anyhow::Result<(String, ComputeDtype)> {
     let device = a.device.clone().or(cfg.device).unwrap_or_else(|| "cpu".into());
     let dtype = match (a.dtype, cfg.dtype.as_deref()) {
         (Some(d), _) => d,
-        (None, Some(s)) => <ComputeDtype as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| anyhow::anyhow!("{}: dtype `{s}`: expected f32, f16 or bf16", crate::models::config_path().display()))?,
+        (None, Some(s)) => <ComputeDtype as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            anyhow::anyhow!("{}: dtype `{s}`: expected f32, f16 or bf16", crate::models::config_path().display())
+        })?,
         (None, None) => ComputeDtype::F32,
     };
     Ok((device, dtype))
@@ -146,7 +147,10 @@ pub fn device_dtype(a: &ModelArgs) -> anyhow::Result<(String, ComputeDtype)> {
 
 /// A session for a one-shot command: CPU, f32, given paths, reporting nothing (the command prints its result).
 pub fn quiet_session(paths: ModelPaths) -> Session {
-    Session::new(SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 }, Arc::new(|_: &Event| {}))
+    Session::new(
+        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
+        Arc::new(|_: &Event| {}),
+    )
 }
 
 pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {
@@ -157,7 +161,6 @@ pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {
     let (set, _) = crate::demo::ensure(&dir)?;
     Ok(set)
 }
-
 
 /// Set the demo set's variables in a script: `demo_photo`, `demo_box`, `size` (128) and `steps` (6).
 pub fn define_demo(script: &mut crate::script::Script, d: &crate::demo::DemoSet) {

@@ -16,9 +16,7 @@ pub fn open_brackets(src: &str) -> i64 {
             }
             None => match c {
                 '"' | '`' | '\'' => in_str = Some(c),
-                '/' if chars.peek() == Some(&'/') => {
-                    while chars.next().is_some_and(|c| c != '\n') {}
-                }
+                '/' if chars.peek() == Some(&'/') => while chars.next().is_some_and(|c| c != '\n') {},
                 '(' | '[' | '{' => depth += 1,
                 ')' | ']' | '}' => depth -= 1,
                 _ => {}
@@ -38,8 +36,12 @@ pub fn candidates(word: &str, variables: &[String]) -> Vec<String> {
     if word.is_empty() {
         return Vec::new();
     }
-    let mut m: Vec<String> =
-        crate::script::api::API.iter().map(|(n, ..)| n.to_string()).chain(variables.iter().cloned()).filter(|n| n.starts_with(word)).collect();
+    let mut m: Vec<String> = crate::script::api::API
+        .iter()
+        .map(|(n, ..)| n.to_string())
+        .chain(variables.iter().cloned())
+        .filter(|n| n.starts_with(word))
+        .collect();
     m.sort();
     m.dedup();
     m

@@ -118,7 +118,10 @@ impl FileConfig {
 fn dim(file: &StFile, key: &str, axis: usize, what: &str) -> Result<usize> {
     let shape = file.require_shape(key, what)?;
     shape.get(axis).copied().ok_or_else(|| {
-        Error::invalid(file.path(), format!("tensor `{key}` has shape {shape:?}; expected at least {} dimensions ({what})", axis + 1))
+        Error::invalid(
+            file.path(),
+            format!("tensor `{key}` has shape {shape:?}; expected at least {} dimensions ({what})", axis + 1),
+        )
     })
 }
 
@@ -159,7 +162,10 @@ pub fn derive_resampler(file: &StFile, heads_dim_head: (usize, usize), num_queri
     }
     let ff_hidden = dim(file, "layers.0.ff.net.0.proj.weight", 0, "feed-forward hidden width")?;
     if ff_hidden % dim_ != 0 {
-        return Err(Error::invalid(file.path(), format!("feed-forward width {ff_hidden} is not a multiple of the latent width {dim_}")));
+        return Err(Error::invalid(
+            file.path(),
+            format!("feed-forward width {ff_hidden} is not a multiple of the latent width {dim_}"),
+        ));
     }
     let n_conds = if file.contains("proj_in_2.weight") { 2 } else { 1 };
     Ok(ResamplerConfig {

@@ -15,7 +15,7 @@ impl IdProjector {
     pub fn new(c: &HyperConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             proj: linear(c.id_embed_dim, c.num_id_tokens * c.embedding_dim, vb.pp("0"))?, // 0.weight, 0.bias
-            norm: layer_norm(c.embedding_dim, 1e-5, vb.pp("2"))?,                          // 2.weight, 2.bias
+            norm: layer_norm(c.embedding_dim, 1e-5, vb.pp("2"))?,                         // 2.weight, 2.bias
             tokens: c.num_id_tokens,
             width: c.embedding_dim,
         })

@@ -7,7 +7,6 @@ pub mod modules;
 pub mod resampler;
 pub mod synth;
 
-
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
 use crate::identity::{hex, Identity, Variant};
@@ -21,8 +20,8 @@ use modules::ModuleSpec;
 use resampler::{Resampler, ResamplerTrace};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-pub use synth::Branch;
 use synth::Bases;
+pub use synth::Branch;
 
 /// The trigger phrase the released weights were trained with (spec §4.3).
 pub const TRIGGER: &str = "fcsks fxhks fhyks";
@@ -100,7 +99,10 @@ impl HyperLora {
     pub fn load(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
-            return Err(Error::invalid(&dir, "not a folder (expected a HyperLoRA variant folder such as sdxl_hyper_id_lora_v1_fidelity/)"));
+            return Err(Error::invalid(
+                &dir,
+                "not a folder (expected a HyperLoRA variant folder such as sdxl_hyper_id_lora_v1_fidelity/)",
+            ));
         }
         let (modules, json_bytes) = modules::load(&dir.join(MODULES_JSON))?;
         let idp_file = StFile::open(dir.join(ID_PROJECTOR_FILE))?;
@@ -120,7 +122,10 @@ impl HyperLora {
         let width = idp_file.require_shape("2.weight", "id projector LayerNorm [W]")?.first().copied().unwrap_or(0);
         let idp_w = idp_file.require_shape("0.weight", "id projector Linear [T·W, E]")?.to_vec();
         if width == 0 || idp_w.len() != 2 || idp_w[0] % width != 0 {
-            return Err(Error::invalid(idp_file.path(), format!("`0.weight` {idp_w:?} is not [T·W, E] for W = {width}")));
+            return Err(Error::invalid(
+                idp_file.path(),
+                format!("`0.weight` {idp_w:?} is not [T·W, E] for W = {width}"),
+            ));
         }
         let q = 8 * modules.len();
         let res_cfg = config::derive_resampler(&res_file, heads, q)?;
@@ -129,18 +134,32 @@ impl HyperLora {
                 file: res_file.path().to_path_buf(),
                 key: "proj_in_2.weight".into(),
                 expected: vec![res_cfg.dim, width],
-                hint: " (the ID resampler takes ArcFace and CLIP tokens; only 'clip + arcface' works with the release)".into(),
+                hint: " (the ID resampler takes ArcFace and CLIP tokens; only 'clip + arcface' works with the release)"
+                    .into(),
             });
         }
         if res_cfg.embedding_dim != width {
             return Err(Error::invalid(
                 res_file.path(),
-                format!("`proj_in.weight` takes width {}, but the id projector makes tokens of width {width}", res_cfg.embedding_dim),
+                format!(
+                    "`proj_in.weight` takes width {}, but the id projector makes tokens of width {width}",
+                    res_cfg.embedding_dim
+                ),
             ));
         }
-        let rank = bases_file.require_shape("0.to_q.id_down_basis", "ID bases [K, in, r]")?.get(2).copied().unwrap_or(0);
+        let rank =
+            bases_file.require_shape("0.to_q.id_down_basis", "ID bases [K, in, r]")?.get(2).copied().unwrap_or(0);
         let base_rank = if has_base {
-            Some(bases_file.require_shape("0.to_q.base_down_basis", "Base bases [K, in, r_b] (config/base_resampler say the variant has the Base branch)")?.get(2).copied().unwrap_or(0))
+            Some(
+                bases_file
+                    .require_shape(
+                        "0.to_q.base_down_basis",
+                        "Base bases [K, in, r_b] (config/base_resampler say the variant has the Base branch)",
+                    )?
+                    .get(2)
+                    .copied()
+                    .unwrap_or(0),
+            )
         } else {
             None
         };
@@ -159,9 +178,15 @@ impl HyperLora {
         }
 
         // --- strict loads
-        let id_projector = strict_load(&idp_file, &IdProjector::expected(&config), "", opts, |vb| IdProjector::new(&config, vb))?;
-        let resampler = strict_load(&res_file, &Resampler::expected(&res_cfg), "", opts, |vb| Resampler::new(&res_cfg, vb))?;
-        let base_hint = if has_base { "" } else { " — `base_*_basis` tensors belong to the Base branch: put base_resampler.safetensors beside them (or set has_base_lora in config.json)" };
+        let id_projector =
+            strict_load(&idp_file, &IdProjector::expected(&config), "", opts, |vb| IdProjector::new(&config, vb))?;
+        let resampler =
+            strict_load(&res_file, &Resampler::expected(&res_cfg), "", opts, |vb| Resampler::new(&res_cfg, vb))?;
+        let base_hint = if has_base {
+            ""
+        } else {
+            " — `base_*_basis` tensors belong to the Base branch: put base_resampler.safetensors beside them (or set has_base_lora in config.json)"
+        };
         bases_file.check_strict(&Bases::expected(&modules, config.hyper_dim, rank, base_rank), base_hint)?;
         let base_resampler = match &base_res_file {
             Some(f) => {
@@ -186,10 +211,25 @@ impl HyperLora {
         for f in [&idp_file, &res_file, &bases_file].into_iter().chain(base_res_file.as_ref()) {
             h.update(f.fingerprint());
         }
-        let label = dir.canonicalize().unwrap_or(dir.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let label = dir
+            .canonicalize()
+            .unwrap_or(dir.clone())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let variant = Variant { hash: hex(&h.finalize()), label };
         let bases = Bases::new(bases_file, modules.clone(), config.hyper_dim, rank, base_rank);
-        Ok(HyperLora { dir, config, modules, id_projector, resampler, base_resampler, bases, variant, opts: opts.clone() })
+        Ok(HyperLora {
+            dir,
+            config,
+            modules,
+            id_projector,
+            resampler,
+            base_resampler,
+            bases,
+            variant,
+            opts: opts.clone(),
+        })
     }
 
     pub fn config(&self) -> &HyperConfig {
@@ -219,7 +259,10 @@ impl HyperLora {
     pub fn id_tokens(&self, arcface: &Tensor) -> Result<Tensor> {
         let (_, e) = arcface.dims2()?;
         if e != self.config.id_embed_dim {
-            return Err(Error::Mismatch(format!("ArcFace embeddings have width {e}; this variant expects {}", self.config.id_embed_dim)));
+            return Err(Error::Mismatch(format!(
+                "ArcFace embeddings have width {e}; this variant expects {}",
+                self.config.id_embed_dim
+            )));
         }
         Ok(self.id_projector.forward(&arcface.to_dtype(self.opts.dtype)?.to_device(&self.opts.device)?)?)
     }
@@ -227,7 +270,10 @@ impl HyperLora {
     fn check_clip(&self, clip: &Tensor, what: &str) -> Result<()> {
         match clip.dims() {
             [_, _, w] if *w == self.config.embedding_dim => Ok(()),
-            d => Err(Error::Mismatch(format!("{what} has shape {d:?}; expected [N, tokens, {}] (CLIP hidden states)", self.config.embedding_dim))),
+            d => Err(Error::Mismatch(format!(
+                "{what} has shape {d:?}; expected [N, tokens, {}] (CLIP hidden states)",
+                self.config.embedding_dim
+            ))),
         }
     }
 
@@ -235,7 +281,11 @@ impl HyperLora {
     pub fn forward_id_traced(&self, arcface: &Tensor, clip: &Tensor) -> Result<IdTrace> {
         self.check_clip(clip, "CLIP features")?;
         if arcface.dim(0)? != clip.dim(0)? {
-            return Err(Error::Mismatch(format!("{} ArcFace embeddings but {} CLIP feature rows", arcface.dim(0)?, clip.dim(0)?)));
+            return Err(Error::Mismatch(format!(
+                "{} ArcFace embeddings but {} CLIP feature rows",
+                arcface.dim(0)?,
+                clip.dim(0)?
+            )));
         }
         let id_tokens = self.id_tokens(arcface)?;
         let clip = clip.to_dtype(self.opts.dtype)?.to_device(&self.opts.device)?;
@@ -260,7 +310,10 @@ impl HyperLora {
     /// Raw Base-resampler outputs [M, Q, K] for M base-condition images' CLIP features.
     pub fn raw_base(&self, clip_base: &Tensor) -> Result<Tensor> {
         let br = self.base_resampler.as_ref().ok_or_else(|| {
-            Error::Mismatch(format!("{} has no Base branch (no {BASE_RESAMPLER_FILE}); Base features cannot be used", self.dir.display()))
+            Error::Mismatch(format!(
+                "{} has no Base branch (no {BASE_RESAMPLER_FILE}); Base features cannot be used",
+                self.dir.display()
+            ))
         })?;
         self.check_clip(clip_base, "Base CLIP features")?;
         chunked(clip_base.dim(0)?, |s, len| {
@@ -293,7 +346,11 @@ impl HyperLora {
         }
         let q = self.config.resampler.num_queries;
         if id.dims() != (q, self.config.hyper_dim) {
-            return Err(Error::Mismatch(format!("identity has {:?} coefficients, this variant needs [{q}, {}]", id.dims(), self.config.hyper_dim)));
+            return Err(Error::Mismatch(format!(
+                "identity has {:?} coefficients, this variant needs [{q}, {}]",
+                id.dims(),
+                self.config.hyper_dim
+            )));
         }
         Ok(())
     }
@@ -305,14 +362,19 @@ impl HyperLora {
             Branch::Id => id.coefficients()?,
             Branch::Base => {
                 if !self.has_base() {
-                    return Err(Error::Mismatch(format!("a Base weight needs the Base branch, but {} has no {BASE_RESAMPLER_FILE}", self.dir.display())));
+                    return Err(Error::Mismatch(format!(
+                        "a Base weight needs the Base branch, but {} has no {BASE_RESAMPLER_FILE}",
+                        self.dir.display()
+                    )));
                 }
                 id.base_coefficients()?.ok_or_else(|| {
-                    Error::Mismatch(format!("identity {} has no Base coefficients (it was made without Base-condition images)", id.short_hash()))
+                    Error::Mismatch(format!(
+                        "identity {} has no Base coefficients (it was made without Base-condition images)",
+                        id.short_hash()
+                    ))
                 })?
             }
         };
         Ok(LoraWeights { layers: self.bases.synthesize(&coeffs, branch)? })
     }
 }
-

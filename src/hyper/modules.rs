@@ -72,16 +72,19 @@ impl ModuleSpec {
 pub fn parse(path: &Path, text: &str) -> Result<Vec<ModuleSpec>> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| Error::invalid(path, "expected a JSON object of module name → {hidden_size, cross_attention_dim}"))?;
+    let obj = value.as_object().ok_or_else(|| {
+        Error::invalid(path, "expected a JSON object of module name → {hidden_size, cross_attention_dim}")
+    })?;
     let mut out = Vec::with_capacity(obj.len());
     for (name, v) in obj {
         let bad = |what: &str| Error::invalid(path, format!("module `{name}`: {what}"));
-        let hidden = v.get("hidden_size").and_then(|h| h.as_u64()).ok_or_else(|| bad("missing integer `hidden_size`"))?;
+        let hidden =
+            v.get("hidden_size").and_then(|h| h.as_u64()).ok_or_else(|| bad("missing integer `hidden_size`"))?;
         let cross = match v.get("cross_attention_dim") {
             None | Some(serde_json::Value::Null) => None,
-            Some(c) => Some(c.as_u64().ok_or_else(|| bad("`cross_attention_dim` must be an integer or null"))? as usize),
+            Some(c) => {
+                Some(c.as_u64().ok_or_else(|| bad("`cross_attention_dim` must be an integer or null"))? as usize)
+            }
         };
         let spec = ModuleSpec::new(name, hidden as usize, cross)
             .ok_or_else(|| bad("not a kohya UNet module name (expected e.g. lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1)"))?;
@@ -143,7 +146,18 @@ mod tests {
         assert_eq!(m.len(), 140);
         // The published hyper_lora_modules.json is 18,378 bytes (spec §2.5); same names, same formatting.
         assert_eq!(to_json(&m).len(), 18_378);
-        let params: usize = m.iter().map(|s| Proj::ALL.iter().map(|&p| { let (i, o) = s.dims(p); 8 * (i + o) }).sum::<usize>()).sum();
+        let params: usize = m
+            .iter()
+            .map(|s| {
+                Proj::ALL
+                    .iter()
+                    .map(|&p| {
+                        let (i, o) = s.dims(p);
+                        8 * (i + o)
+                    })
+                    .sum::<usize>()
+            })
+            .sum();
         assert_eq!(params, 11_612_160);
     }
 }

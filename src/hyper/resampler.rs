@@ -97,7 +97,11 @@ impl PerceiverLayer {
     fn new(c: &ResamplerConfig, vb: VarBuilder) -> Result<Self> {
         let ln = |k: &str| layer_norm(c.dim, LN_EPS, vb.pp(k)); // layers.{l}.norm_attn1.weight
         let cond2 = if c.n_conds == 2 {
-            Some(Cond2 { norm_l: ln("norm_attn3_l")?, norm_y: ln("norm_attn3_y")?, attn: Attention::new(c, vb.pp("attn3"))? })
+            Some(Cond2 {
+                norm_l: ln("norm_attn3_l")?,
+                norm_y: ln("norm_attn3_y")?,
+                attn: Attention::new(c, vb.pp("attn3"))?,
+            })
         } else {
             None
         };

@@ -97,11 +97,17 @@ impl Bases {
     pub fn synthesize(&self, coeffs: &Tensor, branch: Branch) -> Result<Vec<LoraLayer>> {
         let rank = match branch {
             Branch::Id => self.rank,
-            Branch::Base => self.base_rank.ok_or_else(|| Error::Mismatch("this HyperLoRA variant has no Base-LoRA bases".into()))?,
+            Branch::Base => {
+                self.base_rank.ok_or_else(|| Error::Mismatch("this HyperLoRA variant has no Base-LoRA bases".into()))?
+            }
         };
         let q = 8 * self.modules.len();
         if coeffs.dims() != [q, self.k] {
-            return Err(Error::Mismatch(format!("coefficients have shape {:?}, this variant needs [{q}, {}]", coeffs.dims(), self.k)));
+            return Err(Error::Mismatch(format!(
+                "coefficients have shape {:?}, this variant needs [{q}, {}]",
+                coeffs.dims(),
+                self.k
+            )));
         }
         let c = coeffs.to_dtype(candle_core::DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
         let jobs: Vec<(usize, Proj)> = (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect();

@@ -91,7 +91,8 @@ fn classify(key: &str) -> Option<(String, &'static str, Spelling)> {
         let target = format!("{module}.{}", if proj == "to_out" { "to_out.0" } else { proj });
         return well_formed(&target).then_some((target, role, Spelling::Diffusers));
     }
-    let (stem, role, mut spelling) = SUFFIXES.iter().find_map(|(s, r, sp)| key.strip_suffix(s).map(|st| (st, *r, *sp)))?;
+    let (stem, role, mut spelling) =
+        SUFFIXES.iter().find_map(|(s, r, sp)| key.strip_suffix(s).map(|st| (st, *r, *sp)))?;
     if let Some(t) = names::target_from_kohya(stem) {
         return Some((t, role, Spelling::Kohya));
     }
@@ -139,9 +140,14 @@ pub fn import(path: &Path) -> Result<Imported> {
         let (down, up) = match (down.rank(), up.rank()) {
             (2, 2) => (down, up),
             // 1×1 conv LoRAs store [r, in, 1, 1] / [out, r, 1, 1]
-            (4, 4) if down.dims()[2..] == [1, 1] && up.dims()[2..] == [1, 1] => (down.flatten_from(1)?, up.flatten_from(1)?),
+            (4, 4) if down.dims()[2..] == [1, 1] && up.dims()[2..] == [1, 1] => {
+                (down.flatten_from(1)?, up.flatten_from(1)?)
+            }
             _ => {
-                return Err(Error::invalid(path, format!("`{dk}` {:?} / `{uk}` {:?}: expected 2-D LoRA factors", down.dims(), up.dims())))
+                return Err(Error::invalid(
+                    path,
+                    format!("`{dk}` {:?} / `{uk}` {:?}: expected 2-D LoRA factors", down.dims(), up.dims()),
+                ))
             }
         };
         let r = down.dims()[0];
@@ -157,7 +163,11 @@ pub fn import(path: &Path) -> Result<Imported> {
     if layers.is_empty() {
         return Err(Error::invalid(
             path,
-            format!("no UNet LoRA layers found ({} keys, e.g. `{}`)", unmatched.len(), unmatched.first().map(String::as_str).unwrap_or("")),
+            format!(
+                "no UNet LoRA layers found ({} keys, e.g. `{}`)",
+                unmatched.len(),
+                unmatched.first().map(String::as_str).unwrap_or("")
+            ),
         ));
     }
     Ok(Imported { weights: LoraWeights { layers }, spelling, unmatched })
@@ -185,7 +195,14 @@ mod tests {
 }
 
 /// kohya `ss_*` and `modelspec.*` metadata for an exported SDXL UNet LoRA, plus our own provenance.
-pub fn kohya_metadata(title: &str, max_rank: usize, alpha_ratio: f64, trigger: &str, description: &str, extra: &[(&str, String)]) -> HashMap<String, String> {
+pub fn kohya_metadata(
+    title: &str,
+    max_rank: usize,
+    alpha_ratio: f64,
+    trigger: &str,
+    description: &str,
+    extra: &[(&str, String)],
+) -> HashMap<String, String> {
     let mut m: HashMap<String, String> = [
         ("ss_network_module", "networks.lora".to_string()),
         ("ss_network_dim", max_rank.to_string()),

@@ -3,7 +3,6 @@ use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-
 /// `config.toml`: every key optional; relative paths are relative to the file's folder.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,9 +38,13 @@ pub fn load_config(path: &Path) -> Result<Option<FileConfig>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let mut c: FileConfig = toml::from_str(&text).map_err(|e| Error::invalid(path, format!("not a valid config: {}", e.to_string().trim())))?;
+    let mut c: FileConfig = toml::from_str(&text)
+        .map_err(|e| Error::invalid(path, format!("not a valid config: {}", e.to_string().trim())))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut c.sdxl, &mut c.sdxl_config, &mut c.hyperlora, &mut c.clip, &mut c.antelopev2, &mut c.comfyui].into_iter().flatten() {
+    for p in [&mut c.sdxl, &mut c.sdxl_config, &mut c.hyperlora, &mut c.clip, &mut c.antelopev2, &mut c.comfyui]
+        .into_iter()
+        .flatten()
+    {
         if p.is_relative() {
             *p = base.join(&*p);
         }

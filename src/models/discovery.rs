@@ -28,7 +28,12 @@ impl Discovered {
     /// Fill what `paths` lacks from what was found.
     pub fn fill(&self, paths: &mut ModelPaths) {
         let d = &self.paths;
-        for (slot, found) in [(&mut paths.sdxl, &d.sdxl), (&mut paths.hyperlora, &d.hyperlora), (&mut paths.clip, &d.clip), (&mut paths.antelopev2, &d.antelopev2)] {
+        for (slot, found) in [
+            (&mut paths.sdxl, &d.sdxl),
+            (&mut paths.hyperlora, &d.hyperlora),
+            (&mut paths.clip, &d.clip),
+            (&mut paths.antelopev2, &d.antelopev2),
+        ] {
             if slot.is_none() {
                 *slot = found.clone();
             }
@@ -36,8 +41,8 @@ impl Discovered {
     }
 }
 
-
-pub(crate) const HYPER_FILES: [&str; 4] = ["hyper_lora_modules.json", "hyper_lora_modules.safetensors", "resampler.safetensors", "id_projector.safetensors"];
+pub(crate) const HYPER_FILES: [&str; 4] =
+    ["hyper_lora_modules.json", "hyper_lora_modules.safetensors", "resampler.safetensors", "id_projector.safetensors"];
 pub(crate) const ANTELOPE_FILES: [&str; 3] = ["scrfd_10g_bnkps.onnx", "2d106det.onnx", "glintr100.onnx"];
 
 fn is_variant(d: &Path) -> bool {
@@ -53,13 +58,19 @@ fn is_antelope(d: &Path) -> bool {
 /// Search a ComfyUI `models/` folder (or the ComfyUI folder above it).
 pub fn discover_comfyui(root: &Path) -> Discovered {
     let mut d = Discovered::default();
-    let models = if root.join("models").is_dir() && !root.join("checkpoints").is_dir() { root.join("models") } else { root.to_path_buf() };
+    let models = if root.join("models").is_dir() && !root.join("checkpoints").is_dir() {
+        root.join("models")
+    } else {
+        root.to_path_buf()
+    };
     if !models.is_dir() {
         d.hints.push(format!("{}: no such folder", models.display()));
         return d;
     }
     for f in sorted_dirs(&models.join("checkpoints")) {
-        if f.extension().is_some_and(|e| e == "safetensors") && StFile::open(&f).map(|s| crate::sdxl::single_file::detect(&s).is_ok()).unwrap_or(false) {
+        if f.extension().is_some_and(|e| e == "safetensors")
+            && StFile::open(&f).map(|s| crate::sdxl::single_file::detect(&s).is_ok()).unwrap_or(false)
+        {
             d.add("sdxl", f);
         }
     }
@@ -90,7 +101,10 @@ pub fn discover_comfyui(root: &Path) -> Discovered {
         d.hints.push(format!("{}: the ONNX files are in a nested antelopev2/antelopev2 folder (a common unzip mistake); move them up one level", ante.display()));
         d.add("antelopev2", ante.join("antelopev2"));
     } else if ante.parent().is_some_and(|p| p.join("buffalo_l").is_dir()) {
-        d.hints.push(format!("{}: only buffalo_l is installed; HyperLoRA needs antelopev2", ante.parent().unwrap_or(&ante).display()));
+        d.hints.push(format!(
+            "{}: only buffalo_l is installed; HyperLoRA needs antelopev2",
+            ante.parent().unwrap_or(&ante).display()
+        ));
     }
     d
 }
@@ -103,7 +117,9 @@ pub fn hub_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME") {
         return PathBuf::from(p).join("hub");
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")).unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
 }
 
 /// The snapshot folders of a hub repo (`models--org--name/snapshots/<rev>/`), the one `refs/main` names first.

@@ -50,15 +50,26 @@ fn tensor_info(f: &StFile, key: &str) -> String {
 fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
     if p.is_dir() {
         let index = p.join("model_index.json");
-        let mi: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?).map_err(|e| Error::invalid(&index, e.to_string()))?;
+        let mi: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?)
+                .map_err(|e| Error::invalid(&index, e.to_string()))?;
         let class = mi.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
         if !class.starts_with("StableDiffusionXL") {
             return Err(Error::invalid(&index, format!("_class_name is `{class}`, not an SDXL pipeline")));
         }
-        let unet = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"].iter().map(|n| p.join("unet").join(n)).find(|f| f.is_file());
-        let unet = unet.ok_or_else(|| Error::invalid(p.join("unet"), "no diffusion_pytorch_model(.fp16).safetensors"))?;
+        let unet = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+            .iter()
+            .map(|n| p.join("unet").join(n))
+            .find(|f| f.is_file());
+        let unet =
+            unet.ok_or_else(|| Error::invalid(p.join("unet"), "no diffusion_pytorch_model(.fp16).safetensors"))?;
         let f = StFile::open(&unet)?;
-        Ok(format!("diffusers folder, {}, UNet {} tensors, {}", human(size_of(p)), f.keys().len(), tensor_info(&f, "conv_in.weight")))
+        Ok(format!(
+            "diffusers folder, {}, UNet {} tensors, {}",
+            human(size_of(p)),
+            f.keys().len(),
+            tensor_info(&f, "conv_in.weight")
+        ))
     } else {
         let f = StFile::open(p)?;
         crate::sdxl::single_file::detect(&f)?;
@@ -69,14 +80,22 @@ fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
                 "SDXL base configs, built-in tokenizers".to_string()
             }
         };
-        Ok(format!("single file, {configs}, {}, {} tensors, {}", human(size_of(p)), f.keys().len(), tensor_info(&f, "model.diffusion_model.input_blocks.0.0.weight")))
+        Ok(format!(
+            "single file, {configs}, {}, {} tensors, {}",
+            human(size_of(p)),
+            f.keys().len(),
+            tensor_info(&f, "model.diffusion_model.input_blocks.0.0.weight")
+        ))
     }
 }
 
 fn check_hyper(p: &Path) -> Result<String> {
     for f in HYPER_FILES {
         if !p.join(f).is_file() {
-            return Err(Error::invalid(p, format!("{f} is missing (a variant folder holds {})", HYPER_FILES.join(", "))));
+            return Err(Error::invalid(
+                p,
+                format!("{f} is missing (a variant folder holds {})", HYPER_FILES.join(", ")),
+            ));
         }
     }
     let (modules, _) = crate::hyper::modules::load(&p.join("hyper_lora_modules.json"))?;
@@ -84,12 +103,18 @@ fn check_hyper(p: &Path) -> Result<String> {
     let bases = StFile::open(p.join("hyper_lora_modules.safetensors"))?;
     let id_bases = bases.keys().iter().filter(|k| k.contains(".id_")).count();
     if id_bases != 8 * n {
-        return Err(Error::invalid(p.join("hyper_lora_modules.safetensors"), format!("{id_bases} id_*_basis tensors; {n} modules need {}", 8 * n)));
+        return Err(Error::invalid(
+            p.join("hyper_lora_modules.safetensors"),
+            format!("{id_bases} id_*_basis tensors; {n} modules need {}", 8 * n),
+        ));
     }
     let res = StFile::open(p.join("resampler.safetensors"))?;
     let q = res.shape("latents").map(|s| s.to_vec()).unwrap_or_default();
     if q.get(1) != Some(&(8 * n)) {
-        return Err(Error::invalid(p.join("resampler.safetensors"), format!("`latents` has shape {q:?}; {n} modules need {} queries", 8 * n)));
+        return Err(Error::invalid(
+            p.join("resampler.safetensors"),
+            format!("`latents` has shape {q:?}; {n} modules need {} queries", 8 * n),
+        ));
     }
     StFile::open(p.join("id_projector.safetensors"))?;
     let first = bases.keys().into_iter().next().unwrap_or_default();
@@ -101,7 +126,12 @@ fn check_clip(p: &Path) -> Result<String> {
     let cfg = crate::vision::clip::ClipVisionConfig::load(&p.join("config.json"))?;
     let f = StFile::open(p.join("model.safetensors"))?;
     let key = "vision_model.embeddings.patch_embedding.weight";
-    let shape = f.shape(key).ok_or_else(|| Error::invalid(p.join("model.safetensors"), format!("no `{key}`: not a CLIP vision checkpoint")))?.to_vec();
+    let shape = f
+        .shape(key)
+        .ok_or_else(|| {
+            Error::invalid(p.join("model.safetensors"), format!("no `{key}`: not a CLIP vision checkpoint"))
+        })?
+        .to_vec();
     let want = vec![cfg.hidden_size, cfg.num_channels, cfg.patch_size, cfg.patch_size];
     if shape != want {
         return Err(Error::invalid(
@@ -110,7 +140,14 @@ fn check_clip(p: &Path) -> Result<String> {
         ));
     }
     let l14 = cfg.hidden_size == 1024 && cfg.num_hidden_layers == 24 && cfg.patch_size == 14;
-    Ok(format!("{}, hidden {}, {} layers, patch {}{}", human(size_of(p)), cfg.hidden_size, cfg.num_hidden_layers, cfg.patch_size, if l14 { " (ViT-L/14)" } else { " (not ViT-L/14: the release expects L/14)" }))
+    Ok(format!(
+        "{}, hidden {}, {} layers, patch {}{}",
+        human(size_of(p)),
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.patch_size,
+        if l14 { " (ViT-L/14)" } else { " (not ViT-L/14: the release expects L/14)" }
+    ))
 }
 
 fn check_antelope(p: &Path) -> Result<String> {
@@ -119,7 +156,11 @@ fn check_antelope(p: &Path) -> Result<String> {
         let file = p.join(f);
         let n = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         if n == 0 {
-            let hint = if p.join("antelopev2").join(f).is_file() { " (it is in the nested antelopev2/antelopev2 folder)" } else { "" };
+            let hint = if p.join("antelopev2").join(f).is_file() {
+                " (it is in the nested antelopev2/antelopev2 folder)"
+            } else {
+                ""
+            };
             return Err(Error::invalid(p, format!("{f} is missing or empty{hint}")));
         }
         parts.push(format!("{f} {}", human(n)));
@@ -140,11 +181,25 @@ pub fn doctor(paths: &ModelPaths) -> Vec<Check> {
     comps
         .into_iter()
         .map(|(component, path, licence, check)| match path {
-            None => Check { component, status: Status::Missing, path: None, detail: "not configured and not found".into(), licence },
-            Some(p) if !p.exists() => Check { component, status: Status::Missing, path: Some(p.clone()), detail: "no such file or folder".into(), licence },
+            None => Check {
+                component,
+                status: Status::Missing,
+                path: None,
+                detail: "not configured and not found".into(),
+                licence,
+            },
+            Some(p) if !p.exists() => Check {
+                component,
+                status: Status::Missing,
+                path: Some(p.clone()),
+                detail: "no such file or folder".into(),
+                licence,
+            },
             Some(p) => match check(p) {
                 Ok(detail) => Check { component, status: Status::Ok, path: Some(p.clone()), detail, licence },
-                Err(e) => Check { component, status: Status::Bad, path: Some(p.clone()), detail: e.to_string(), licence },
+                Err(e) => {
+                    Check { component, status: Status::Bad, path: Some(p.clone()), detail: e.to_string(), licence }
+                }
             },
         })
         .collect()

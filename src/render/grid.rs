@@ -45,7 +45,9 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
     let width = cols * (cw + PAD) + PAD;
     let height = title_h + rows * (ch + line) + PAD;
     if width.checked_mul(height).is_none_or(|p| p > MAX_PIXELS) {
-        return Err(Error::Mismatch(format!("grid: a {width}×{height} sheet is larger than the {MAX_PIXELS}-pixel limit; use fewer or smaller images")));
+        return Err(Error::Mismatch(format!(
+            "grid: a {width}×{height} sheet is larger than the {MAX_PIXELS}-pixel limit; use fewer or smaller images"
+        )));
     }
     let mut rgb = BG.iter().copied().cycle().take(width * height * 3).collect::<Vec<u8>>();
     if let Some(t) = title.filter(|t| !t.is_empty()) {
@@ -55,7 +57,12 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
     let mut json_cells = Vec::new();
     for (i, c) in cells.iter().enumerate() {
         if c.rgb.len() != c.width * c.height * 3 {
-            return Err(Error::Mismatch(format!("grid: image {i} has {} bytes for {}×{} RGB", c.rgb.len(), c.width, c.height)));
+            return Err(Error::Mismatch(format!(
+                "grid: image {i} has {} bytes for {}×{} RGB",
+                c.rgb.len(),
+                c.width,
+                c.height
+            )));
         }
         let (gx, gy) = (PAD + (i % cols) * (cw + PAD), title_h + PAD + (i / cols) * (ch + line));
         let (ox, oy) = (gx + (cw - c.width) / 2, gy + (ch - c.height) / 2);
@@ -66,7 +73,8 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
         }
         let max = cw / (8 * scale);
         text::draw(&mut rgb, width, height, gx, gy + ch + PAD, &text::fit(&c.label, max), scale, FG);
-        let settings: serde_json::Map<String, serde_json::Value> = c.settings.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect();
+        let settings: serde_json::Map<String, serde_json::Value> =
+            c.settings.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect();
         json_cells.push(serde_json::json!({ "label": c.label, "settings": settings }));
     }
     let meta = serde_json::json!({ "title": title.unwrap_or(""), "cols": cols, "rows": rows, "cells": json_cells });

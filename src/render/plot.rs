@@ -20,9 +20,17 @@ impl Plot {
             return Err(Error::Mismatch("plot: no points".into()));
         }
         if let Some(i) = xs.iter().zip(ys).position(|(a, b)| !a.is_finite() || !b.is_finite()) {
-            return Err(Error::Mismatch(format!("plot: point {i} is ({}, {}): only finite numbers can be drawn", xs[i], ys[i])));
+            return Err(Error::Mismatch(format!(
+                "plot: point {i} is ({}, {}): only finite numbers can be drawn",
+                xs[i], ys[i]
+            )));
         }
-        Ok(Plot { title: title.into(), x_label: x.into(), y_label: y.into(), points: xs.iter().copied().zip(ys.iter().copied()).collect() })
+        Ok(Plot {
+            title: title.into(),
+            x_label: x.into(),
+            y_label: y.into(),
+            points: xs.iter().copied().zip(ys.iter().copied()).collect(),
+        })
     }
 
     /// (min, max) of x and of y, widened where all values are equal.
@@ -73,7 +81,13 @@ impl Plot {
             out.push_str(&format!("  {:>w$}  {}\n", "", self.y_label));
         }
         for (i, row) in g.iter().enumerate() {
-            let label = if i == 0 { top.clone() } else if i == rows - 1 { bottom.clone() } else { String::new() };
+            let label = if i == 0 {
+                top.clone()
+            } else if i == rows - 1 {
+                bottom.clone()
+            } else {
+                String::new()
+            };
             out.push_str(&format!("  {label:>w$} ┤{}\n", row.iter().collect::<String>()));
         }
         out.push_str(&format!("  {:>w$} └{}\n", "", "─".repeat(cols)));

@@ -3,11 +3,24 @@ use font8x8::UnicodeFonts;
 
 /// Draw `s` at (x, y) (top-left), each font pixel `scale` × `scale`, clipped to the image; characters the
 /// font lacks are drawn as `?`. Returns the width drawn in pixels.
-pub fn draw(rgb: &mut [u8], width: usize, height: usize, x: usize, y: usize, s: &str, scale: usize, colour: [u8; 3]) -> usize {
+pub fn draw(
+    rgb: &mut [u8],
+    width: usize,
+    height: usize,
+    x: usize,
+    y: usize,
+    s: &str,
+    scale: usize,
+    colour: [u8; 3],
+) -> usize {
     let scale = scale.max(1);
     let mut cx = x;
     for ch in s.chars() {
-        let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::LATIN_FONTS.get(ch)).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or([0; 8]);
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::LATIN_FONTS.get(ch))
+            .or_else(|| font8x8::BASIC_FONTS.get('?'))
+            .unwrap_or([0; 8]);
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8 {
                 if bits >> col & 1 == 0 {

@@ -28,7 +28,13 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     engine.register_fn("save_identity", move |id: Identity, p: ImmutableString| f(id, &p, Map::new()));
     engine.register_fn("save_identity", move |id: Identity, p: ImmutableString, o: Map| save_id(id, &p, o));
     let ids_of = |a: &Array| -> RResult<Vec<Identity>> {
-        a.iter().map(|d| d.clone().try_cast::<Identity>().ok_or_else(|| format!("mean: expected identities, got {}", d.type_name()).into())).collect()
+        a.iter()
+            .map(|d| {
+                d.clone()
+                    .try_cast::<Identity>()
+                    .ok_or_else(|| format!("mean: expected identities, got {}", d.type_name()).into())
+            })
+            .collect()
     };
     let s = session.clone();
     engine.register_fn("mean", move |a: Array| -> RResult<Identity> { lib(lock(&s)?.mean(&ids_of(&a)?, None)) });
@@ -38,9 +44,13 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         lib(lock(&s)?.mean(&ids_of(&a)?, Some(&w)))
     });
     let s = session.clone();
-    engine.register_fn("mix", move |a: Identity, b: Identity, t: Dynamic| -> RResult<Identity> { lib(lock(&s)?.mix(&a, &b, num(&t, "mix")?)) });
+    engine.register_fn("mix", move |a: Identity, b: Identity, t: Dynamic| -> RResult<Identity> {
+        lib(lock(&s)?.mix(&a, &b, num(&t, "mix")?))
+    });
     let s = session.clone();
-    engine.register_fn("similarity", move |a: Identity, b: Identity| -> RResult<f64> { lib(lock(&s)?.similarity(&a, &b)) });
+    engine.register_fn("similarity", move |a: Identity, b: Identity| -> RResult<f64> {
+        lib(lock(&s)?.similarity(&a, &b))
+    });
     let s = session.clone();
     engine.register_fn("+", move |a: Identity, b: Identity| -> RResult<Identity> { lib(lock(&s)?.add(&a, &b)) });
     let s = session.clone();

@@ -9,7 +9,9 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         lib(lock(&s)?.generate(&req))
     });
     let s = session.clone();
-    engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> { lib(lock(&s)?.generate(&Generate::new(prompt.as_str()))) });
+    engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> {
+        lib(lock(&s)?.generate(&Generate::new(prompt.as_str())))
+    });
     let o = output.clone();
     engine.register_fn("show", move |img: Image| o(Out::Image(img)));
     let s = session.clone();
@@ -18,7 +20,11 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         let images: Vec<Image> = images
             .into_iter()
             .enumerate()
-            .map(|(i, d)| d.clone().try_cast::<Image>().ok_or_else(|| format!("grid: item {i} is {}, not an image", d.type_name()).into()))
+            .map(|(i, d)| {
+                d.clone()
+                    .try_cast::<Image>()
+                    .ok_or_else(|| format!("grid: item {i} is {}, not an image", d.type_name()).into())
+            })
             .collect::<RResult<_>>()?;
         let cols = m.get("cols").map(|c| int(c, "cols")).transpose()?;
         if cols.is_some_and(|c| c < 1) {
@@ -26,7 +32,12 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         }
         let labels: Option<Vec<String>> = m
             .get("labels")
-            .map(|l| l.clone().into_typed_array::<Dynamic>().or_else(|_| err("labels: expected an array of strings")).and_then(|a| a.iter().map(|x| Ok(x.to_string())).collect()))
+            .map(|l| {
+                l.clone()
+                    .into_typed_array::<Dynamic>()
+                    .or_else(|_| err("labels: expected an array of strings"))
+                    .and_then(|a| a.iter().map(|x| Ok(x.to_string())).collect())
+            })
             .transpose()?;
         let title = m.get("title").map(|t| string(t, "title")).transpose()?;
         lib(lock(&s)?.grid(&images, labels.as_deref(), cols.map(|c| c as usize), title.as_deref()))
@@ -39,7 +50,13 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         check_keys(&m, &["title", "x", "y"], "plot")?;
         let nums = |a: &Array, what: &str| a.iter().map(|v| num(v, what)).collect::<RResult<Vec<f64>>>();
         let text = |k: &str| m.get(k).map(|t| string(t, k)).transpose().map(|t| t.unwrap_or_default());
-        let p = lib(crate::render::plot::Plot::new(&nums(&xs, "plot xs")?, &nums(&ys, "plot ys")?, &text("title")?, &text("x")?, &text("y")?))?;
+        let p = lib(crate::render::plot::Plot::new(
+            &nums(&xs, "plot xs")?,
+            &nums(&ys, "plot ys")?,
+            &text("title")?,
+            &text("x")?,
+            &text("y")?,
+        ))?;
         o(Out::Plot(p));
         Ok(())
     };

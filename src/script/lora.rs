@@ -9,16 +9,23 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     engine.register_fn("lora", move |id: Identity, w: Dynamic| -> RResult<LoraMix> {
         let (weight, base) = if let Some(m) = w.clone().try_cast::<Map>() {
             check_keys(&m, &["weight", "base_weight"], "lora")?;
-            (m.get("weight").map(|v| num(v, "weight")).transpose()?.unwrap_or(1.0), m.get("base_weight").map(|v| num(v, "base_weight")).transpose()?.unwrap_or(0.0))
+            (
+                m.get("weight").map(|v| num(v, "weight")).transpose()?.unwrap_or(1.0),
+                m.get("base_weight").map(|v| num(v, "base_weight")).transpose()?.unwrap_or(0.0),
+            )
         } else {
             (num(&w, "lora weight")?, 0.0)
         };
         lib(lock(&s)?.lora(&id, weight, base))
     });
     let s = session.clone();
-    engine.register_fn("lora", move |p: ImmutableString, w: Dynamic| -> RResult<LoraMix> { lib(lock(&s)?.lora_file(Path::new(p.as_str()), num(&w, "lora weight")?)) });
+    engine.register_fn("lora", move |p: ImmutableString, w: Dynamic| -> RResult<LoraMix> {
+        lib(lock(&s)?.lora_file(Path::new(p.as_str()), num(&w, "lora weight")?))
+    });
     let s = session.clone();
-    engine.register_fn("lora", move |p: ImmutableString| -> RResult<LoraMix> { lib(lock(&s)?.lora_file(Path::new(p.as_str()), 1.0)) });
+    engine.register_fn("lora", move |p: ImmutableString| -> RResult<LoraMix> {
+        lib(lock(&s)?.lora_file(Path::new(p.as_str()), 1.0))
+    });
     let s = session.clone();
     engine.register_fn("slider", move |a: Identity, b: Identity| -> RResult<LoraMix> { lib(lock(&s)?.slider(&a, &b)) });
     let s = session.clone();
@@ -48,12 +55,19 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             Some(x) => return err(format!("dtype `{x}`: expected f16, f32 or bf16")),
         };
         let r = lib(lock(&s)?.export_lora(&mix, Path::new(p), dtype, ow))?;
-        Ok(format!("{p} ({} tensors, {} layers, rank {}, {:.1} MB)", r.tensors, r.layers, r.max_rank, r.bytes as f64 / 1e6))
+        Ok(format!(
+            "{p} ({} tensors, {} layers, rank {}, {:.1} MB)",
+            r.tensors,
+            r.layers,
+            r.max_rank,
+            r.bytes as f64 / 1e6
+        ))
     };
     let f = export.clone();
     engine.register_fn("export_lora", move |m: LoraMix, p: ImmutableString| f(m, &p, Map::new()));
     let f = export.clone();
     engine.register_fn("export_lora", move |m: LoraMix, p: ImmutableString, o: Map| f(m, &p, o));
     let f = export;
-    engine.register_fn("export_lora", move |id: Identity, p: ImmutableString| f(LoraMix::lora(&id, 1.0), &p, Map::new()));
+    engine
+        .register_fn("export_lora", move |id: Identity, p: ImmutableString| f(LoraMix::lora(&id, 1.0), &p, Map::new()));
 }

@@ -84,7 +84,9 @@ fn from_eval(mut e: EvalAltResult) -> ScriptError {
     }
     let message = match &e {
         EvalAltResult::ErrorTerminated(..) => "cancelled (the session and its values are kept)".to_string(),
-        EvalAltResult::ErrorTooManyOperations(_) => "stopped: the script ran more operations than the sandbox allows (a runaway loop?)".to_string(),
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            "stopped: the script ran more operations than the sandbox allows (a runaway loop?)".to_string()
+        }
         _ => {
             let _ = e.take_position();
             e.to_string()
@@ -122,7 +124,10 @@ fn int(d: &Dynamic, what: &str) -> RResult<i64> {
 }
 
 fn string(d: &Dynamic, what: &str) -> RResult<String> {
-    d.clone().into_immutable_string().map(|s| s.to_string()).or_else(|_| err(format!("{what}: expected a string, got {}", d.type_name())))
+    d.clone()
+        .into_immutable_string()
+        .map(|s| s.to_string())
+        .or_else(|_| err(format!("{what}: expected a string, got {}", d.type_name())))
 }
 
 fn flag(d: &Dynamic, what: &str) -> RResult<bool> {
@@ -169,12 +174,22 @@ fn photo_specs(d: &Dynamic) -> RResult<Vec<PhotoSpec>> {
         check_keys(&m, &["path", "paths", "face", "box", "grayscale", "keep_background"], "identity")?;
         let options = FaceOptions {
             pick: pick(&m)?,
-            remove_background: !m.get("keep_background").map(|v| flag(v, "keep_background")).transpose()?.unwrap_or(false),
+            remove_background: !m
+                .get("keep_background")
+                .map(|v| flag(v, "keep_background"))
+                .transpose()?
+                .unwrap_or(false),
             grayscale: m.get("grayscale").map(|v| flag(v, "grayscale")).transpose()?.unwrap_or(false),
         };
         let paths: Vec<String> = match (m.get("path"), m.get("paths")) {
             (Some(p), None) => vec![string(p, "path")?],
-            (None, Some(ps)) => ps.clone().into_typed_array::<Dynamic>().or_else(|_| err("paths: expected an array of file names"))?.iter().map(|p| string(p, "paths")).collect::<RResult<_>>()?,
+            (None, Some(ps)) => ps
+                .clone()
+                .into_typed_array::<Dynamic>()
+                .or_else(|_| err("paths: expected an array of file names"))?
+                .iter()
+                .map(|p| string(p, "paths"))
+                .collect::<RResult<_>>()?,
             _ => return err("identity(#{...}): give `path` or `paths`"),
         };
         return Ok(paths.into_iter().map(|p| PhotoSpec { path: p.into(), options }).collect());
@@ -191,9 +206,25 @@ fn photo_specs(d: &Dynamic) -> RResult<Vec<PhotoSpec>> {
 
 /// How values print.
 pub fn describe_identity(id: &Identity) -> String {
-    let names: Vec<String> = id.sources().iter().map(|s| Path::new(&s.label).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.label.clone())).collect();
-    let shown = if names.len() > 4 { format!("{}, … ({} sources)", names[..4].join(", "), names.len()) } else { names.join(", ") };
-    format!("identity {} — {} photo{} [{shown}], variant {}", id.short_hash(), id.photos(), if id.photos() == 1 { "" } else { "s" }, id.variant().label)
+    let names: Vec<String> = id
+        .sources()
+        .iter()
+        .map(|s| {
+            Path::new(&s.label).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.label.clone())
+        })
+        .collect();
+    let shown = if names.len() > 4 {
+        format!("{}, … ({} sources)", names[..4].join(", "), names.len())
+    } else {
+        names.join(", ")
+    };
+    format!(
+        "identity {} — {} photo{} [{shown}], variant {}",
+        id.short_hash(),
+        id.photos(),
+        if id.photos() == 1 { "" } else { "s" },
+        id.variant().label
+    )
 }
 
 pub fn describe_mix(m: &LoraMix) -> String {
@@ -252,7 +283,12 @@ impl Script {
         self.cancel.store(false, Ordering::Relaxed);
         let ast = self.engine.compile_with_scope(&self.scope, code).map_err(|e| {
             let pos = e.position();
-            ScriptError { message: e.err_type().to_string(), line: pos.line(), column: pos.position(), cancelled: false }
+            ScriptError {
+                message: e.err_type().to_string(),
+                line: pos.line(),
+                column: pos.position(),
+                cancelled: false,
+            }
         })?;
         let merged = self.functions.merge(&ast);
         let r = self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &merged).map_err(|e| from_eval(*e));
@@ -298,7 +334,11 @@ fn lock(s: &Arc<Mutex<Session>>) -> RResult<std::sync::MutexGuard<'_, Session>> 
 }
 
 fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
-    check_keys(m, &["lora", "negative", "seed", "steps", "cfg", "sampler", "width", "height", "base_weight"], "generate")?;
+    check_keys(
+        m,
+        &["lora", "negative", "seed", "steps", "cfg", "sampler", "width", "height", "base_weight"],
+        "generate",
+    )?;
     let mut g = Generate::new(prompt);
     if let Some(l) = m.get("lora") {
         g.lora = Some(if let Some(mix) = l.clone().try_cast::<LoraMix>() {
@@ -308,7 +348,10 @@ fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
         } else if l.is_unit() {
             LoraMix::empty()
         } else {
-            return err(format!("generate: `lora` must be a LoRA mix (lora(id, w)) or an identity, got {}", l.type_name()));
+            return err(format!(
+                "generate: `lora` must be a LoRA mix (lora(id, w)) or an identity, got {}",
+                l.type_name()
+            ));
         });
     }
     if let Some(b) = m.get("base_weight") {
@@ -362,13 +405,17 @@ fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {
     engine.register_fn("to_debug", |i: &mut Image| i.summary());
     engine.register_get("photos", |id: &mut Identity| id.photos() as i64);
     engine.register_get("hash", |id: &mut Identity| id.hash());
-    engine.register_get("sources", |id: &mut Identity| id.sources().iter().map(|s| Dynamic::from(s.label.clone())).collect::<Array>());
+    engine.register_get("sources", |id: &mut Identity| {
+        id.sources().iter().map(|s| Dynamic::from(s.label.clone())).collect::<Array>()
+    });
     engine.register_get("terms", |m: &mut LoraMix| m.terms().len() as i64);
     engine.register_get("width", |i: &mut Image| i.width as i64);
     engine.register_get("height", |i: &mut Image| i.height as i64);
     engine.register_get("seed", |i: &mut Image| i.seed as i64);
     engine.register_get("prompt", |i: &mut Image| i.prompt.clone());
-    engine.register_get("path", |i: &mut Image| i.path.as_ref().map(|p| Dynamic::from(p.display().to_string())).unwrap_or(Dynamic::UNIT));
+    engine.register_get("path", |i: &mut Image| {
+        i.path.as_ref().map(|p| Dynamic::from(p.display().to_string())).unwrap_or(Dynamic::UNIT)
+    });
     identity::register(engine, &session);
     lora::register(engine, &session);
     image::register(engine, &session, &output);

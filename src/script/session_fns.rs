@@ -12,13 +12,19 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             out.push_str(&format!("{:<11} {:<8} {path}\n", m.name, if m.loaded { "loaded" } else { "-" }));
         }
         let (photos, prompts, loras) = g.cache_counts();
-        out.push_str(&format!("caches: {photos} encoded photo(s), {prompts} prompt encoding(s), {loras} synthesized LoRA(s)"));
+        out.push_str(&format!(
+            "caches: {photos} encoded photo(s), {prompts} prompt encoding(s), {loras} synthesized LoRA(s)"
+        ));
         Ok(out)
     });
     let s = session.clone();
     engine.register_fn("unload", move |name: ImmutableString| -> RResult<String> {
         let freed = lib(lock(&s)?.unload(&name))?;
-        Ok(if freed.is_empty() { format!("{name}: nothing was loaded") } else { format!("unloaded {}", freed.join(", ")) })
+        Ok(if freed.is_empty() {
+            format!("{name}: nothing was loaded")
+        } else {
+            format!("unloaded {}", freed.join(", "))
+        })
     });
     engine.register_fn("help", || api::help(None));
     engine.register_fn("help", |n: ImmutableString| api::help(Some(&n)));

@@ -19,12 +19,21 @@ fn floats(a: &Array, what: &str) -> RResult<Vec<f64>> {
 }
 
 fn ids(a: &Array, what: &str) -> RResult<Vec<Identity>> {
-    a.iter().enumerate().map(|(i, d)| d.clone().try_cast::<Identity>().ok_or_else(|| format!("{what}: item {i} is {}, not an identity", d.type_name()).into())).collect()
+    a.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.clone()
+                .try_cast::<Identity>()
+                .ok_or_else(|| format!("{what}: item {i} is {}, not an identity", d.type_name()).into())
+        })
+        .collect()
 }
 
 pub fn describe_library(l: &Library) -> String {
     match l.list() {
-        Ok(v) => format!("library {} ({} identit{})", l.dir().display(), v.len(), if v.len() == 1 { "y" } else { "ies" }),
+        Ok(v) => {
+            format!("library {} ({} identit{})", l.dir().display(), v.len(), if v.len() == 1 { "y" } else { "ies" })
+        }
         Err(e) => format!("library {} ({e})", l.dir().display()),
     }
 }
@@ -50,37 +59,58 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         let i = usize::try_from(i).map_err(|_| format!("token {i}: expected 0..{}", c.rows()))?;
         Ok(lib(c.token(i))?.into_iter().map(|v| Dynamic::from(v as f64)).collect())
     });
-    engine.register_fn("of_module", |c: &mut Coeffs, name: ImmutableString| -> RResult<Coeffs> { lib(c.module_index(&name).and_then(|m| c.module(m))) });
-    engine.register_fn("of_module", |c: &mut Coeffs, m: i64| -> RResult<Coeffs> { lib(c.module_index(&m.to_string()).and_then(|m| c.module(m))) });
+    engine.register_fn("of_module", |c: &mut Coeffs, name: ImmutableString| -> RResult<Coeffs> {
+        lib(c.module_index(&name).and_then(|m| c.module(m)))
+    });
+    engine.register_fn("of_module", |c: &mut Coeffs, m: i64| -> RResult<Coeffs> {
+        lib(c.module_index(&m.to_string()).and_then(|m| c.module(m)))
+    });
     engine.register_fn("proj", |c: &mut Coeffs, p: ImmutableString| -> RResult<Coeffs> { lib(c.proj(&p)) });
     engine.register_fn("to_array", |c: Coeffs| -> Array {
-        c.values().chunks(c.k()).map(|r| Dynamic::from(r.iter().map(|v| Dynamic::from(*v as f64)).collect::<Array>())).collect()
+        c.values()
+            .chunks(c.k())
+            .map(|r| Dynamic::from(r.iter().map(|v| Dynamic::from(*v as f64)).collect::<Array>()))
+            .collect()
     });
     engine.register_fn("coeffs_from", |a: Array, like: Coeffs| -> RResult<Coeffs> {
         let rows = a
             .iter()
             .enumerate()
-            .map(|(i, r)| r.clone().into_typed_array::<Dynamic>().map_err(|_| format!("coeffs_from: row {i} is not an array of numbers").into()).and_then(|r| floats(&r, "coeffs_from")))
+            .map(|(i, r)| {
+                r.clone()
+                    .into_typed_array::<Dynamic>()
+                    .map_err(|_| format!("coeffs_from: row {i} is not an array of numbers").into())
+                    .and_then(|r| floats(&r, "coeffs_from"))
+            })
             .collect::<RResult<Vec<_>>>()?;
         lib(Coeffs::from_rows(&rows, &like))
     });
     let s = session.clone();
     engine.register_fn("identity_from", move |c: Coeffs, m: Map| -> RResult<Identity> {
         check_keys(&m, &["like"], "identity_from")?;
-        let like = m.get("like").and_then(|d| d.clone().try_cast::<Identity>()).ok_or("identity_from: give #{ like: an identity } (its variant and photo count are kept)")?;
+        let like = m
+            .get("like")
+            .and_then(|d| d.clone().try_cast::<Identity>())
+            .ok_or("identity_from: give #{ like: an identity } (its variant and photo count are kept)")?;
         lib(lock(&s)?.identity_from(&c, &like, &format!("identity_from(coefficients, like {})", like.short_hash())))
     });
     engine.register_fn("+", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { lib(a.add(&b)) });
     engine.register_fn("-", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { lib(a.sub(&b)) });
-    engine.register_fn("*", |a: Coeffs, k: f64| -> RResult<Coeffs> { Ok(a.scale(lib(crate::session::finite(k, "scale"))?)) });
+    engine.register_fn("*", |a: Coeffs, k: f64| -> RResult<Coeffs> {
+        Ok(a.scale(lib(crate::session::finite(k, "scale"))?))
+    });
     engine.register_fn("*", |a: Coeffs, k: i64| a.scale(k as f64));
-    engine.register_fn("*", |k: f64, a: Coeffs| -> RResult<Coeffs> { Ok(a.scale(lib(crate::session::finite(k, "scale"))?)) });
+    engine.register_fn("*", |k: f64, a: Coeffs| -> RResult<Coeffs> {
+        Ok(a.scale(lib(crate::session::finite(k, "scale"))?))
+    });
     engine.register_fn("*", |k: i64, a: Coeffs| a.scale(k as f64));
 
     // operations on identities or coefficients (identities: raw tokens)
     let two = |name: &'static str, f: fn(&Coeffs, &Coeffs) -> crate::Result<Dynamic>| {
         let s = session.clone();
-        move |a: Dynamic, b: Dynamic| -> RResult<Dynamic> { lib(f(&coeffs_of(&s, &a, name)?, &coeffs_of(&s, &b, name)?)) }
+        move |a: Dynamic, b: Dynamic| -> RResult<Dynamic> {
+            lib(f(&coeffs_of(&s, &a, name)?, &coeffs_of(&s, &b, name)?))
+        }
     };
     engine.register_fn("dot", two("dot", |a, b| a.dot(b).map(Dynamic::from)));
     engine.register_fn("cosine", two("cosine", |a, b| a.cosine(b).map(Dynamic::from)));
@@ -122,7 +152,15 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         let mut m = Map::new();
         m.insert("directions".into(), Dynamic::from(p.directions.into_iter().map(Dynamic::from).collect::<Array>()));
         m.insert("explained".into(), Dynamic::from(p.explained.into_iter().map(Dynamic::from).collect::<Array>()));
-        m.insert("scores".into(), Dynamic::from(p.scores.into_iter().map(|r| Dynamic::from(r.into_iter().map(Dynamic::from).collect::<Array>())).collect::<Array>()));
+        m.insert(
+            "scores".into(),
+            Dynamic::from(
+                p.scores
+                    .into_iter()
+                    .map(|r| Dynamic::from(r.into_iter().map(Dynamic::from).collect::<Array>()))
+                    .collect::<Array>(),
+            ),
+        );
         m.insert("mean".into(), Dynamic::from(p.mean));
         Ok(m)
     });
@@ -156,11 +194,15 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     };
     let f = walk.clone();
     engine.register_fn("walk", move |id: Identity, dir: Dynamic| f(id, dir, vec![-1.0, -0.5, 0.0, 0.5, 1.0]));
-    engine.register_fn("walk", move |id: Identity, dir: Dynamic, steps: Array| walk(id, dir, floats(&steps, "walk steps")?));
+    engine.register_fn("walk", move |id: Identity, dir: Dynamic, steps: Array| {
+        walk(id, dir, floats(&steps, "walk steps")?)
+    });
 
     // libraries
     let s = session.clone();
-    engine.register_fn("library", move |dir: ImmutableString| -> RResult<Library> { lib(lock(&s)?.library(Path::new(dir.as_str()))) });
+    engine.register_fn("library", move |dir: ImmutableString| -> RResult<Library> {
+        lib(lock(&s)?.library(Path::new(dir.as_str())))
+    });
     let s = session.clone();
     let save = move |l: &mut Library, name: &str, id: Identity, o: Map| -> RResult<String> {
         check_keys(&o, &["overwrite", "dtype"], "library save")?;
@@ -176,9 +218,12 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     };
     let f = save.clone();
     engine.register_fn("save", move |l: &mut Library, name: ImmutableString, id: Identity| f(l, &name, id, Map::new()));
-    engine.register_fn("save", move |l: &mut Library, name: ImmutableString, id: Identity, o: Map| save(l, &name, id, o));
+    engine
+        .register_fn("save", move |l: &mut Library, name: ImmutableString, id: Identity, o: Map| save(l, &name, id, o));
     let s = session.clone();
-    engine.register_fn("get", move |l: &mut Library, name: ImmutableString| -> RResult<Identity> { lib(lock(&s)?.library_get(l, &name)) });
+    engine.register_fn("get", move |l: &mut Library, name: ImmutableString| -> RResult<Identity> {
+        lib(lock(&s)?.library_get(l, &name))
+    });
     engine.register_fn("list", |l: &mut Library| -> RResult<Array> {
         Ok(lib(l.list())?
             .into_iter()

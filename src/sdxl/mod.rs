@@ -1,10 +1,10 @@
 //! The SDXL generator that HyperLoRA's LoRAs act on. It knows LoRA *weights* (per-layer up/down/scale), never
 //! identities.
+pub mod lora;
+pub mod model;
+pub mod pipeline;
 pub mod scheduler;
+pub mod single_file;
 pub mod text;
 pub mod unet;
-pub mod lora;
 pub mod vae;
-pub mod pipeline;
-pub mod single_file;
-pub mod model;

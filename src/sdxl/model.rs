@@ -61,7 +61,11 @@ pub struct Sdxl {
     pub options: SdxlOptions,
 }
 
-fn json_or<T: serde::de::DeserializeOwned>(path: &Path, fallback: &str, load: impl Fn(&Path) -> Result<T>) -> Result<T> {
+fn json_or<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    fallback: &str,
+    load: impl Fn(&Path) -> Result<T>,
+) -> Result<T> {
     if path.exists() {
         load(path)
     } else {
@@ -95,19 +99,25 @@ impl Sdxl {
     /// tokenizers are used.
     pub fn load(path: &Path, config: Option<&Path>, opts: &SdxlOptions) -> Result<Self> {
         if opts.device.is_cpu() && (opts.dtype == DType::BF16 || opts.vae_dtype == DType::BF16) {
-            return Err(Error::Mismatch("bf16 needs a GPU (candle has no bf16 matmul on the CPU); use f32 or f16 on the CPU".into()));
+            return Err(Error::Mismatch(
+                "bf16 needs a GPU (candle has no bf16 matmul on the CPU); use f32 or f16 on the CPU".into(),
+            ));
         }
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if path.is_dir() {
             return Self::load_folder(path, name, opts);
         }
         if !path.exists() {
-            return Err(Error::invalid(path, "no such file or folder (expected an SDXL diffusers folder or a single-file .safetensors checkpoint)"));
+            return Err(Error::invalid(
+                path,
+                "no such file or folder (expected an SDXL diffusers folder or a single-file .safetensors checkpoint)",
+            ));
         }
         // configs and tokenizers: from `config` where it has them, else SDXL base's configs and the embedded
         // CLIP tokenizers (a ComfyUI single file needs nothing else)
         // (a path that cannot exist stands for "no folder", so nothing is read relative to the working directory)
-        let tok_dir = config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/nonexistent/hyperlora-no-config"));
+        let tok_dir =
+            config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/nonexistent/hyperlora-no-config"));
         let file = Arc::new(StFile::open(path)?);
         single_file::detect(&file)?;
         if config.is_none() {
@@ -161,25 +171,50 @@ impl Sdxl {
         };
         let class = mi.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
         if class != "StableDiffusionXLPipeline" && class != "StableDiffusionXLImg2ImgPipeline" {
-            return Err(Error::invalid(&index, format!("_class_name is `{class}`; an SDXL pipeline (StableDiffusionXLPipeline) is needed")));
+            return Err(Error::invalid(
+                &index,
+                format!("_class_name is `{class}`; an SDXL pipeline (StableDiffusionXLPipeline) is needed"),
+            ));
         }
         let same = |k: &str| (k.to_string(), Transform::Same);
         let unet_dir = dir.join("unet");
         let unet_cfg = UNetConfig::load(&unet_dir.join("config.json"))?;
-        let unet = build_strict(Arc::new(StFile::open(component_file(&unet_dir, "diffusion_pytorch_model")?)?), opts.dtype, &opts.device, same, |_| true, |vb| UNet::new(&unet_cfg, vb))?;
+        let unet = build_strict(
+            Arc::new(StFile::open(component_file(&unet_dir, "diffusion_pytorch_model")?)?),
+            opts.dtype,
+            &opts.device,
+            same,
+            |_| true,
+            |vb| UNet::new(&unet_cfg, vb),
+        )?;
         let vae_dir = dir.join("vae");
         let vae_cfg = VaeConfig::load(&vae_dir.join("config.json"))?;
-        let vae = build_strict(Arc::new(StFile::open(component_file(&vae_dir, "diffusion_pytorch_model")?)?), opts.vae_dtype, &opts.device, same, |_| true, |vb| Vae::new(&vae_cfg, vb))?;
+        let vae = build_strict(
+            Arc::new(StFile::open(component_file(&vae_dir, "diffusion_pytorch_model")?)?),
+            opts.vae_dtype,
+            &opts.device,
+            same,
+            |_| true,
+            |vb| Vae::new(&vae_cfg, vb),
+        )?;
         Ok(Sdxl {
             name,
             tokenizer: ClipTokenizer::load(&dir.join("tokenizer"))?,
             tokenizer_2: ClipTokenizer::load(&dir.join("tokenizer_2"))?,
             text_encoder: super::text::load_text_encoder(&dir.join("text_encoder"), false, opts.dtype, &opts.device)?,
-            text_encoder_2: super::text::load_text_encoder(&dir.join("text_encoder_2"), true, opts.dtype, &opts.device)?,
+            text_encoder_2: super::text::load_text_encoder(
+                &dir.join("text_encoder_2"),
+                true,
+                opts.dtype,
+                &opts.device,
+            )?,
             unet,
             vae,
             scheduler: SchedulerConfig::load(&dir.join("scheduler/scheduler_config.json"))?,
-            force_zeros_for_empty_prompt: mi.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(true),
+            force_zeros_for_empty_prompt: mi
+                .get("force_zeros_for_empty_prompt")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true),
             options: opts.clone(),
         })
     }
@@ -256,10 +291,16 @@ impl Sdxl {
     pub fn generate(
         &self,
         req: &GenerateRequest,
-        progress: &mut dyn FnMut(super::pipeline::StepProgress, Option<&super::pipeline::StepTrace>) -> std::ops::ControlFlow<()>,
+        progress: &mut dyn FnMut(
+            super::pipeline::StepProgress,
+            Option<&super::pipeline::StepTrace>,
+        ) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
         if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
-            return Err(Error::Mismatch(format!("width and height must be positive multiples of 8, got {}×{}", req.width, req.height)));
+            return Err(Error::Mismatch(format!(
+                "width and height must be positive multiples of 8, got {}×{}",
+                req.width, req.height
+            )));
         }
         let (cond, truncated) = self.encode_prompt(&req.prompt)?;
         let uncond = self.encode_negative(req.negative.as_deref(), &cond)?;
@@ -274,11 +315,17 @@ impl Sdxl {
         cond: &Conditioning,
         uncond: &Conditioning,
         truncated: Option<String>,
-        progress: &mut dyn FnMut(super::pipeline::StepProgress, Option<&super::pipeline::StepTrace>) -> std::ops::ControlFlow<()>,
+        progress: &mut dyn FnMut(
+            super::pipeline::StepProgress,
+            Option<&super::pipeline::StepTrace>,
+        ) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
         use super::pipeline::{sample, seeded_noise, time_ids, SampleSpec};
         if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
-            return Err(Error::Mismatch(format!("width and height must be positive multiples of 8, got {}×{}", req.width, req.height)));
+            return Err(Error::Mismatch(format!(
+                "width and height must be positive multiples of 8, got {}×{}",
+                req.width, req.height
+            )));
         }
         if req.batch == 0 {
             return Err(Error::Mismatch("batch must be at least 1".into()));
@@ -287,7 +334,12 @@ impl Sdxl {
         let shape = [req.batch, self.vae.config().latent_channels, req.height / 8, req.width / 8];
         let noise = match &req.init_noise {
             Some(n) if n.dims() == shape => n.to_device(dev)?.to_dtype(self.options.dtype)?,
-            Some(n) => return Err(Error::Mismatch(format!("initial latents have shape {:?}; this request needs {shape:?}", n.dims()))),
+            Some(n) => {
+                return Err(Error::Mismatch(format!(
+                    "initial latents have shape {:?}; this request needs {shape:?}",
+                    n.dims()
+                )))
+            }
             None => seeded_noise(req.seed, &shape, dev)?.to_dtype(self.options.dtype)?,
         };
         let (init, strength) = match &req.init_image {
@@ -301,13 +353,25 @@ impl Sdxl {
                         req.height
                     )));
                 }
-                let z = self.vae.encode_latents(&img.to_device(dev)?.to_dtype(self.options.vae_dtype)?, None)?.to_dtype(self.options.dtype)?;
+                let z = self
+                    .vae
+                    .encode_latents(&img.to_device(dev)?.to_dtype(self.options.vae_dtype)?, None)?
+                    .to_dtype(self.options.dtype)?;
                 (Some(z.repeat((req.batch, 1, 1, 1))?), *s)
             }
             None => (None, 1.0),
         };
-        let spec = SampleSpec { sampler: req.sampler, steps: req.steps, cfg: req.cfg, cond, uncond, time_ids: time_ids(req.height, req.width, dev)?, strength };
-        let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), req.seed, progress)? else {
+        let spec = SampleSpec {
+            sampler: req.sampler,
+            steps: req.steps,
+            cfg: req.cfg,
+            cond,
+            uncond,
+            time_ids: time_ids(req.height, req.width, dev)?,
+            strength,
+        };
+        let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), req.seed, progress)?
+        else {
             return Ok(None);
         };
         let decoded = self.vae.decode(&latents.to_dtype(self.options.vae_dtype)?)?;

@@ -129,6 +129,8 @@ pub fn sample(
     };
     let dev = noise.device().clone();
     let shape = noise.dims().to_vec();
-    let mut step_noise = |i: usize| seeded_noise(seed.wrapping_add(1 + i as u64), &shape, &dev).and_then(|n| Ok(n.to_dtype(DType::F32)?));
+    let mut step_noise = |i: usize| {
+        seeded_noise(seed.wrapping_add(1 + i as u64), &shape, &dev).and_then(|n| Ok(n.to_dtype(DType::F32)?))
+    };
     denoise(unet, &mut sampler, x, spec, start, &mut step_noise, progress)
 }

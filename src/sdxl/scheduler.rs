@@ -39,15 +39,25 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: SchedulerConfig = serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a scheduler config: {e}")))?;
+        let c: SchedulerConfig =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a scheduler config: {e}")))?;
         if c.beta_schedule != "scaled_linear" && c.beta_schedule != "linear" {
-            return Err(Error::invalid(path, format!("beta_schedule `{}` is not supported (scaled_linear or linear)", c.beta_schedule)));
+            return Err(Error::invalid(
+                path,
+                format!("beta_schedule `{}` is not supported (scaled_linear or linear)", c.beta_schedule),
+            ));
         }
         if c.prediction_type != "epsilon" {
-            return Err(Error::invalid(path, format!("prediction_type `{}` is not supported (SDXL predicts epsilon)", c.prediction_type)));
+            return Err(Error::invalid(
+                path,
+                format!("prediction_type `{}` is not supported (SDXL predicts epsilon)", c.prediction_type),
+            ));
         }
         if c.timestep_spacing != "leading" {
-            return Err(Error::invalid(path, format!("timestep_spacing `{}` is not supported (SDXL uses leading)", c.timestep_spacing)));
+            return Err(Error::invalid(
+                path,
+                format!("timestep_spacing `{}` is not supported (SDXL uses leading)", c.timestep_spacing),
+            ));
         }
         Ok(c)
     }
@@ -62,7 +72,11 @@ impl SchedulerConfig {
     fn betas_f32(&self) -> Vec<f32> {
         let n = self.num_train_timesteps;
         let scaled = self.beta_schedule == "scaled_linear";
-        let (a, b) = if scaled { (self.beta_start.sqrt() as f32, self.beta_end.sqrt() as f32) } else { (self.beta_start as f32, self.beta_end as f32) };
+        let (a, b) = if scaled {
+            (self.beta_start.sqrt() as f32, self.beta_end.sqrt() as f32)
+        } else {
+            (self.beta_start as f32, self.beta_end as f32)
+        };
         // torch's CPU linspace: step in the output dtype, the second half counted back from the end
         let step = (b - a) / (n - 1) as f32;
         (0..n)
@@ -91,7 +105,13 @@ impl SchedulerConfig {
 
     /// σ = √((1 − ᾱ)/ᾱ), in float32 like diffusers.
     fn sigmas_f32(&self) -> Vec<f32> {
-        self.alphas_cumprod().into_iter().map(|a| { let a = a as f32; ((1.0 - a) / a).sqrt() }).collect()
+        self.alphas_cumprod()
+            .into_iter()
+            .map(|a| {
+                let a = a as f32;
+                ((1.0 - a) / a).sqrt()
+            })
+            .collect()
     }
 }
 
@@ -117,8 +137,9 @@ impl SamplerKind {
         }
     }
     pub fn parse(s: &str) -> Result<Self> {
-        <Self as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| Error::Mismatch(format!("unknown sampler `{s}`; expected dpmpp_2m_karras, euler, euler_a or ddim")))
+        <Self as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            Error::Mismatch(format!("unknown sampler `{s}`; expected dpmpp_2m_karras, euler, euler_a or ddim"))
+        })
     }
 }
 
@@ -260,7 +281,8 @@ impl Sampler {
             SamplerKind::Ddim => {
                 let t = self.timesteps[i] as usize;
                 let a_t = self.alphas_cumprod[t];
-                let a_prev = t.checked_sub(self.step_ratio).map(|p| self.alphas_cumprod[p]).unwrap_or(self.alphas_cumprod[0]);
+                let a_prev =
+                    t.checked_sub(self.step_ratio).map(|p| self.alphas_cumprod[p]).unwrap_or(self.alphas_cumprod[0]);
                 let x0 = ((x - (eps * (1.0 - a_t).sqrt())?)? / a_t.sqrt())?;
                 ((x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?)?
             }

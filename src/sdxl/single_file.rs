@@ -28,7 +28,10 @@ pub struct UnetLayout {
 
 /// File keys that belong to a component but no model reads.
 pub fn ignorable(key: &str) -> bool {
-    key.ends_with("position_ids") || key.ends_with("logit_scale") || key.starts_with("denoiser.") || key.starts_with("model_ema.")
+    key.ends_with("position_ids")
+        || key.ends_with("logit_scale")
+        || key.starts_with("denoiser.")
+        || key.starts_with("model_ema.")
 }
 
 /// Whether a file key belongs to `c`.
@@ -76,17 +79,27 @@ fn unet_key(k: &str, l: &UnetLayout) -> Option<String> {
     let parts: Vec<&str> = k.splitn(5, '.').collect();
     let num = |s: &str| s.parse::<usize>().ok();
     match parts.as_slice() {
-        ["down_blocks", i, "resnets", j, rest] => Some(format!("input_blocks.{}.0.{}", num(i)? * per + num(j)? + 1, resnet_ldm(rest)?)),
-        ["down_blocks", i, "attentions", j, rest] => Some(format!("input_blocks.{}.1.{rest}", num(i)? * per + num(j)? + 1)),
-        ["down_blocks", i, "downsamplers", "0", rest] => Some(format!("input_blocks.{}.0.{}", (num(i)? + 1) * per, rest.replacen("conv.", "op.", 1))),
-        ["up_blocks", i, "resnets", j, rest] => Some(format!("output_blocks.{}.0.{}", num(i)? * per + num(j)?, resnet_ldm(rest)?)),
+        ["down_blocks", i, "resnets", j, rest] => {
+            Some(format!("input_blocks.{}.0.{}", num(i)? * per + num(j)? + 1, resnet_ldm(rest)?))
+        }
+        ["down_blocks", i, "attentions", j, rest] => {
+            Some(format!("input_blocks.{}.1.{rest}", num(i)? * per + num(j)? + 1))
+        }
+        ["down_blocks", i, "downsamplers", "0", rest] => {
+            Some(format!("input_blocks.{}.0.{}", (num(i)? + 1) * per, rest.replacen("conv.", "op.", 1)))
+        }
+        ["up_blocks", i, "resnets", j, rest] => {
+            Some(format!("output_blocks.{}.0.{}", num(i)? * per + num(j)?, resnet_ldm(rest)?))
+        }
         ["up_blocks", i, "attentions", j, rest] => Some(format!("output_blocks.{}.1.{rest}", num(i)? * per + num(j)?)),
         ["up_blocks", i, "upsamplers", "0", rest] => {
             let i = num(i)?;
             let slot = if *l.up_has_attention.get(i)? { 2 } else { 1 };
             Some(format!("output_blocks.{}.{slot}.{rest}", i * per + l.layers_per_block))
         }
-        ["mid_block", "resnets", j, a, b] => Some(format!("middle_block.{}.{}", if num(j)? == 0 { 0 } else { 2 }, resnet_ldm(&format!("{a}.{b}"))?)),
+        ["mid_block", "resnets", j, a, b] => {
+            Some(format!("middle_block.{}.{}", if num(j)? == 0 { 0 } else { 2 }, resnet_ldm(&format!("{a}.{b}"))?))
+        }
         ["mid_block", "attentions", "0", a, b] => Some(format!("middle_block.1.{a}.{b}")),
         _ => None,
     }
@@ -115,7 +128,9 @@ fn vae_key(k: &str, levels: usize) -> Option<(String, Transform)> {
         ["conv_norm_out", t] => format!("norm_out.{t}"),
         ["down_blocks", i, "resnets", j, r] => format!("down.{i}.block.{j}.{}", vae_resnet(r)),
         ["down_blocks", i, "downsamplers", "0", r] => format!("down.{i}.downsample.{r}"),
-        ["up_blocks", i, "resnets", j, r] => format!("up.{}.block.{j}.{}", levels.checked_sub(1 + num(i)?)?, vae_resnet(r)),
+        ["up_blocks", i, "resnets", j, r] => {
+            format!("up.{}.block.{j}.{}", levels.checked_sub(1 + num(i)?)?, vae_resnet(r))
+        }
         ["up_blocks", i, "upsamplers", "0", r] => format!("up.{}.upsample.{r}", levels.checked_sub(1 + num(i)?)?),
         ["mid_block", "resnets", j, a, b] => format!("mid.block_{}.{}", num(j)? + 1, vae_resnet(&format!("{a}.{b}"))),
         ["mid_block", "attentions", "0", a, b] => {
@@ -174,8 +189,14 @@ pub fn sgm_key(c: Component, k: &str, unet: &UnetLayout, vae_levels: usize) -> O
 }
 
 /// The mapping as a rename function for `weights::build_strict` (unmapped keys keep a marker that cannot exist).
-pub fn renamer(c: Component, unet: UnetLayout, vae_levels: usize) -> impl Fn(&str) -> (String, Transform) + Send + Sync + 'static {
-    move |k| sgm_key(c, k, &unet, vae_levels).unwrap_or_else(|| (format!("<no single-file key for {k}>"), Transform::Same))
+pub fn renamer(
+    c: Component,
+    unet: UnetLayout,
+    vae_levels: usize,
+) -> impl Fn(&str) -> (String, Transform) + Send + Sync + 'static {
+    move |k| {
+        sgm_key(c, k, &unet, vae_levels).unwrap_or_else(|| (format!("<no single-file key for {k}>"), Transform::Same))
+    }
 }
 
 /// Check that a single file is an SDXL base checkpoint; otherwise say what it looks like.

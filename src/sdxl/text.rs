@@ -36,12 +36,19 @@ fn default_eos() -> u32 {
 impl ClipTextConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: Self = serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a CLIP text config: {e}")))?;
+        let c: Self =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a CLIP text config: {e}")))?;
         if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(Error::invalid(path, format!("hidden_act `{}` is not supported (quick_gelu or gelu)", c.hidden_act)));
+            return Err(Error::invalid(
+                path,
+                format!("hidden_act `{}` is not supported (quick_gelu or gelu)", c.hidden_act),
+            ));
         }
         if c.hidden_size % c.num_attention_heads != 0 {
-            return Err(Error::invalid(path, format!("hidden_size {} is not divisible by {} heads", c.hidden_size, c.num_attention_heads)));
+            return Err(Error::invalid(
+                path,
+                format!("hidden_size {} is not divisible by {} heads", c.hidden_size, c.num_attention_heads),
+            ));
         }
         Ok(c)
     }
@@ -83,7 +90,14 @@ impl ClipTextModel {
             position_embedding: embedding(c.max_position_embeddings, c.hidden_size, e.pp("position_embedding"))?,
             layers: (0..c.num_hidden_layers)
                 .map(|i| {
-                    ClipLayer::new(c.hidden_size, c.num_attention_heads, c.intermediate_size, &c.hidden_act, c.layer_norm_eps, tm.pp("encoder").pp("layers").pp(i))
+                    ClipLayer::new(
+                        c.hidden_size,
+                        c.num_attention_heads,
+                        c.intermediate_size,
+                        &c.hidden_act,
+                        c.layer_norm_eps,
+                        tm.pp("encoder").pp("layers").pp(i),
+                    )
                 })
                 .collect::<candle_core::Result<_>>()?,
             final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, tm.pp("final_layer_norm"))?,
@@ -167,7 +181,8 @@ pub struct ClipTokenizer {
 
 /// tokenizer.json for CLIP built from vocab.json + merges.txt (the files SDXL repositories ship).
 fn clip_tokenizer_json(vocab: &str, merges: &str, pad: &str) -> Result<String> {
-    let vocab: serde_json::Value = serde_json::from_str(vocab).map_err(|e| Error::Mismatch(format!("vocab.json: {e}")))?;
+    let vocab: serde_json::Value =
+        serde_json::from_str(vocab).map_err(|e| Error::Mismatch(format!("vocab.json: {e}")))?;
     let merges: Vec<serde_json::Value> = merges
         .lines()
         .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
@@ -234,10 +249,17 @@ pub fn clip_vocab_json(merges: &str) -> String {
     let base: Vec<String> = order.iter().map(|&b| table[b as usize].to_string()).collect();
     let mut tokens: Vec<String> = base.clone();
     tokens.extend(base.iter().map(|t| format!("{t}</w>")));
-    tokens.extend(merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).take(49152 - 256 - 2).map(|l| l.replacen(' ', "", 1)));
+    tokens.extend(
+        merges
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .take(49152 - 256 - 2)
+            .map(|l| l.replacen(' ', "", 1)),
+    );
     tokens.push("<|startoftext|>".into());
     tokens.push("<|endoftext|>".into());
-    let map: serde_json::Map<String, serde_json::Value> = tokens.into_iter().enumerate().map(|(i, t)| (t, serde_json::Value::from(i))).collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        tokens.into_iter().enumerate().map(|(i, t)| (t, serde_json::Value::from(i))).collect();
     serde_json::Value::Object(map).to_string()
 }
 
@@ -249,16 +271,23 @@ impl ClipTokenizer {
         let pad_name = match read("special_tokens_map.json") {
             Ok(t) => serde_json::from_str::<serde_json::Value>(&t)
                 .ok()
-                .and_then(|v| v.get("pad_token").and_then(|p| p.as_str().map(str::to_string).or_else(|| p.get("content")?.as_str().map(str::to_string))))
+                .and_then(|v| {
+                    v.get("pad_token").and_then(|p| {
+                        p.as_str().map(str::to_string).or_else(|| p.get("content")?.as_str().map(str::to_string))
+                    })
+                })
                 .unwrap_or_else(|| "<|endoftext|>".into()),
             Err(_) => "<|endoftext|>".into(),
         };
         let json_path = dir.join("tokenizer.json");
         let inner = if json_path.exists() {
-            tokenizers::Tokenizer::from_file(&json_path).map_err(|e| Error::invalid(&json_path, format!("cannot load tokenizer: {e}")))?
+            tokenizers::Tokenizer::from_file(&json_path)
+                .map_err(|e| Error::invalid(&json_path, format!("cannot load tokenizer: {e}")))?
         } else {
             let json = clip_tokenizer_json(&read("vocab.json")?, &read("merges.txt")?, &pad_name)?;
-            json.parse::<tokenizers::Tokenizer>().map_err(|e| Error::invalid(dir, format!("cannot build a CLIP tokenizer from vocab.json + merges.txt: {e}")))?
+            json.parse::<tokenizers::Tokenizer>().map_err(|e| {
+                Error::invalid(dir, format!("cannot build a CLIP tokenizer from vocab.json + merges.txt: {e}"))
+            })?
         };
         Self::with_pad(inner, &pad_name, dir)
     }
@@ -268,17 +297,30 @@ impl ClipTokenizer {
     pub fn embedded(second: bool) -> Result<Self> {
         let pad = if second { "!" } else { "<|endoftext|>" };
         let json = clip_tokenizer_json(&clip_vocab_json(CLIP_MERGES), CLIP_MERGES, pad)?;
-        let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| Error::Mismatch(format!("embedded CLIP tokenizer: {e}")))?;
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Mismatch(format!("embedded CLIP tokenizer: {e}")))?;
         Self::with_pad(inner, pad, Path::new("<embedded CLIP vocabulary>"))
     }
 
     fn with_pad(inner: tokenizers::Tokenizer, pad_name: &str, source: &Path) -> Result<Self> {
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| Error::invalid(source, format!("the vocabulary has no `{t}` token")));
-        Ok(ClipTokenizer { bos: id("<|startoftext|>")?, eos: id("<|endoftext|>")?, pad: id(pad_name)?, inner, max_len: 77 })
+        let id = |t: &str| {
+            inner.token_to_id(t).ok_or_else(|| Error::invalid(source, format!("the vocabulary has no `{t}` token")))
+        };
+        Ok(ClipTokenizer {
+            bos: id("<|startoftext|>")?,
+            eos: id("<|endoftext|>")?,
+            pad: id(pad_name)?,
+            inner,
+            max_len: 77,
+        })
     }
 
     pub fn encode(&self, prompt: &str) -> Result<Tokens> {
-        let enc = self.inner.encode(prompt, false).map_err(|e| Error::Mismatch(format!("cannot tokenize {prompt:?}: {e}")))?;
+        let enc = self
+            .inner
+            .encode(prompt, false)
+            .map_err(|e| Error::Mismatch(format!("cannot tokenize {prompt:?}: {e}")))?;
         let room = self.max_len - 2;
         let content = enc.get_ids();
         let truncated = (content.len() > room).then(|| {

@@ -137,7 +137,13 @@ impl Vae {
                 .map(|j| Resnet::with(g, EPS, if j == 0 { inp } else { out }, out, None, b.pp("resnets").pp(j)))
                 .collect::<candle_core::Result<_>>()?;
             let resample = if i + 1 < n {
-                Some(candle_nn::conv2d(out, out, 3, candle_nn::Conv2dConfig { stride: 2, padding: 0, ..Default::default() }, b.pp("downsamplers").pp(0).pp("conv"))?)
+                Some(candle_nn::conv2d(
+                    out,
+                    out,
+                    3,
+                    candle_nn::Conv2dConfig { stride: 2, padding: 0, ..Default::default() },
+                    b.pp("downsamplers").pp(0).pp("conv"),
+                )?)
             } else {
                 None
             };
@@ -176,7 +182,11 @@ impl Vae {
             encoder,
             decoder,
             quant_conv: if c.use_quant_conv { Some(conv(l2, l2, 1, 1, vb.pp("quant_conv"))?) } else { None },
-            post_quant_conv: if c.use_post_quant_conv { Some(conv(c.latent_channels, c.latent_channels, 1, 1, vb.pp("post_quant_conv"))?) } else { None },
+            post_quant_conv: if c.use_post_quant_conv {
+                Some(conv(c.latent_channels, c.latent_channels, 1, 1, vb.pp("post_quant_conv"))?)
+            } else {
+                None
+            },
             config: c.clone(),
         })
     }
@@ -247,5 +257,12 @@ impl Vae {
 pub fn load_vae(dir: &Path, dtype: DType, device: &candle_core::Device) -> Result<Vae> {
     let cfg = VaeConfig::load(&dir.join("config.json"))?;
     let file = std::sync::Arc::new(crate::weights::StFile::open(dir.join("diffusion_pytorch_model.safetensors"))?);
-    crate::weights::build_strict(file, dtype, device, |k| (k.to_string(), crate::weights::Transform::Same), |_| true, |vb| Vae::new(&cfg, vb))
+    crate::weights::build_strict(
+        file,
+        dtype,
+        device,
+        |k| (k.to_string(), crate::weights::Transform::Same),
+        |_| true,
+        |vb| Vae::new(&cfg, vb),
+    )
 }

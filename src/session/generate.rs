@@ -46,11 +46,23 @@ pub(super) fn latent_preview(x: &Tensor, step: usize) -> Result<Image> {
             rgb[i * 3 + ch] = ((p - lo) / span * 255.0) as u8;
         }
     }
-    Ok(Image { rgb: Arc::new(rgb), width: w, height: h, seed: 0, prompt: format!("latents at step {step}"), settings: Vec::new(), path: None })
+    Ok(Image {
+        rgb: Arc::new(rgb),
+        width: w,
+        height: h,
+        seed: 0,
+        prompt: format!("latents at step {step}"),
+        settings: Vec::new(),
+        path: None,
+    })
 }
 
 impl Session {
-    pub(super) fn encode_text(&mut self, prompt: &str, negative: Option<&str>) -> Result<(Conditioning, Conditioning, Option<String>)> {
+    pub(super) fn encode_text(
+        &mut self,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<(Conditioning, Conditioning, Option<String>)> {
         let key = format!("p:{prompt}");
         if !self.text.contains_key(&key) {
             let c = self.sdxl()?.encode_prompt(prompt)?;
@@ -70,8 +82,13 @@ impl Session {
     pub fn generate(&mut self, g: &Generate) -> Result<Image> {
         self.cancel.store(false, Ordering::Relaxed);
         self.apply(g.lora.as_ref())?;
-        let has_identity = g.lora.as_ref().is_some_and(|m| m.terms().iter().any(|t| matches!(t.source, TermSource::Identity(_))));
-        let prompt = if has_identity && !g.prompt.contains(TRIGGER) { format!("{TRIGGER}, {}", g.prompt) } else { g.prompt.clone() };
+        let has_identity =
+            g.lora.as_ref().is_some_and(|m| m.terms().iter().any(|t| matches!(t.source, TermSource::Identity(_))));
+        let prompt = if has_identity && !g.prompt.contains(TRIGGER) {
+            format!("{TRIGGER}, {}", g.prompt)
+        } else {
+            g.prompt.clone()
+        };
         let (cond, uncond, truncated) = self.encode_text(&prompt, g.negative.as_deref())?;
         if let Some(t) = &truncated {
             self.emit(Event::Note(format!("prompt longer than 77 tokens; dropped: {t:?}")));

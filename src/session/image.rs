@@ -28,7 +28,13 @@ impl Image {
 impl Session {
     /// A labelled contact sheet of `images` (`labels` default to each image's prompt and seed); its PNG text
     /// keeps every cell's settings.
-    pub fn grid(&self, images: &[Image], labels: Option<&[String]>, cols: Option<usize>, title: Option<&str>) -> Result<Image> {
+    pub fn grid(
+        &self,
+        images: &[Image],
+        labels: Option<&[String]>,
+        cols: Option<usize>,
+        title: Option<&str>,
+    ) -> Result<Image> {
         if let Some(l) = labels {
             if l.len() != images.len() {
                 return Err(Error::Mismatch(format!("grid: {} labels for {} images", l.len(), images.len())));
@@ -47,7 +53,15 @@ impl Session {
             .collect();
         let s = crate::render::grid::grid(&cells, cols, title)?;
         let prompt = title.map(str::to_string).unwrap_or_else(|| format!("grid of {} images", images.len()));
-        Ok(Image { rgb: Arc::new(s.rgb), width: s.width, height: s.height, seed: 0, prompt, settings: s.settings, path: None })
+        Ok(Image {
+            rgb: Arc::new(s.rgb),
+            width: s.width,
+            height: s.height,
+            seed: 0,
+            prompt,
+            settings: s.settings,
+            path: None,
+        })
     }
 
     /// Write an image as PNG with its settings (never over an existing file unless `overwrite`).
@@ -68,7 +82,11 @@ impl Session {
                 id.short_hash()
             )));
         }
-        let what = img.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("generated image (seed {})", img.seed));
+        let what = img
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("generated image (seed {})", img.seed));
         let (e, _) = self.face()?.embed_face(&img.rgb8(), &what, pick)?;
         let cos = |r: &[f32]| r.iter().zip(&e).map(|(a, b)| (*a * *b) as f64).sum::<f64>();
         Ok(refs.iter().map(|r| cos(r)).sum::<f64>() / refs.len() as f64)

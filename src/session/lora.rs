@@ -27,9 +27,9 @@ impl Session {
         }
         let cache = &self.synthesized;
         mix.weights_with(&mut |id, branch| {
-            let w = cache
-                .get(&format!("{}:{branch:?}", id.hash()))
-                .ok_or_else(|| Error::Mismatch(format!("identity {}: LoRA factors missing from the cache", id.short_hash())))?;
+            let w = cache.get(&format!("{}:{branch:?}", id.hash())).ok_or_else(|| {
+                Error::Mismatch(format!("identity {}: LoRA factors missing from the cache", id.short_hash()))
+            })?;
             Ok(std::borrow::Cow::Borrowed(w.as_ref()))
         })
     }
@@ -42,7 +42,12 @@ impl Session {
             return Err(Error::invalid(path, "no UNet LoRA layers found (text-encoder-only or not a LoRA file)"));
         }
         if !imp.unmatched.is_empty() {
-            self.emit(Event::Note(format!("{}: {} keys not used, e.g. {}", path.display(), imp.unmatched.len(), imp.unmatched[0])));
+            self.emit(Event::Note(format!(
+                "{}: {} keys not used, e.g. {}",
+                path.display(),
+                imp.unmatched.len(),
+                imp.unmatched[0]
+            )));
         }
         Ok(LoraMix::file(path.to_path_buf(), sha256_hex(&bytes), Arc::new(imp.weights), weight))
     }
@@ -69,9 +74,15 @@ impl Session {
         };
         if !report.unmatched.is_empty() {
             let first = report.unmatched[0].clone();
-            self.emit(Event::Note(format!("LoRA: {} targets are not in this UNet, e.g. {first}", report.unmatched.len())));
+            self.emit(Event::Note(format!(
+                "LoRA: {} targets are not in this UNet, e.g. {first}",
+                report.unmatched.len()
+            )));
         }
-        self.emit(Event::Note(format!("LoRA: {} projections merged, {} restored, {} unchanged", report.merged, report.restored, report.unchanged)));
+        self.emit(Event::Note(format!(
+            "LoRA: {} projections merged, {} restored, {} unchanged",
+            report.merged, report.restored, report.unchanged
+        )));
         self.applied = mix.cloned();
         Ok(())
     }
@@ -82,7 +93,13 @@ impl Session {
     }
 
     /// Export a mix as one kohya LoRA file (terms stacked on the rank axis).
-    pub fn export_lora(&mut self, mix: &LoraMix, path: &Path, dtype: DType, overwrite: bool) -> Result<crate::lora::file::ExportSummary> {
+    pub fn export_lora(
+        &mut self,
+        mix: &LoraMix,
+        path: &Path,
+        dtype: DType,
+        overwrite: bool,
+    ) -> Result<crate::lora::file::ExportSummary> {
         if mix.is_empty() {
             return Err(Error::Mismatch("export_lora: the mix is empty".into()));
         }
@@ -100,7 +117,11 @@ impl Session {
                 ("hyperlora.mix", mix.summary()),
                 (
                     "hyperlora.identities",
-                    mix.terms().iter().filter_map(|t| if let TermSource::Identity(id) = &t.source { Some(id.hash()) } else { None }).collect::<Vec<_>>().join(" "),
+                    mix.terms()
+                        .iter()
+                        .filter_map(|t| if let TermSource::Identity(id) = &t.source { Some(id.hash()) } else { None })
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 ),
             ],
         );

@@ -26,8 +26,8 @@ use std::time::Instant;
 pub use crate::models::ModelPaths;
 pub use generate::Generate;
 pub use image::Image;
-pub use photos::PhotoSpec;
 use photos::PhotoFeatures;
+pub use photos::PhotoSpec;
 
 mod generate;
 mod image;
@@ -109,7 +109,9 @@ pub struct Session {
 }
 
 fn need<'a>(p: &'a Option<PathBuf>, what: &str, flag: &str) -> Result<&'a Path> {
-    p.as_deref().ok_or_else(|| Error::Mismatch(format!("no {what} configured: give {flag} (or use --demo for the tiny demo set)")))
+    p.as_deref().ok_or_else(|| {
+        Error::Mismatch(format!("no {what} configured: give {flag} (or use --demo for the tiny demo set)"))
+    })
 }
 
 impl Session {
@@ -164,5 +166,4 @@ impl Session {
         self.emit(Event::Loaded { component, seconds: t.elapsed().as_secs_f64() });
         Ok(v)
     }
-
 }

@@ -71,7 +71,9 @@ impl Session {
             }
         }
         if !["all", "sdxl", "hyperlora", "hyper", "clip", "encoders", "antelopev2", "face"].contains(&name) {
-            return Err(Error::Mismatch(format!("unload(\"{name}\"): expected sdxl, hyperlora, clip, antelopev2, encoders or all")));
+            return Err(Error::Mismatch(format!(
+                "unload(\"{name}\"): expected sdxl, hyperlora, clip, antelopev2, encoders or all"
+            )));
         }
         Ok(freed)
     }

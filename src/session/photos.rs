@@ -26,7 +26,11 @@ impl Session {
         let bytes = std::fs::read(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
         let key = format!("{}:{:?}", sha256_hex(&bytes), spec.options);
         if let Some(f) = self.photos.get(&key) {
-            self.emit(Event::Encoded { photo: spec.path.display().to_string(), detail: "from the cache".into(), cached: true });
+            self.emit(Event::Encoded {
+                photo: spec.path.display().to_string(),
+                detail: "from the cache".into(),
+                cached: true,
+            });
             return Ok(f.clone());
         }
         let e = self.encode_photo(spec)?;
@@ -42,7 +46,14 @@ impl Session {
         let e = encode_photo(face, clip, &spec.path, &spec.options)?;
         let key = format!("{}:{:?}", e.source.hash, spec.options);
         self.embeddings.insert(e.source.hash.clone(), e.face.embedding.clone());
-        self.photos.insert(key, Arc::new(PhotoFeatures { arcface: e.face.embedding.clone(), clip: e.clip.clone(), source: e.source.clone() }));
+        self.photos.insert(
+            key,
+            Arc::new(PhotoFeatures {
+                arcface: e.face.embedding.clone(),
+                clip: e.clip.clone(),
+                source: e.source.clone(),
+            }),
+        );
         Ok(e)
     }
 
@@ -64,7 +75,11 @@ impl Session {
             feats.push(self.encode_one(p)?);
         }
         let e = feats[0].arcface.len();
-        let arcface = Tensor::from_vec(feats.iter().flat_map(|f| f.arcface.iter().copied()).collect::<Vec<_>>(), (feats.len(), e), &Device::Cpu)?;
+        let arcface = Tensor::from_vec(
+            feats.iter().flat_map(|f| f.arcface.iter().copied()).collect::<Vec<_>>(),
+            (feats.len(), e),
+            &Device::Cpu,
+        )?;
         let clip = Tensor::cat(&feats.iter().map(|f| &f.clip).collect::<Vec<_>>(), 0)?;
         let set = FeatureSet::new(arcface, clip, None, feats.iter().map(|f| f.source.clone()).collect())?;
         self.hyper()?.identity(&set)

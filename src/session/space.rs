@@ -29,8 +29,14 @@ impl Session {
     }
 
     /// The `k` most similar of `candidates` (by `similarity`), best first, with their cosine.
-    pub fn nearest(&mut self, candidates: &[(String, Identity)], id: &Identity, k: usize) -> Result<Vec<(String, f64)>> {
-        let mut scored = candidates.iter().map(|(n, c)| Ok((n.clone(), id.similarity(c)?))).collect::<Result<Vec<_>>>()?;
+    pub fn nearest(
+        &mut self,
+        candidates: &[(String, Identity)],
+        id: &Identity,
+        k: usize,
+    ) -> Result<Vec<(String, f64)>> {
+        let mut scored =
+            candidates.iter().map(|(n, c)| Ok((n.clone(), id.similarity(c)?))).collect::<Result<Vec<_>>>()?;
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         scored.truncate(k);
         Ok(scored)
@@ -43,7 +49,14 @@ impl Session {
             .iter()
             .map(|t| {
                 let t = finite(*t, "walk step")?;
-                c.axpy(t, dir)?.to_identity(id, &format!("walk from identity {} by {t} along a direction (norm {:.4})", id.short_hash(), dir.norm()))
+                c.axpy(t, dir)?.to_identity(
+                    id,
+                    &format!(
+                        "walk from identity {} by {t} along a direction (norm {:.4})",
+                        id.short_hash(),
+                        dir.norm()
+                    ),
+                )
             })
             .collect()
     }

@@ -2,12 +2,12 @@
 //! CLIP vision folder, an antelopev2 folder), synthesized deterministically from code into a cache folder on
 //! first use, plus a public-domain photo carried in the binary. The weights are random: the demo exercises the
 //! whole path (photo → identity → LoRA → image), not image quality.
-use crate::error::{Error, Result};
 use super::onnx;
+use crate::error::{Error, Result};
 use crate::hyper::config::{HyperConfig, ResamplerConfig};
 use crate::hyper::modules::ModuleSpec;
-use crate::rng::Rng;
 use crate::output::{safetensors_bytes, RawTensor};
+use crate::rng::Rng;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::path::{Path, PathBuf};
@@ -107,7 +107,9 @@ impl candle_nn::var_builder::SimpleBackend for Recorder {
         let n = s.elem_count();
         let h = name.bytes().fold(self.seed ^ 0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
         let mut rng = Rng::new(h);
-        let fan_in = if dims.len() >= 2 { dims[1..].iter().product::<usize>() } else { dims.first().copied().unwrap_or(1) } as f32;
+        let fan_in =
+            if dims.len() >= 2 { dims[1..].iter().product::<usize>() } else { dims.first().copied().unwrap_or(1) }
+                as f32;
         let mut v = vec![0f32; n];
         match init {
             // a plain `vb.get` (hint: zero) of a matrix is a layer weight that wants a random start too
@@ -218,7 +220,11 @@ pub fn modules_for_unet(c: &crate::sdxl::unet::UNetConfig) -> Vec<ModuleSpec> {
         for a in 0..attentions {
             for b in 0..depth {
                 for (attn, cross) in [("attn1", None), ("attn2", Some(c.cross_attention_dim))] {
-                    out.extend(ModuleSpec::new(&format!("lora_unet_{prefix}_attentions_{a}_transformer_blocks_{b}_{attn}"), h, cross));
+                    out.extend(ModuleSpec::new(
+                        &format!("lora_unet_{prefix}_attentions_{a}_transformer_blocks_{b}_{attn}"),
+                        h,
+                        cross,
+                    ));
                 }
             }
         }
@@ -239,7 +245,9 @@ pub fn modules_for_unet(c: &crate::sdxl::unet::UNetConfig) -> Vec<ModuleSpec> {
 }
 
 fn write_all(set: &DemoSet) -> Result<()> {
-    use crate::sdxl::{text::ClipTextConfig, text::ClipTextModel, unet::UNet, unet::UNetConfig, vae::Vae, vae::VaeConfig};
+    use crate::sdxl::{
+        text::ClipTextConfig, text::ClipTextModel, unet::UNet, unet::UNetConfig, vae::Vae, vae::VaeConfig,
+    };
     // SDXL, diffusers layout
     let s = &set.sdxl;
     write(&s.join("model_index.json"), MODEL_INDEX)?;

@@ -1,12 +1,12 @@
 //! Deterministic random-weight HyperLoRA variants in the real file layout, for real-size tests, benchmarks and
 //! the demo. The same key tables that drive strict loading drive the synthesis, so the files always load.
+use crate::error::{Error, Result};
 use crate::hyper::config::HyperConfig;
 use crate::hyper::id_projector::IdProjector;
 use crate::hyper::modules::{self, ModuleSpec};
 use crate::hyper::resampler::Resampler;
 use crate::hyper::synth::Bases;
 use crate::hyper::{BASES_FILE, BASE_RESAMPLER_FILE, CONFIG_FILE, ID_PROJECTOR_FILE, MODULES_JSON, RESAMPLER_FILE};
-use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::weights::Expected;
 use std::io::Write;
@@ -79,13 +79,23 @@ pub fn write_f16_file(path: &Path, tensors: &[Expected], seed: u64) -> Result<()
 
 /// Write a complete variant folder for `cfg` and `modules`. `with_config` writes a `config.json` (the release has
 /// none; then heads × dim_head must be 12 × 64).
-pub fn write_variant(dir: &Path, cfg: &HyperConfig, modules_: &[ModuleSpec], seed: u64, with_config: bool) -> Result<()> {
+pub fn write_variant(
+    dir: &Path,
+    cfg: &HyperConfig,
+    modules_: &[ModuleSpec],
+    seed: u64,
+    with_config: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = modules::to_json(modules_);
     std::fs::write(dir.join(MODULES_JSON), json).map_err(|e| Error::io(dir.join(MODULES_JSON), e))?;
     write_f16_file(&dir.join(ID_PROJECTOR_FILE), &IdProjector::expected(cfg), seed)?;
     write_f16_file(&dir.join(RESAMPLER_FILE), &Resampler::expected(&cfg.resampler), seed.wrapping_add(1))?;
-    write_f16_file(&dir.join(BASES_FILE), &Bases::expected(modules_, cfg.hyper_dim, cfg.lora_rank, cfg.base_lora_rank), seed.wrapping_add(2))?;
+    write_f16_file(
+        &dir.join(BASES_FILE),
+        &Bases::expected(modules_, cfg.hyper_dim, cfg.lora_rank, cfg.base_lora_rank),
+        seed.wrapping_add(2),
+    )?;
     if cfg.has_base() {
         let base = crate::hyper::config::ResamplerConfig { n_conds: 1, ..cfg.resampler.clone() };
         write_f16_file(&dir.join(BASE_RESAMPLER_FILE), &Resampler::expected(&base), seed.wrapping_add(3))?;
@@ -99,7 +109,8 @@ pub fn write_variant(dir: &Path, cfg: &HyperConfig, modules_: &[ModuleSpec], see
             "hyper_dim": cfg.hyper_dim, "lora_rank": cfg.lora_rank, "has_base_lora": cfg.has_base(),
             "num_modules": cfg.num_modules, "num_queries": r.num_queries,
         });
-        std::fs::write(dir.join(CONFIG_FILE), serde_json::to_string_pretty(&c).expect("json")).map_err(|e| Error::io(dir.join(CONFIG_FILE), e))?;
+        std::fs::write(dir.join(CONFIG_FILE), serde_json::to_string_pretty(&c).expect("json"))
+            .map_err(|e| Error::io(dir.join(CONFIG_FILE), e))?;
     }
     Ok(())
 }
@@ -117,7 +128,10 @@ pub fn random_features(n: usize, e: usize, tokens: usize, w: usize, seed: u64) -
     let mut c = vec![0f32; n * tokens * w];
     rng.fill(&mut c, 0.0, 1.5);
     let sources = (0..n)
-        .map(|i| crate::identity::Source { hash: format!("{:016x}", key_seed(seed, &i.to_string())), label: format!("random#{i}") })
+        .map(|i| crate::identity::Source {
+            hash: format!("{:016x}", key_seed(seed, &i.to_string())),
+            label: format!("random#{i}"),
+        })
         .collect();
     crate::features::FeatureSet::new(
         Tensor::from_vec(a, (n, e), &Device::Cpu)?,

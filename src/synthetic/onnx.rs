@@ -27,12 +27,24 @@ impl OnnxBuilder {
     /// A float initializer; returns its name.
     pub fn weight(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> String {
         debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
-        self.inits.push(pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: FLOAT, float_data: data, ..Default::default() });
+        self.inits.push(pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: FLOAT,
+            float_data: data,
+            ..Default::default()
+        });
         name.into()
     }
 
     pub fn ints(&mut self, name: &str, data: Vec<i64>) -> String {
-        self.inits.push(pb::TensorProto { name: name.into(), dims: vec![data.len() as i64], data_type: INT64, int64_data: data, ..Default::default() });
+        self.inits.push(pb::TensorProto {
+            name: name.into(),
+            dims: vec![data.len() as i64],
+            data_type: INT64,
+            int64_data: data,
+            ..Default::default()
+        });
         name.into()
     }
 
@@ -59,7 +71,17 @@ impl OnnxBuilder {
     }
 
     /// Conv with a random (or given) weight and bias.
-    pub fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, rng: &mut Rng, bias: f32) -> String {
+    pub fn conv(
+        &mut self,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        rng: &mut Rng,
+        bias: f32,
+    ) -> String {
         let n = self.count + 1;
         let fan_in = (cin * k * k) as f32;
         let mut w = vec![0f32; cout * cin * k * k];
@@ -70,7 +92,11 @@ impl OnnxBuilder {
         self.node(
             "Conv",
             &[x, &w, &b],
-            vec![("kernel_shape", Attr::Ints(vec![k, k])), ("strides", Attr::Ints(vec![s, s])), ("pads", Attr::Ints(vec![p, p, p, p]))],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("strides", Attr::Ints(vec![s, s])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+            ],
             None,
         )
     }
@@ -121,7 +147,11 @@ impl OnnxBuilder {
 /// mean(input)·`gain` + `raw` — a fixed face whose points follow the crop (and so the box).
 pub fn landmark_106(raw: &[f32], gain: &[f32]) -> Result<Vec<u8>> {
     if raw.len() != 212 || gain.len() != 212 {
-        return Err(Error::Mismatch(format!("a 2d106 model has 212 outputs; got {} biases and {} gains", raw.len(), gain.len())));
+        return Err(Error::Mismatch(format!(
+            "a 2d106 model has 212 outputs; got {} biases and {} gains",
+            raw.len(),
+            gain.len()
+        )));
     }
     let mut b = OnnxBuilder::default();
     // starts with Sub and Mul, like a graph that normalises its own input, so it is fed raw 0–255 pixels
@@ -144,7 +174,12 @@ pub fn landmark_106(raw: &[f32], gain: &[f32]) -> Result<Vec<u8>> {
 pub fn mean_face_106() -> Vec<f32> {
     let mut p = vec![[0f32; 2]; 106];
     // jaw: chin 0 at the bottom; 1..=16 up the image-left side (1 = top), 17..=32 up the image-right side
-    let jaw = |t: f32, side: f32| [side * 0.52 * (t * std::f32::consts::FRAC_PI_2).sin(), 0.55 - 0.75 * (1.0 - (t * std::f32::consts::FRAC_PI_2).cos())];
+    let jaw = |t: f32, side: f32| {
+        [
+            side * 0.52 * (t * std::f32::consts::FRAC_PI_2).sin(),
+            0.55 - 0.75 * (1.0 - (t * std::f32::consts::FRAC_PI_2).cos()),
+        ]
+    };
     p[0] = [0.0, 0.55];
     let left: Vec<usize> = [1, 9, 10, 11, 12, 13, 14, 15, 16, 2, 3, 4, 5, 6, 7, 8].to_vec();
     let right: Vec<usize> = [17, 25, 26, 27, 28, 29, 30, 31, 32, 18, 19, 20, 21, 22, 23, 24].to_vec();
@@ -238,7 +273,16 @@ impl Net {
         Net { b: OnnxBuilder::default(), rng: Rng::new(seed), macs: 0 }
     }
     /// conv k×k (pad k/2) + optional ReLU on an input of side `hw`; returns the output and its side.
-    fn conv(&mut self, x: &str, cin: usize, cout: usize, k: usize, stride: usize, hw: usize, relu: bool) -> (String, usize) {
+    fn conv(
+        &mut self,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        hw: usize,
+        relu: bool,
+    ) -> (String, usize) {
         let out_hw = (hw + 2 * (k / 2) - k) / stride + 1;
         self.macs += (out_hw * out_hw * cout * cin * k * k) as u64;
         let c = self.b.conv(x, cin, cout, k, stride, k / 2, &mut self.rng, 0.0);

@@ -17,7 +17,10 @@ pub fn sample(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize)
         return Cells { cols: 0, rows: 0, cells: Vec::new() };
     }
     let scale = (width as f64 / cols as f64).max(height as f64 / (2 * rows) as f64).max(1.0);
-    let (w, h) = (((width as f64 / scale).round() as usize).clamp(1, cols), ((height as f64 / scale).round() as usize).clamp(1, 2 * rows));
+    let (w, h) = (
+        ((width as f64 / scale).round() as usize).clamp(1, cols),
+        ((height as f64 / scale).round() as usize).clamp(1, 2 * rows),
+    );
     let px = |x: usize, y: usize| -> [u8; 3] {
         let span = |i: usize, n: usize| {
             let a = ((i as f64 * scale) as usize).min(n - 1);

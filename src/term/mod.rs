@@ -40,13 +40,15 @@ pub fn forced() -> Result<Option<Protocol>, String> {
 
 /// Inside tmux (its variable, or a tmux/screen TERM that tmux sets).
 pub fn in_tmux() -> bool {
-    std::env::var_os("TMUX").is_some_and(|v| !v.is_empty()) || std::env::var("TERM").is_ok_and(|t| t.starts_with("tmux"))
+    std::env::var_os("TMUX").is_some_and(|v| !v.is_empty())
+        || std::env::var("TERM").is_ok_and(|t| t.starts_with("tmux"))
 }
 
 /// Terminals that draw iTerm2's inline images and say so in the environment (they do not answer a query).
 pub fn iterm2_from_env() -> bool {
     let has = |var: &str, names: &[&str]| std::env::var(var).is_ok_and(|v| names.iter().any(|n| v.contains(n)));
-    has("TERM_PROGRAM", &["iTerm", "WezTerm", "mintty", "rio", "WarpTerminal"]) || has("LC_TERMINAL", &["iTerm", "WezTerm", "mintty", "rio"])
+    has("TERM_PROGRAM", &["iTerm", "WezTerm", "mintty", "rio", "WarpTerminal"])
+        || has("LC_TERMINAL", &["iTerm", "WezTerm", "mintty", "rio"])
 }
 
 /// The outcome of asking the terminal.
@@ -66,7 +68,13 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Ask the terminal on `tty` (already in raw mode). `TERM=dumb` or no terminal: halfblocks, nothing asked.
 pub fn detect(tty: Option<&std::fs::File>, timeout: Duration) -> Detected {
-    let none = |why: &str| Detected { protocol: Protocol::Halfblocks, answers: Default::default(), typed: Vec::new(), elapsed: Duration::ZERO, why: why.into() };
+    let none = |why: &str| Detected {
+        protocol: Protocol::Halfblocks,
+        answers: Default::default(),
+        typed: Vec::new(),
+        elapsed: Duration::ZERO,
+        why: why.into(),
+    };
     if std::env::var("TERM").is_ok_and(|t| t == "dumb") {
         return none("TERM=dumb");
     }

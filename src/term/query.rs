@@ -125,7 +125,8 @@ impl Scanner {
                         Piece::Answer(n)
                     }
                     (Some(b'6'), b't') => {
-                        let v: Vec<u16> = String::from_utf8_lossy(params).split(';').filter_map(|s| s.parse().ok()).collect();
+                        let v: Vec<u16> =
+                            String::from_utf8_lossy(params).split(';').filter_map(|s| s.parse().ok()).collect();
                         if let [6, h, w] = v[..] {
                             if h > 0 && w > 0 {
                                 self.answers.cell = Some((w, h));

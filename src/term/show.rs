@@ -67,7 +67,10 @@ fn choose() -> (Protocol, Option<String>) {
         return (Protocol::Halfblocks, None);
     }
     if !std::io::stdout().is_terminal() {
-        return (Protocol::Halfblocks, wish.map(|w| format!("HYPERLORA_GRAPHICS={}: stdout is not a terminal, halfblocks instead", w.name())));
+        return (
+            Protocol::Halfblocks,
+            wish.map(|w| format!("HYPERLORA_GRAPHICS={}: stdout is not a terminal, halfblocks instead", w.name())),
+        );
     }
     let tty = query::open_tty();
     let raw = crossterm::terminal::enable_raw_mode().is_ok();
@@ -91,8 +94,15 @@ fn choose() -> (Protocol, Option<String>) {
                 (p, None)
             } else {
                 let why = match p {
-                    Protocol::Iterm2 => "viuer draws iTerm2 images only where TERM_PROGRAM or LC_TERMINAL names such a terminal".to_string(),
-                    _ => format!("the terminal did not confirm {} ({}), and viuer needs that confirmation", p.name(), d.why),
+                    Protocol::Iterm2 => {
+                        "viuer draws iTerm2 images only where TERM_PROGRAM or LC_TERMINAL names such a terminal"
+                            .to_string()
+                    }
+                    _ => format!(
+                        "the terminal did not confirm {} ({}), and viuer needs that confirmation",
+                        p.name(),
+                        d.why
+                    ),
                 };
                 (Protocol::Halfblocks, Some(format!("HYPERLORA_GRAPHICS={}: {why}; halfblocks instead", p.name())))
             }

@@ -180,7 +180,14 @@ impl App {
                 self.selected = None;
             }
             Msg::Out(Out::Plot(p)) => {
-                self.push(LineKind::Output, format!("plot: {} ({} points)", if p.title.is_empty() { "untitled" } else { &p.title }, p.points.len()));
+                self.push(
+                    LineKind::Output,
+                    format!(
+                        "plot: {} ({} points)",
+                        if p.title.is_empty() { "untitled" } else { &p.title },
+                        p.points.len()
+                    ),
+                );
                 self.plot = Some(p);
                 self.selected = None;
             }
@@ -190,7 +197,9 @@ impl App {
                         (j.step, j.total, j.elapsed) = (step, total, elapsed);
                     }
                 }
-                Event::Loading { component, path } => self.info(format!("loading {component} from {} …", path.display())),
+                Event::Loading { component, path } => {
+                    self.info(format!("loading {component} from {} …", path.display()))
+                }
                 Event::Loaded { component, seconds } => {
                     self.info(format!("loaded {component} in {seconds:.1} s"));
                     if !self.models.iter().any(|m| m == component) {
@@ -260,7 +269,9 @@ impl App {
             0 => {}
             1 => self.insert(&m[0][word.len()..]),
             _ => {
-                let common = m.iter().skip(1).fold(m[0].clone(), |acc, s| acc.chars().zip(s.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect());
+                let common = m.iter().skip(1).fold(m[0].clone(), |acc, s| {
+                    acc.chars().zip(s.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect()
+                });
                 if common.len() > word.len() {
                     self.insert(&common[word.len()..]);
                 }
@@ -290,7 +301,9 @@ impl App {
             KeyCode::Char('d') if ctrl && self.input.is_empty() => return Action::Quit,
             KeyCode::F(1) => self.help = true,
             KeyCode::Char('?') if self.input.is_empty() => self.help = true,
-            KeyCode::Enter if k.modifiers.contains(KeyModifiers::ALT) || k.modifiers.contains(KeyModifiers::SHIFT) => self.insert("\n"),
+            KeyCode::Enter if k.modifiers.contains(KeyModifiers::ALT) || k.modifiers.contains(KeyModifiers::SHIFT) => {
+                self.insert("\n")
+            }
             KeyCode::Enter => {
                 if crate::front::input::open_brackets(&self.input) > 0 {
                     self.insert("\n");
@@ -327,7 +340,9 @@ impl App {
             KeyCode::Left => self.cursor = self.prev_boundary(),
             KeyCode::Right => self.cursor = self.next_boundary(),
             KeyCode::Home => self.cursor = self.input[..self.cursor].rfind('\n').map(|i| i + 1).unwrap_or(0),
-            KeyCode::End => self.cursor = self.input[self.cursor..].find('\n').map(|i| self.cursor + i).unwrap_or(self.input.len()),
+            KeyCode::End => {
+                self.cursor = self.input[self.cursor..].find('\n').map(|i| self.cursor + i).unwrap_or(self.input.len())
+            }
             KeyCode::Up if k.modifiers.contains(KeyModifiers::ALT) => self.select(-1),
             KeyCode::Down if k.modifiers.contains(KeyModifiers::ALT) => self.select(1),
             KeyCode::Up if !self.input[..self.cursor].contains('\n') => {

@@ -54,20 +54,33 @@ fn ui_command(app: &mut App, code: &str) -> Option<()> {
     match (parts.next()?, parts.next().map(str::trim)) {
         (":help", _) => app.help = true,
         (":mem", _) => {
-            let line = format!("resident memory {} · last frame drawn in {:.1} ms", rss().unwrap_or_else(|| "unknown".into()), app.frame.as_secs_f64() * 1e3);
+            let line = format!(
+                "resident memory {} · last frame drawn in {:.1} ms",
+                rss().unwrap_or_else(|| "unknown".into()),
+                app.frame.as_secs_f64() * 1e3
+            );
             app.info(line);
         }
         (":preview", Some("on")) => app.preview = true,
         (":preview", Some("off")) => app.preview = false,
         (":save-session", Some(f)) => {
-            let text = format!("// hyperlora session: the inputs that ran without error, in order\n{}\n", app.succeeded.join("\n"));
+            let text = format!(
+                "// hyperlora session: the inputs that ran without error, in order\n{}\n",
+                app.succeeded.join("\n")
+            );
             match crate::output::write_file(std::path::Path::new(f), text.as_bytes(), false) {
-                Ok(()) => app.info(format!("saved {} inputs to {f} (replay with :load-session {f})", app.succeeded.len())),
+                Ok(()) => {
+                    app.info(format!("saved {} inputs to {f} (replay with :load-session {f})", app.succeeded.len()))
+                }
                 Err(e) => app.info(e.to_string()),
             }
         }
-        (":save-session", None) | (":load-session", None) | (":unload", None) | (":preview", _) => app.info(format!("{code}: missing argument (see :help)")),
-        (c, _) if c.starts_with(':') && ![":models", ":unload", ":load-session"].contains(&c) => app.info(format!("unknown command {c} (see :help)")),
+        (":save-session", None) | (":load-session", None) | (":unload", None) | (":preview", _) => {
+            app.info(format!("{code}: missing argument (see :help)"))
+        }
+        (c, _) if c.starts_with(':') && ![":models", ":unload", ":load-session"].contains(&c) => {
+            app.info(format!("unknown command {c} (see :help)"))
+        }
         _ => return None,
     }
     Some(())
@@ -91,8 +104,20 @@ pub fn rss() -> Option<String> {
 fn graphics(tty: Option<&std::fs::File>) -> (Option<app::Graphics>, crate::term::Detected) {
     use crate::term::{detect, forced, Detected, Protocol, QUERY_TIMEOUT};
     let d = match forced() {
-        Err(e) => Detected { protocol: Protocol::Halfblocks, answers: Default::default(), typed: Vec::new(), elapsed: Duration::ZERO, why: e },
-        Ok(Some(p)) => Detected { protocol: p, answers: Default::default(), typed: Vec::new(), elapsed: Duration::ZERO, why: "HYPERLORA_GRAPHICS".into() },
+        Err(e) => Detected {
+            protocol: Protocol::Halfblocks,
+            answers: Default::default(),
+            typed: Vec::new(),
+            elapsed: Duration::ZERO,
+            why: e,
+        },
+        Ok(Some(p)) => Detected {
+            protocol: p,
+            answers: Default::default(),
+            typed: Vec::new(),
+            elapsed: Duration::ZERO,
+            why: "HYPERLORA_GRAPHICS".into(),
+        },
         Ok(None) => detect(tty, QUERY_TIMEOUT),
     };
     (picker_for(d.protocol, d.answers.cell), d)
@@ -214,7 +239,12 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         if let Some(d) = &demo {
             define_demo(&mut script, d);
         }
-        let _ = wtx.send(Msg::Done { code: ":init".into(), result: Ok(String::new()), vars: values(&script), cancelled: false });
+        let _ = wtx.send(Msg::Done {
+            code: ":init".into(),
+            result: Ok(String::new()),
+            vars: values(&script),
+            cancelled: false,
+        });
         while let Ok(code) = code_rx.recv() {
             let (result, cancelled) = eval(&mut script, &code);
             let _ = wtx.send(Msg::Done { code, result, vars: values(&script), cancelled });
@@ -239,9 +269,14 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         "preview: {} ({}{})",
         detected.protocol.name(),
         detected.why,
-        if detected.elapsed.is_zero() { String::new() } else { format!(", asked in {} ms", detected.elapsed.as_millis()) }
+        if detected.elapsed.is_zero() {
+            String::new()
+        } else {
+            format!(", asked in {} ms", detected.elapsed.as_millis())
+        }
     ));
-    let mut late = (!detected.answers.complete && detected.elapsed > Duration::ZERO).then(|| LateAnswers::new(Duration::from_secs(30)));
+    let mut late = (!detected.answers.complete && detected.elapsed > Duration::ZERO)
+        .then(|| LateAnswers::new(Duration::from_secs(30)));
     // keys typed while the terminal was asked: replayed in order; lines wait while a job runs
     let mut typed: std::collections::VecDeque<crossterm::event::KeyEvent> = keys_from_bytes(&detected.typed).into();
     let mut memory_at = Instant::now() - Duration::from_secs(10);
@@ -296,7 +331,13 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                             if app.job.is_some() {
                                 app.info("a job is running: wait, or Ctrl-C to stop it");
                             } else {
-                                app.job = Some(Job { code: code.clone(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0 });
+                                app.job = Some(Job {
+                                    code: code.clone(),
+                                    started: Instant::now(),
+                                    step: 0,
+                                    total: 0,
+                                    elapsed: 0.0,
+                                });
                                 code_tx.send(code)?;
                             }
                         }

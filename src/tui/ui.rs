@@ -14,7 +14,8 @@ pub struct Halfblocks<'a>(pub &'a Image);
 impl Widget for Halfblocks<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let img = self.0;
-        let c = crate::term::halfblocks::sample(&img.rgb, img.width, img.height, area.width as usize, area.height as usize);
+        let c =
+            crate::term::halfblocks::sample(&img.rgb, img.width, img.height, area.width as usize, area.height as usize);
         if c.cols == 0 {
             return;
         }
@@ -50,7 +51,11 @@ fn chart(f: &mut Frame, p: &crate::render::plot::Plot, area: Rect) {
     use ratatui::widgets::{Axis, Chart, Dataset, GraphType};
     let ((x0, x1), (y0, y1)) = p.bounds();
     let label = |v: f64| Span::raw(format!("{v:.3}"));
-    let data = Dataset::default().marker(Marker::Braille).graph_type(GraphType::Line).style(Style::default().fg(Color::Cyan)).data(&p.points);
+    let data = Dataset::default()
+        .marker(Marker::Braille)
+        .graph_type(GraphType::Line)
+        .style(Style::default().fg(Color::Cyan))
+        .data(&p.points);
     let chart = Chart::new(vec![data])
         .block(Block::default().title(p.title.clone()))
         .x_axis(Axis::default().title(p.x_label.clone()).bounds([x0, x1]).labels(vec![label(x0), label(x1)]))
@@ -66,10 +71,18 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
     let input_lines = app.input.lines().count().max(1) + usize::from(app.input.ends_with('\n'));
     let input_h = (input_lines as u16 + 2).clamp(3, (area.height / 3).max(3));
-    let rows =
-        Layout::default().direction(Direction::Vertical).constraints([Constraint::Min(3), Constraint::Length(input_h), Constraint::Length(1)]).split(area);
-    let cols = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(58), Constraint::Percentage(42)]).split(rows[0]);
-    let right = Layout::default().direction(Direction::Vertical).constraints([Constraint::Percentage(40), Constraint::Percentage(60)]).split(cols[1]);
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([Constraint::Min(3), Constraint::Length(input_h), Constraint::Length(1)])
+        .split(area);
+    let cols = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([Constraint::Percentage(58), Constraint::Percentage(42)])
+        .split(rows[0]);
+    let right = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([Constraint::Percentage(40), Constraint::Percentage(60)])
+        .split(cols[1]);
 
     // output log, bottom-anchored
     let log_block = Block::default().borders(Borders::ALL).title(" output ");
@@ -141,10 +154,17 @@ pub fn draw(f: &mut Frame, app: &App) {
                     .as_ref()
                     .map(|p| format!("saved: {}", p.display()))
                     .unwrap_or_else(|| format!("{}×{} seed {} (not saved)", img.width, img.height, img.seed));
-                f.render_widget(Paragraph::new(saved).style(Style::default().fg(Color::Green)), Rect { y: pin.y + pin.height - 1, height: 1, ..pin });
+                f.render_widget(
+                    Paragraph::new(saved).style(Style::default().fg(Color::Green)),
+                    Rect { y: pin.y + pin.height - 1, height: 1, ..pin },
+                );
             }
             (false, Some(img)) => {
-                let saved = img.path.as_ref().map(|p| format!("preview off — saved: {}", p.display())).unwrap_or_else(|| "preview off (:preview on)".into());
+                let saved = img
+                    .path
+                    .as_ref()
+                    .map(|p| format!("preview off — saved: {}", p.display()))
+                    .unwrap_or_else(|| "preview off (:preview on)".into());
                 f.render_widget(Paragraph::new(saved).wrap(Wrap { trim: true }), pin);
             }
             _ => f.render_widget(Paragraph::new("no image yet").style(Style::default().fg(Color::DarkGray)), pin),
@@ -152,12 +172,16 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
 
     // input
-    let title = if app.completions.is_empty() { " hl> ".to_string() } else { format!(" {} ", app.completions.join("  ")) };
+    let title =
+        if app.completions.is_empty() { " hl> ".to_string() } else { format!(" {} ", app.completions.join("  ")) };
     let iblock = Block::default().borders(Borders::ALL).title(title);
     let iin = iblock.inner(rows[1]);
     f.render_widget(Paragraph::new(app.input.as_str()).block(iblock), rows[1]);
     let before = &app.input[..app.cursor];
-    let (cy, cx) = (before.matches('\n').count() as u16, before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u16);
+    let (cy, cx) = (
+        before.matches('\n').count() as u16,
+        before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u16,
+    );
     if app.job.is_none() && cy < iin.height {
         f.set_cursor_position((iin.x + cx.min(iin.width.saturating_sub(1)), iin.y + cy));
     }
@@ -181,6 +205,11 @@ pub fn draw(f: &mut Frame, app: &App) {
             crate::script::api::help(None)
         );
         f.render_widget(Clear, r);
-        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title(" help ")), r);
+        f.render_widget(
+            Paragraph::new(text)
+                .wrap(Wrap { trim: false })
+                .block(Block::default().borders(Borders::ALL).title(" help ")),
+            r,
+        );
     }
 }

@@ -5,7 +5,10 @@ use crate::clip::ClipLayer;
 use crate::error::{Error, Result};
 use crate::weights::{build_strict, StFile, Transform};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv2d_no_bias, embedding, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{
+    conv2d_no_bias, embedding, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear,
+    VarBuilder,
+};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -40,14 +43,22 @@ impl ClipVisionConfig {
     /// A `clip_vision_model` config, or a full `clip` config's `vision_config` (openai/clip-vit-large-patch14).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
         let mut vc = v.get("vision_config").cloned().unwrap_or(v.clone());
         if let (Some(p), Some(obj)) = (v.get("projection_dim").cloned(), vc.as_object_mut()) {
             obj.entry("projection_dim").or_insert(p);
         }
-        let c: Self = serde_json::from_value(vc).map_err(|e| Error::invalid(path, format!("not a CLIP vision config: {e}")))?;
+        let c: Self =
+            serde_json::from_value(vc).map_err(|e| Error::invalid(path, format!("not a CLIP vision config: {e}")))?;
         if c.image_size % c.patch_size != 0 || c.hidden_size % c.num_attention_heads != 0 {
-            return Err(Error::invalid(path, format!("inconsistent CLIP vision config: image {} / patch {}, hidden {} / heads {}", c.image_size, c.patch_size, c.hidden_size, c.num_attention_heads)));
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "inconsistent CLIP vision config: image {} / patch {}, hidden {} / heads {}",
+                    c.image_size, c.patch_size, c.hidden_size, c.num_attention_heads
+                ),
+            ));
         }
         Ok(c)
     }
@@ -83,11 +94,26 @@ impl ClipVision {
         let h = c.hidden_size;
         Ok(Self {
             class_embedding: e.get(h, "class_embedding")?,
-            patch_embedding: conv2d_no_bias(c.num_channels, h, c.patch_size, Conv2dConfig { stride: c.patch_size, ..Default::default() }, e.pp("patch_embedding"))?,
+            patch_embedding: conv2d_no_bias(
+                c.num_channels,
+                h,
+                c.patch_size,
+                Conv2dConfig { stride: c.patch_size, ..Default::default() },
+                e.pp("patch_embedding"),
+            )?,
             position_embedding: embedding(c.num_tokens(), h, e.pp("position_embedding"))?,
             pre_layrnorm: layer_norm(h, c.layer_norm_eps, vm.pp("pre_layrnorm"))?, // sic: the checkpoint's spelling
             layers: (0..c.num_hidden_layers)
-                .map(|i| ClipLayer::new(h, c.num_attention_heads, c.intermediate_size, &c.hidden_act, c.layer_norm_eps, vm.pp("encoder").pp("layers").pp(i)))
+                .map(|i| {
+                    ClipLayer::new(
+                        h,
+                        c.num_attention_heads,
+                        c.intermediate_size,
+                        &c.hidden_act,
+                        c.layer_norm_eps,
+                        vm.pp("encoder").pp("layers").pp(i),
+                    )
+                })
                 .collect::<candle_core::Result<_>>()?,
             post_layernorm: layer_norm(h, c.layer_norm_eps, vm.pp("post_layernorm"))?,
             visual_projection: match (with_projection, c.projection_dim) {
@@ -118,8 +144,16 @@ impl ClipVision {
             return Err(Error::Mismatch(format!("CLIP input is {hh}×{ww}; this model takes {s}×{s}")));
         }
         let p = self.patch_embedding.forward(pixels)?.flatten_from(2)?.transpose(1, 2)?;
-        let cls = self.class_embedding.reshape((1, 1, ()))?.broadcast_as((b, 1, self.config.hidden_size))?.to_dtype(p.dtype())?;
-        let pos = self.position_embedding.forward(&Tensor::arange(0u32, self.config.num_tokens() as u32, pixels.device())?)?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, ()))?
+            .broadcast_as((b, 1, self.config.hidden_size))?
+            .to_dtype(p.dtype())?;
+        let pos = self.position_embedding.forward(&Tensor::arange(
+            0u32,
+            self.config.num_tokens() as u32,
+            pixels.device(),
+        )?)?;
         Ok(self.pre_layrnorm.forward(&Tensor::cat(&[&cls, &p], 1)?.broadcast_add(&pos)?)?)
     }
 
@@ -159,7 +193,10 @@ pub fn load_clip_vision(dir: &Path, dtype: DType, device: &Device) -> Result<Cli
         dtype,
         device,
         |k| (k.to_string(), Transform::Same),
-        move |k| (k.starts_with("vision_model.") && !k.ends_with("position_ids")) || (with_projection && k == "visual_projection.weight"),
+        move |k| {
+            (k.starts_with("vision_model.") && !k.ends_with("position_ids"))
+                || (with_projection && k == "visual_projection.weight")
+        },
         |vb| ClipVision::new(&cfg, vb, with_projection),
     )
 }

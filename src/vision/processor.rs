@@ -47,7 +47,8 @@ fn coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
                 k.iter_mut().for_each(|v| *v /= ww);
             }
             let one = (1u64 << PRECISION_BITS) as f64;
-            let fixed = k.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect();
+            let fixed =
+                k.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i64 } else { (0.5 + v * one) as i64 }).collect();
             (xmin, fixed)
         })
         .collect()
@@ -60,7 +61,11 @@ fn clip8(v: i64) -> u8 {
 impl Rgb8 {
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
         if data.len() != width * height * 3 {
-            return Err(Error::Mismatch(format!("{width}×{height} RGB needs {} bytes, got {}", width * height * 3, data.len())));
+            return Err(Error::Mismatch(format!(
+                "{width}×{height} RGB needs {} bytes, got {}",
+                width * height * 3,
+                data.len()
+            )));
         }
         Ok(Rgb8 { width, height, data })
     }
@@ -157,7 +162,8 @@ pub fn load_photo(path: &std::path::Path) -> Result<Rgb8> {
     use image::ImageDecoder;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: image::ImageError| Error::invalid(path, format!("not a readable photo ({e})"));
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format().is_none() {
         return Err(Error::invalid(path, "not a readable photo (unknown format; JPEG, PNG and WebP are supported)"));
     }

@@ -50,7 +50,8 @@ impl StFile {
     }
 
     fn from_bytes(path: PathBuf, bytes: Bytes) -> Result<Self> {
-        let header_err = |e: safetensors::SafeTensorError| Error::Header { file: path.clone(), reason: describe(&e, bytes.len()) };
+        let header_err =
+            |e: safetensors::SafeTensorError| Error::Header { file: path.clone(), reason: describe(&e, bytes.len()) };
         // `deserialize` validates offsets against the buffer length (catches truncated downloads).
         safetensors::SafeTensors::deserialize(&bytes).map_err(header_err)?;
         let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(header_err)?;
@@ -111,7 +112,12 @@ impl StFile {
         })?;
         match dt {
             StDtype::F16 | StDtype::BF16 | StDtype::F32 | StDtype::F64 => Ok(dt),
-            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "F16, BF16, F32 or F64".into() }),
+            other => Err(Error::Dtype {
+                file: self.path.clone(),
+                key: key.into(),
+                found: format!("{other:?}"),
+                expected: "F16, BF16, F32 or F64".into(),
+            }),
         }
     }
 
@@ -153,11 +159,25 @@ impl StFile {
 
     /// An integer tensor (I64 or I32 on disk) as i64 values.
     pub fn to_i64_vec(&self, key: &str) -> Result<Vec<i64>> {
-        let raw = self.raw(key).ok_or_else(|| Error::Missing { file: self.path.clone(), key: key.into(), expected: vec![], hint: String::new() })?;
+        let raw = self.raw(key).ok_or_else(|| Error::Missing {
+            file: self.path.clone(),
+            key: key.into(),
+            expected: vec![],
+            hint: String::new(),
+        })?;
         match self.dtype(key) {
-            Some(StDtype::I64) => Ok(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
-            Some(StDtype::I32) => Ok(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()),
-            other => Err(Error::Dtype { file: self.path.clone(), key: key.into(), found: format!("{other:?}"), expected: "I64 or I32".into() }),
+            Some(StDtype::I64) => {
+                Ok(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+            }
+            Some(StDtype::I32) => {
+                Ok(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect())
+            }
+            other => Err(Error::Dtype {
+                file: self.path.clone(),
+                key: key.into(),
+                found: format!("{other:?}"),
+                expected: "I64 or I32".into(),
+            }),
         }
     }
 
@@ -202,7 +222,12 @@ impl StFile {
     }
 
     /// Load a set of tensors as one map (for a `VarBuilder`).
-    pub fn load_all(&self, keys: impl IntoIterator<Item = String>, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+    pub fn load_all(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
         keys.into_iter().map(|k| Ok((k.clone(), self.tensor(&k, dtype, device)?))).collect()
     }
 
@@ -249,4 +274,3 @@ pub fn bytes_to<T: bytemuck::Pod>(raw: &[u8]) -> Vec<T> {
 pub fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
-

@@ -30,7 +30,10 @@ pub enum Transform {
     /// A 1×1 conv [O, I, 1, 1] used as a Linear [O, I].
     Squeeze1x1,
     /// Part `index` of `of` equal slices along axis 0 (OpenCLIP's fused q/k/v `in_proj`).
-    Chunk { index: usize, of: usize },
+    Chunk {
+        index: usize,
+        of: usize,
+    },
     /// A matrix stored transposed (OpenCLIP's `text_projection`, used as x @ P).
     Transpose,
 }
@@ -58,7 +61,11 @@ impl Transform {
             Transform::Same => Ok(t),
             Transform::Squeeze1x1 => {
                 let d = t.dims().to_vec();
-                if d.len() == 4 { t.reshape((d[0], d[1])) } else { Ok(t) }
+                if d.len() == 4 {
+                    t.reshape((d[0], d[1]))
+                } else {
+                    Ok(t)
+                }
             }
             Transform::Chunk { index, of } => {
                 let n = t.dim(0)? / of;
@@ -91,13 +98,28 @@ impl StrictBackend {
 }
 
 impl candle_nn::var_builder::SimpleBackend for StrictBackend {
-    fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let (key, tf) = (self.rename)(name);
         self.seen.lock().expect("lock").insert(key.clone());
         let hint = if key != name { format!(" (model key `{name}`)") } else { String::new() };
         match self.file.shape(&key).map(|f| (f.to_vec(), tf.shape(f))) {
-            None => Err(self.fail(Error::Missing { file: self.file.path.clone(), key, expected: s.dims().to_vec(), hint })),
-            Some((found, model)) if model != s.dims() => Err(self.fail(Error::Shape { file: self.file.path.clone(), key, expected: s.dims().to_vec(), found, hint })),
+            None => {
+                Err(self.fail(Error::Missing { file: self.file.path.clone(), key, expected: s.dims().to_vec(), hint }))
+            }
+            Some((found, model)) if model != s.dims() => Err(self.fail(Error::Shape {
+                file: self.file.path.clone(),
+                key,
+                expected: s.dims().to_vec(),
+                found,
+                hint,
+            })),
             Some(_) => {
                 let t = self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))?;
                 tf.apply(t)
@@ -133,7 +155,14 @@ pub fn build_strict<T>(
     });
     struct Shared(std::sync::Arc<StrictBackend>);
     impl candle_nn::var_builder::SimpleBackend for Shared {
-        fn get(&self, s: candle_core::Shape, n: &str, h: candle_nn::Init, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        fn get(
+            &self,
+            s: candle_core::Shape,
+            n: &str,
+            h: candle_nn::Init,
+            d: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
             self.0.get(s, n, h, d, dev)
         }
         fn get_unchecked(&self, n: &str, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -147,13 +176,23 @@ pub fn build_strict<T>(
     let model = match build(vb) {
         Ok(m) => m,
         Err(e) => {
-            return Err(backend.first_error.lock().expect("lock").take().unwrap_or_else(|| Error::invalid(file.path(), format!("cannot build the model: {e}"))))
+            return Err(backend
+                .first_error
+                .lock()
+                .expect("lock")
+                .take()
+                .unwrap_or_else(|| Error::invalid(file.path(), format!("cannot build the model: {e}"))))
         }
     };
     let seen = backend.seen.lock().expect("lock");
     let extra: Vec<String> = file.keys().into_iter().filter(|k| owned(k) && !seen.contains(k)).collect();
     if let Some(first) = extra.first() {
-        return Err(Error::Unexpected { file: file.path().to_path_buf(), count: extra.len(), first: first.clone(), hint: String::new() });
+        return Err(Error::Unexpected {
+            file: file.path().to_path_buf(),
+            count: extra.len(),
+            first: first.clone(),
+            hint: String::new(),
+        });
     }
     Ok(model)
 }

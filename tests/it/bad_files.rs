@@ -70,10 +70,15 @@ fn missing_key_is_named_with_its_expected_shape() {
 fn extra_key_is_unexpected() {
     let d = tiny_copy();
     rewrite(&fixture("hyperlora-tiny/resampler.safetensors"), &d.path().join("resampler.safetensors"), |t| {
-        t.push(("layers.0.attn1.to_q.bias".into(), RawTensor { dtype: safetensors::Dtype::F16, shape: vec![64], data: vec![0; 128] }));
+        t.push((
+            "layers.0.attn1.to_q.bias".into(),
+            RawTensor { dtype: safetensors::Dtype::F16, shape: vec![64], data: vec![0; 128] },
+        ));
     });
     match load(d.path()) {
-        Err(Error::Unexpected { count, first, .. }) => assert_eq!((count, first.as_str()), (1, "layers.0.attn1.to_q.bias")),
+        Err(Error::Unexpected { count, first, .. }) => {
+            assert_eq!((count, first.as_str()), (1, "layers.0.attn1.to_q.bias"))
+        }
         other => panic!("expected an unexpected-key error, got {:?}", other.err()),
     }
 }
@@ -85,13 +90,17 @@ fn json_dims_that_disagree_with_the_bases() {
     let text = std::fs::read_to_string(&p).unwrap();
     // module 1 (…blocks_0_attn2) says cross_attention_dim 40; claim 48
     let at = text.find("\"cross_attention_dim\": 40").unwrap();
-    let text = format!("{}\"cross_attention_dim\": 48{}", &text[..at], &text[at + "\"cross_attention_dim\": 40".len()..]);
+    let text =
+        format!("{}\"cross_attention_dim\": 48{}", &text[..at], &text[at + "\"cross_attention_dim\": 40".len()..]);
     std::fs::write(&p, text).unwrap();
     match load(d.path()) {
         Err(Error::Shape { key, expected, found, hint, .. }) => {
             assert_eq!(key, "1.to_k.id_down_basis");
             assert_eq!((expected, found), (vec![16, 48, 4], vec![16, 40, 4]));
-            assert!(hint.contains("hyper_lora_modules.json entry 1") && hint.contains("cross_attention_dim 48"), "{hint}");
+            assert!(
+                hint.contains("hyper_lora_modules.json entry 1") && hint.contains("cross_attention_dim 48"),
+                "{hint}"
+            );
         }
         other => panic!("expected a shape error, got {:?}", other.err()),
     }
@@ -101,7 +110,8 @@ fn json_dims_that_disagree_with_the_bases() {
 fn module_count_that_disagrees_with_the_latents() {
     let d = tiny_copy();
     let p = d.path().join("hyper_lora_modules.json");
-    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     let last = v.keys().last().unwrap().clone();
     v.remove(&last);
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
@@ -115,7 +125,8 @@ fn base_bases_without_base_resampler() {
     std::fs::remove_file(d.path().join("base_resampler.safetensors")).unwrap();
     // keep heads × dim_head, drop the explicit has_base_lora: the branch is then detected from the files
     let cfg = d.path().join("config.json");
-    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let mut v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v.remove("has_base_lora");
     v.remove("base_lora_rank");
     std::fs::write(&cfg, serde_json::to_string(&v).unwrap()).unwrap();
@@ -191,7 +202,12 @@ fn identity_from_another_variant_is_refused() {
     id.save(&p, false).unwrap();
     let loaded = hyperlora::Identity::load(&p).unwrap();
     let msg = base.check_identity(&loaded).err().expect("must refuse").to_string();
-    assert!(msg.contains("hyperlora-tiny") && msg.contains("hyperlora-tiny-base") && msg.contains(&tiny.variant().hash[..12]), "{msg}");
+    assert!(
+        msg.contains("hyperlora-tiny")
+            && msg.contains("hyperlora-tiny-base")
+            && msg.contains(&tiny.variant().hash[..12]),
+        "{msg}"
+    );
     assert!((hyperlora::LoraMix::lora(&loaded, 1.0)).weights(&base).is_err());
     // identities of different variants do not mix either
     let other = base.identity(&a).unwrap();

@@ -1,6 +1,6 @@
 //! The `hyperlora` binary: identity → export-lora on the tiny fixture, one-line errors, no overwrites.
-use candle_core::{DType, Device};
 use crate::common::*;
+use candle_core::{DType, Device};
 use hyperlora::features::FeatureSet;
 use hyperlora::weights::StFile;
 use std::path::Path;
@@ -22,7 +22,10 @@ fn features(dir: &Path) -> Vec<std::path::PathBuf> {
         .iter()
         .map(|&(start, len)| {
             let p = dir.join(format!("f{start}.safetensors"));
-            FeatureSet::new(a.narrow(0, start, len).unwrap(), c.narrow(0, start, len).unwrap(), None, vec![]).unwrap().save(&p, false).unwrap();
+            FeatureSet::new(a.narrow(0, start, len).unwrap(), c.narrow(0, start, len).unwrap(), None, vec![])
+                .unwrap()
+                .save(&p, false)
+                .unwrap();
             p
         })
         .collect()
@@ -34,11 +37,32 @@ fn identity_then_export_matches_the_reference_lora() {
     let f = features(tmp.path());
     let hl = fixture("hyperlora-tiny");
     let id = tmp.path().join("me.id.safetensors");
-    let o = hyperlora(&["identity", "--hyperlora", s(&hl), "--features", s(&f[0]), "--features", s(&f[1]), "--out", s(&id)]);
+    let o = hyperlora(&[
+        "identity",
+        "--hyperlora",
+        s(&hl),
+        "--features",
+        s(&f[0]),
+        "--features",
+        s(&f[1]),
+        "--out",
+        s(&id),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 photos"));
     let lora = tmp.path().join("me.lora.safetensors");
-    let o = hyperlora(&["export-lora", "--hyperlora", s(&hl), s(&id), "--weight", "1", "--dtype", "f32", "--out", s(&lora)]);
+    let o = hyperlora(&[
+        "export-lora",
+        "--hyperlora",
+        s(&hl),
+        s(&id),
+        "--weight",
+        "1",
+        "--dtype",
+        "f32",
+        "--out",
+        s(&lora),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let got = StFile::open(&lora).unwrap();
     let want = StFile::open(fixture("hyperlora-tiny/lora_n3.safetensors")).unwrap();
@@ -59,7 +83,12 @@ fn identity_then_export_matches_the_reference_lora() {
     let l16 = tmp.path().join("neg.safetensors");
     let o = hyperlora(&["export-lora", "--hyperlora", s(&hl), s(&id), "--weight", "-0.7", "--out", s(&l16)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(StFile::open(&l16).unwrap().dtype("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"), Some(safetensors::Dtype::F16));
+    assert_eq!(
+        StFile::open(&l16)
+            .unwrap()
+            .dtype("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"),
+        Some(safetensors::Dtype::F16)
+    );
 
     // existing outputs are refused and left untouched, unless --force
     let before = std::fs::read(&lora).unwrap();
@@ -93,7 +122,8 @@ fn bad_inputs_exit_nonzero_with_one_line() {
     assert!(!id.exists(), "nothing is written on failure");
 
     // an identity from another variant
-    let o = hyperlora(&["identity", "--hyperlora", s(&fixture("hyperlora-tiny")), "--features", s(&f[0]), "--out", s(&id)]);
+    let o =
+        hyperlora(&["identity", "--hyperlora", s(&fixture("hyperlora-tiny")), "--features", s(&f[0]), "--out", s(&id)]);
     assert!(o.status.success());
     let out = tmp.path().join("x.safetensors");
     let o = hyperlora(&["export-lora", "--hyperlora", s(&fixture("hyperlora-tiny-base")), s(&id), "--out", s(&out)]);
@@ -103,7 +133,15 @@ fn bad_inputs_exit_nonzero_with_one_line() {
     assert!(!out.exists());
 
     // a features file that is not one
-    let o = hyperlora(&["identity", "--hyperlora", s(&fixture("hyperlora-tiny")), "--features", s(&fixture("hyperlora-tiny/lora_n1.safetensors")), "--out", s(&out)]);
+    let o = hyperlora(&[
+        "identity",
+        "--hyperlora",
+        s(&fixture("hyperlora-tiny")),
+        "--features",
+        s(&fixture("hyperlora-tiny/lora_n1.safetensors")),
+        "--out",
+        s(&out),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing tensor `arcface`"));
 }

@@ -53,7 +53,10 @@ fn serve(files: HashMap<String, Vec<u8>>, interrupt: Option<String>) -> Hub {
             let etag = if key.ends_with(".safetensors") { sha } else { sha[..40].to_string() };
             let len = body.len();
             let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
-                Some((a, b)) => (a.parse::<usize>().unwrap_or(0), if b.is_empty() { len - 1 } else { b.parse::<usize>().unwrap().min(len - 1) }),
+                Some((a, b)) => (
+                    a.parse::<usize>().unwrap_or(0),
+                    if b.is_empty() { len - 1 } else { b.parse::<usize>().unwrap().min(len - 1) },
+                ),
                 None => (0, len - 1),
             };
             let part = &body[start..=end];
@@ -62,7 +65,10 @@ fn serve(files: HashMap<String, Vec<u8>>, interrupt: Option<String>) -> Hub {
                 part.len()
             );
             let _ = s.write_all(head.as_bytes());
-            let cut = interrupt.as_deref() == Some(key.as_str()) && start == 0 && part.len() > 1 && !std::mem::replace(&mut *interrupted.lock().unwrap(), true);
+            let cut = interrupt.as_deref() == Some(key.as_str())
+                && start == 0
+                && part.len() > 1
+                && !std::mem::replace(&mut *interrupted.lock().unwrap(), true);
             let _ = s.write_all(if cut { &part[..part.len() / 2] } else { part });
             let _ = s.flush();
             drop(r);
@@ -81,13 +87,27 @@ fn hex(b: &[u8]) -> String {
 /// The released layout, made of the tiny fixture files.
 fn mirror() -> HashMap<String, Vec<u8>> {
     let mut m = HashMap::new();
-    for f in ["hyper_lora_modules.json", "hyper_lora_modules.safetensors", "resampler.safetensors", "id_projector.safetensors"] {
-        m.insert(format!("bytedance-research/HyperLoRA/sdxl_hyper_id_lora_v1_fidelity/{f}"), std::fs::read(fixture(&format!("hyperlora-tiny/{f}"))).unwrap());
+    for f in [
+        "hyper_lora_modules.json",
+        "hyper_lora_modules.safetensors",
+        "resampler.safetensors",
+        "id_projector.safetensors",
+    ] {
+        m.insert(
+            format!("bytedance-research/HyperLoRA/sdxl_hyper_id_lora_v1_fidelity/{f}"),
+            std::fs::read(fixture(&format!("hyperlora-tiny/{f}"))).unwrap(),
+        );
     }
     for f in ["config.json", "model.safetensors"] {
-        m.insert(format!("openai/clip-vit-large-patch14/{f}"), std::fs::read(fixture(&format!("clip-vision-tiny/{f}"))).unwrap());
+        m.insert(
+            format!("openai/clip-vit-large-patch14/{f}"),
+            std::fs::read(fixture(&format!("clip-vision-tiny/{f}"))).unwrap(),
+        );
     }
-    m.insert("openai/clip-vit-large-patch14/preprocessor_config.json".into(), br#"{"crop_size": 224, "do_center_crop": true, "resample": 3}"#.to_vec());
+    m.insert(
+        "openai/clip-vit-large-patch14/preprocessor_config.json".into(),
+        br#"{"crop_size": 224, "do_center_crop": true, "resample": 3}"#.to_vec(),
+    );
     m
 }
 
@@ -101,18 +121,28 @@ fn downloads_resume_and_land_in_the_hub_cache() {
     let variant = &dirs["hyperlora"];
     assert!(variant.ends_with(format!("snapshots/{COMMIT}/sdxl_hyper_id_lora_v1_fidelity")), "{variant:?}");
     for (k, v) in mirror() {
-        let (repo, file) = if k.starts_with("bytedance") { ("models--bytedance-research--HyperLoRA", k.splitn(3, '/').nth(2).unwrap().to_string()) } else { ("models--openai--clip-vit-large-patch14", k.splitn(3, '/').nth(2).unwrap().to_string()) };
+        let (repo, file) = if k.starts_with("bytedance") {
+            ("models--bytedance-research--HyperLoRA", k.splitn(3, '/').nth(2).unwrap().to_string())
+        } else {
+            ("models--openai--clip-vit-large-patch14", k.splitn(3, '/').nth(2).unwrap().to_string())
+        };
         let p = cache.path().join(repo).join("snapshots").join(COMMIT).join(&file);
         assert_eq!(std::fs::read(&p).unwrap(), v, "{k}");
     }
     // the interrupted transfer continued from where it stopped
     let log = hub.log.lock().unwrap().clone();
-    let resumed = log.iter().filter(|l| l.contains("hyper_lora_modules.safetensors")).any(|l| l.split_whitespace().nth(1).is_some_and(|r| r.ends_with('-') && !r.starts_with("0-")));
+    let resumed = log
+        .iter()
+        .filter(|l| l.contains("hyper_lora_modules.safetensors"))
+        .any(|l| l.split_whitespace().nth(1).is_some_and(|r| r.ends_with('-') && !r.starts_with("0-")));
     assert!(resumed, "no resumed range request: {log:?}");
     // discovery and doctor accept what landed
     let d = hyperlora::models::discover_hub(cache.path());
     assert_eq!(d.paths.hyperlora.as_ref(), Some(variant));
-    assert!(hyperlora::models::doctor(&d.paths).iter().filter(|c| c.component == "hyperlora" || c.component == "clip").all(|c| c.status == hyperlora::models::Status::Ok));
+    assert!(hyperlora::models::doctor(&d.paths)
+        .iter()
+        .filter(|c| c.component == "hyperlora" || c.component == "clip")
+        .all(|c| c.status == hyperlora::models::Status::Ok));
     // a second run finds everything in the cache: no transfers
     let before = hub.log.lock().unwrap().len();
     download(&plans("fidelity", true, None).unwrap(), cache.path(), &hub.url, false).unwrap();
@@ -143,9 +173,24 @@ fn download_command_honours_hf_home_and_hf_endpoint() {
     assert!(out.contains("sdxl_hyper_id_lora_v1_fidelity") && out.contains("antelopev2"), "{out}");
     assert!(home.path().join("hub/models--bytedance-research--HyperLoRA/refs/main").is_file());
     // a variant the release does not have
-    let r = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(["download", "--variant", "turbo"]).env("HF_ENDPOINT", &hub.url).env("HF_HOME", home.path()).output().unwrap();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["download", "--variant", "turbo"])
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("fidelity"));
     // a file the server does not have is named
-    let r = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(["download", "--variant", "edit", "--no-clip"]).env("HF_ENDPOINT", &hub.url).env("HF_HOME", home.path()).output().unwrap();
-    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("sdxl_hyper_id_lora_v1_edit/hyper_lora_modules.json"), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["download", "--variant", "edit", "--no-clip"])
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        !r.status.success()
+            && String::from_utf8_lossy(&r.stderr).contains("sdxl_hyper_id_lora_v1_edit/hyper_lora_modules.json"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
 }

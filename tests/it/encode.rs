@@ -55,7 +55,11 @@ fn landmark_model_runs_on_raw_pixels_and_decodes_to_the_fixture() {
     }
     // with a gain, the output moves by gain × the mean of the fixture's 192² crop in 0–255
     let g = gain();
-    std::fs::write(dir.path().join("g.onnx"), synthetic::landmark_106(&face_ref().to_f32_vec("landmark106_raw_output").unwrap(), &g).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("g.onnx"),
+        synthetic::landmark_106(&face_ref().to_f32_vec("landmark106_raw_output").unwrap(), &g).unwrap(),
+    )
+    .unwrap();
     let model = Landmark106::load(&dir.path().join("g.onnx")).unwrap();
     let (raw, _) = model.raw(&png("photo.png"), bbox()).unwrap();
     let input = png("face/landmark106_input_192.png");
@@ -79,7 +83,8 @@ fn analyser_with_a_box_follows_the_id_branch() {
     antelope(dir.path(), &[0.0; 212], None);
     let face = Antelope::load(dir.path()).unwrap();
     let photo = png("photo.png");
-    let a = face.analyse(&photo, "photo.png", &FaceOptions { pick: FacePick::Box(bbox()), ..Default::default() }).unwrap();
+    let a =
+        face.analyse(&photo, "photo.png", &FaceOptions { pick: FacePick::Box(bbox()), ..Default::default() }).unwrap();
     assert_eq!((a.score, a.faces_found, a.kps_from.clone()), (None, 0, KpsFrom::Landmarks));
     let truth = face_ref().to_f32_vec("landmarks_106").unwrap();
     assert!(a.landmarks.iter().flatten().zip(&truth).all(|(p, t)| (p - *t as f64).abs() < 1e-3));
@@ -96,10 +101,15 @@ fn analyser_with_a_box_follows_the_id_branch() {
     assert!((off as f64) < 0.02 * want.data.len() as f64, "CLIP crop: {off} values beyond ±2 levels");
     // the alignment on the 3× crop is the alignment on the photo, moved by the crop's origin
     let (on_photo, _) = hyperlora::face::align::norm_crop(&photo, &kps_from_landmarks(&a.landmarks));
-    let diff: Vec<i32> = a.aligned.data.iter().zip(&on_photo.data).map(|(x, y)| (*x as i32 - *y as i32).abs()).collect();
+    let diff: Vec<i32> =
+        a.aligned.data.iter().zip(&on_photo.data).map(|(x, y)| (*x as i32 - *y as i32).abs()).collect();
     let n = diff.iter().filter(|d| **d > 0).count();
     // the same warp up to float rounding of the translation (a rare value on a .5 boundary may round the other way)
-    assert!(diff.iter().all(|d| *d <= 1) && n < 20, "aligned crop from the 3× crop differs from the one on the photo: {n} values, max {}", diff.iter().max().unwrap());
+    assert!(
+        diff.iter().all(|d| *d <= 1) && n < 20,
+        "aligned crop from the 3× crop differs from the one on the photo: {n} values, max {}",
+        diff.iter().max().unwrap()
+    );
     let arc = hyperlora::face::onnx::ArcFace::load(&fixture("onnx-tiny/arcface_tiny.onnx")).unwrap();
     let want = arc.normed_embedding(&on_photo).unwrap();
     assert_eq!(a.embedding.len(), 512);
@@ -107,7 +117,11 @@ fn analyser_with_a_box_follows_the_id_branch() {
     assert!(a.describe().contains("face box given"), "{}", a.describe());
     // boxes that cannot be a face
     for b in [[10.0, 10.0, 5.0, 50.0], [900.0, 900.0, 950.0, 950.0], [f64::NAN, 0.0, 10.0, 10.0]] {
-        let e = face.analyse(&photo, "photo.png", &FaceOptions { pick: FacePick::Box(b), ..Default::default() }).err().unwrap().to_string();
+        let e = face
+            .analyse(&photo, "photo.png", &FaceOptions { pick: FacePick::Box(b), ..Default::default() })
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("photo.png") && e.contains("box"), "{e}");
     }
 }
@@ -126,7 +140,15 @@ fn analyser_detection_path_and_its_errors() {
     let face = Antelope::load(dir.path()).unwrap();
     let img = png("face/scrfd_input.png");
     let found = face.detector.detect_any_size(&img, 0.5, "x").unwrap();
-    let e = face.analyse(&img, "scrfd_input.png", &FaceOptions { pick: FacePick::Index(found.faces.len()), ..Default::default() }).err().unwrap().to_string();
+    let e = face
+        .analyse(
+            &img,
+            "scrfd_input.png",
+            &FaceOptions { pick: FacePick::Index(found.faces.len()), ..Default::default() },
+        )
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains(&format!("{} face(s) were found", found.faces.len())), "{e}");
     // the detection path: the best face's box feeds the landmarks; ArcFace needs a re-detection on the 3× crop
     match face.analyse(&img, "scrfd_input.png", &FaceOptions::default()) {
@@ -143,7 +165,10 @@ fn analyser_detection_path_and_its_errors() {
             assert!(e.contains("scrfd_input.png") && e.contains("re-detecting") && e.contains("640"), "{e}");
             let a = face.landmarks.landmarks(&img, found.faces[0].bbox.map(|v| v as f64)).unwrap();
             let c = hyperlora::face::cutout::id_condition(&img, &a, true, false).unwrap();
-            assert!(face.detector.detect(&c.arcface_crop, 640, 0.5).unwrap().is_empty(), "re-detection found a face but the analyser said none");
+            assert!(
+                face.detector.detect(&c.arcface_crop, 640, 0.5).unwrap().is_empty(),
+                "re-detection found a face but the analyser said none"
+            );
         }
     }
 }
@@ -181,10 +206,24 @@ fn encode_command_writes_features_an_identity_can_use() {
     let photo = fixture("photo.png");
     let clip = fixture("clip-vision-tiny");
     let args = |out: &Path| -> Vec<String> {
-        ["encode", photo.to_str().unwrap(), photo.to_str().unwrap(), "--antelopev2", models.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--box", "180,52,270,180", "--out", out.to_str().unwrap(), "--debug-dir", dbg.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "encode",
+            photo.to_str().unwrap(),
+            photo.to_str().unwrap(),
+            "--antelopev2",
+            models.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--box",
+            "180,52,270,180",
+            "--out",
+            out.to_str().unwrap(),
+            "--debug-dir",
+            dbg.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let cmd = args(&out);
     let r = hyperlora(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
@@ -197,18 +236,35 @@ fn encode_command_writes_features_an_identity_can_use() {
     assert_eq!(f.shape("landmarks").unwrap(), vec![2, 106, 2]);
     assert_eq!(f.to_f32_vec("face_box").unwrap()[..4], [180.0, 52.0, 270.0, 180.0]);
     // the CLIP rows are the tiny CLIP's hidden_states[-2] of the crop
-    let vision = hyperlora::vision::clip::load_clip_vision(&clip, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let vision =
+        hyperlora::vision::clip::load_clip_vision(&clip, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let face = Antelope::load(&models).unwrap();
-    let a = face.analyse(&png("photo.png"), "p", &FaceOptions { pick: FacePick::Box(bbox()), ..Default::default() }).unwrap();
-    let want = vision.penultimate(&hyperlora::vision::processor::clip_pixel_values(&a.cond.clip_crop, 224).unwrap()).unwrap();
-    assert_max_abs("clip row 0", &f.tensor("clip", candle_core::DType::F32, &candle_core::Device::Cpu).unwrap().narrow(0, 0, 1).unwrap(), &want, 1e-5);
+    let a = face
+        .analyse(&png("photo.png"), "p", &FaceOptions { pick: FacePick::Box(bbox()), ..Default::default() })
+        .unwrap();
+    let want =
+        vision.penultimate(&hyperlora::vision::processor::clip_pixel_values(&a.cond.clip_crop, 224).unwrap()).unwrap();
+    assert_max_abs(
+        "clip row 0",
+        &f.tensor("clip", candle_core::DType::F32, &candle_core::Device::Cpu).unwrap().narrow(0, 0, 1).unwrap(),
+        &want,
+        1e-5,
+    );
     for what in ["cutout", "clip_crop", "arcface_crop", "aligned"] {
         assert!(dbg.join(format!("00_photo.{what}.png")).is_file(), "{what} not saved");
     }
     // the features make an identity whose sources are the photo files
     let id = dir.path().join("me.id.safetensors");
     let h = fixture("hyperlora-tiny");
-    let r = hyperlora(&["identity", "--hyperlora", h.to_str().unwrap(), "--features", out.to_str().unwrap(), "--out", id.to_str().unwrap()]);
+    let r = hyperlora(&[
+        "identity",
+        "--hyperlora",
+        h.to_str().unwrap(),
+        "--features",
+        out.to_str().unwrap(),
+        "--out",
+        id.to_str().unwrap(),
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let ident = hyperlora::Identity::load(&id).unwrap();
     use sha2::Digest;
@@ -221,7 +277,18 @@ fn encode_command_writes_features_an_identity_can_use() {
     let bad = dir.path().join("broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 truncated").unwrap();
     let out2 = dir.path().join("x.safetensors");
-    let r = hyperlora(&["encode", bad.to_str().unwrap(), "--antelopev2", models.to_str().unwrap(), "--clip", clip.to_str().unwrap(), "--box", "1,1,5,5", "--out", out2.to_str().unwrap()]);
+    let r = hyperlora(&[
+        "encode",
+        bad.to_str().unwrap(),
+        "--antelopev2",
+        models.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--box",
+        "1,1,5,5",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
     let e = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && e.contains("broken.jpg"), "{e}");
     assert!(!out2.exists());

@@ -65,18 +65,26 @@ fn scrfd_decoding_matches_insightface() {
         kps: [get("kps_8"), get("kps_16"), get("kps_32")],
     };
     let faces = decode(&raw, 640, 4.0 / 3.0, 0.5, 0.4).unwrap();
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("face/scrfd_expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("face/scrfd_expected.json")).unwrap()).unwrap();
     let boxes = exp["detections_xyxy_score"].as_array().unwrap();
     let kps = exp["detections_kps"].as_array().unwrap();
     assert_eq!(faces.len(), boxes.len());
     for (i, (face, b)) in faces.iter().zip(boxes).enumerate() {
         for j in 0..4 {
-            assert!((face.bbox[j] - b[j].as_f64().unwrap() as f32).abs() < 1e-3, "face {i} box[{j}]: {:?} vs {b}", face.bbox);
+            assert!(
+                (face.bbox[j] - b[j].as_f64().unwrap() as f32).abs() < 1e-3,
+                "face {i} box[{j}]: {:?} vs {b}",
+                face.bbox
+            );
         }
         assert!((face.score - b[4].as_f64().unwrap() as f32).abs() < 1e-6, "face {i} score");
         for p in 0..5 {
             for c in 0..2 {
-                assert!((face.kps[p][c] - kps[i][p][c].as_f64().unwrap() as f32).abs() < 1e-3, "face {i} kps[{p}][{c}]");
+                assert!(
+                    (face.kps[p][c] - kps[i][p][c].as_f64().unwrap() as f32).abs() < 1e-3,
+                    "face {i} kps[{p}][{c}]"
+                );
             }
         }
     }
@@ -114,7 +122,12 @@ fn landmarks() -> Vec<[f64; 2]> {
     let f = StFile::open(fixture("face/face_reference.safetensors")).unwrap();
     f.to_f32_vec("landmarks_106").unwrap();
     // f64 values from the JSON (the tensor is float64 too)
-    face_json()["landmarks_106"].as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()]).collect()
+    face_json()["landmarks_106"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()])
+        .collect()
 }
 
 fn level_diffs(a: &Rgb8, b: &Rgb8) -> (i32, f64) {
@@ -131,7 +144,8 @@ fn over_2(a: &Rgb8, b: &Rgb8) -> f64 {
 #[test]
 fn pillow_gaussian_blur_is_reproduced() {
     use hyperlora::face::cutout::gaussian_blur;
-    let (d, mean) = level_diffs(&gaussian_blur(&png("face/idcond_mask_512.png"), 15.0), &png("face/idcond_mask_512_blurred.png"));
+    let (d, mean) =
+        level_diffs(&gaussian_blur(&png("face/idcond_mask_512.png"), 15.0), &png("face/idcond_mask_512_blurred.png"));
     assert!(d <= 1, "GaussianBlur(15) differs from Pillow's by {d} levels (mean {mean})");
 }
 
@@ -146,7 +160,10 @@ fn id_condition_matches_the_official_node() {
     assert_eq!(c.clip_box.to_vec(), boxed("clip_box_rounded"));
     assert_eq!(c.arcface_box.to_vec(), boxed("arcface_redetect_box_rounded"));
     assert_eq!(c.arcface_crop, png("face/idcond_arcface_redetect_crop.png"));
-    for (name, got, want) in [("face on grey", &c.face, png("face/idcond_face_on_grey.png")), ("CLIP crop", &c.clip_crop, png("face/idcond_clip_crop.png"))] {
+    for (name, got, want) in [
+        ("face on grey", &c.face, png("face/idcond_face_on_grey.png")),
+        ("CLIP crop", &c.clip_crop, png("face/idcond_clip_crop.png")),
+    ] {
         let (d, mean) = level_diffs(got, &want);
         let off = over_2(got, &want);
         assert!(off < 0.02, "{name}: {:.2}% of values beyond ±2 levels (max {d}, mean {mean:.3})", off * 100.0);
@@ -178,13 +195,28 @@ fn outline_mask_matches_pillow_but_for_a_few_edge_pixels() {
 fn base_condition_matches_the_official_node() {
     use hyperlora::face::cutout::{base_condition, parse_lrtb};
     use hyperlora::vision::processor::clip_pixel_values;
-    let clip = hyperlora::vision::clip::load_clip_vision(&fixture("clip-vision-tiny"), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let clip = hyperlora::vision::clip::load_clip_vision(
+        &fixture("clip-vision-tiny"),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let want_feats = load("hyperlora-tiny-base/base_inputs.safetensors", "base_clip_hidden_states_n3");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("hyperlora-tiny-base/base_inputs.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("hyperlora-tiny-base/base_inputs.json")).unwrap())
+            .unwrap();
     let photo = png("photo.png");
     for (i, v) in meta["variants"].as_array().unwrap().iter().enumerate() {
-        let c = base_condition(&photo, &landmarks(), v["crop"].as_bool().unwrap(), parse_lrtb(v["crop_scale_LRTB"].as_str().unwrap()).unwrap(), v["safe_crop"].as_bool().unwrap()).unwrap();
-        let size: Vec<usize> = v["output_size"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let c = base_condition(
+            &photo,
+            &landmarks(),
+            v["crop"].as_bool().unwrap(),
+            parse_lrtb(v["crop_scale_LRTB"].as_str().unwrap()).unwrap(),
+            v["safe_crop"].as_bool().unwrap(),
+        )
+        .unwrap();
+        let size: Vec<usize> =
+            v["output_size"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         assert_eq!(vec![c.image.width, c.image.height], size, "variant {i}");
         if let Some(r) = v["crop_box_rounded"].as_array() {
             let r: Vec<i64> = r.iter().map(|x| x.as_i64().unwrap()).collect();
@@ -192,12 +224,17 @@ fn base_condition_matches_the_official_node() {
         }
         if i == 0 {
             let want = png("hyperlora-tiny-base/base_cond_default.png");
-            assert!(over_2(&c.image, &want) < 0.02, "base_cond_default: {:.2}% beyond ±2 levels", over_2(&c.image, &want) * 100.0);
+            assert!(
+                over_2(&c.image, &want) < 0.02,
+                "base_cond_default: {:.2}% beyond ±2 levels",
+                over_2(&c.image, &want) * 100.0
+            );
         }
         let got = clip.penultimate(&clip_pixel_values(&c.image, 224).unwrap()).unwrap().flatten_all().unwrap();
         let want = want_feats.get(i).unwrap().flatten_all().unwrap();
         let cos = (&got * &want).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
-            / (got.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() * want.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap());
+            / (got.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap()
+                * want.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap());
         assert!(cos > 0.999, "variant {i}: CLIP feature cosine {cos}");
     }
     assert!(parse_lrtb("1,1,1").is_err());

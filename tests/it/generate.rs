@@ -20,7 +20,13 @@ fn tiny() -> Sdxl {
 }
 
 fn req(seed: u64) -> GenerateRequest {
-    GenerateRequest { seed, steps: 3, width: 128, height: 96, ..GenerateRequest::new("fcsks fxhks fhyks, a photo of a person") }
+    GenerateRequest {
+        seed,
+        steps: 3,
+        width: 128,
+        height: 96,
+        ..GenerateRequest::new("fcsks fxhks fhyks, a photo of a person")
+    }
 }
 
 #[test]
@@ -37,10 +43,16 @@ fn same_seed_same_image_and_metadata_round_trips() {
     // a negative prompt changes the result; sizes that are not multiples of 8 are refused
     let neg = go(&GenerateRequest { negative: Some("blurry".into()), ..req(7) });
     assert!(max_abs(&a.images[0], &neg.images[0]).0 > 1e-4);
-    assert!(m.generate(&GenerateRequest { width: 100, ..req(7) }, &mut |_, _| ControlFlow::Continue(())).err().unwrap().to_string().contains("multiples of 8"));
+    assert!(m
+        .generate(&GenerateRequest { width: 100, ..req(7) }, &mut |_, _| ControlFlow::Continue(()))
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("multiples of 8"));
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("a.png");
-    let meta = vec![("prompt".to_string(), "fcsks fxhks fhyks, ünïcode".to_string()), ("seed".to_string(), "7".to_string())];
+    let meta =
+        vec![("prompt".to_string(), "fcsks fxhks fhyks, ünïcode".to_string()), ("seed".to_string(), "7".to_string())];
     write_png(&p, &a.images[0], &meta, false).unwrap();
     let (rgb, w, h, text) = read_png(&p).unwrap();
     assert_eq!((w, h), (128, 96));
@@ -57,9 +69,25 @@ fn generate_cli_writes_png_with_settings() {
     let lora = format!("{}:0.8", fixture("hyperlora-tiny/lora_n1.safetensors").display());
     let args = |o: &std::path::Path| {
         vec![
-            "generate".to_string(), "--model".into(), fixture("sdxl-tiny").display().to_string(), "--prompt".into(), "a photo".into(),
-            "--lora".into(), lora.clone(), "--seed".into(), "3".into(), "--steps".into(), "2".into(), "--width".into(), "64".into(),
-            "--height".into(), "64".into(), "--sampler".into(), "euler_a".into(), "--out".into(), o.display().to_string(),
+            "generate".to_string(),
+            "--model".into(),
+            fixture("sdxl-tiny").display().to_string(),
+            "--prompt".into(),
+            "a photo".into(),
+            "--lora".into(),
+            lora.clone(),
+            "--seed".into(),
+            "3".into(),
+            "--steps".into(),
+            "2".into(),
+            "--width".into(),
+            "64".into(),
+            "--height".into(),
+            "64".into(),
+            "--sampler".into(),
+            "euler_a".into(),
+            "--out".into(),
+            o.display().to_string(),
         ]
     };
     let o = Command::new(bin).args(args(&out)).output().unwrap();
@@ -67,7 +95,15 @@ fn generate_cli_writes_png_with_settings() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("136 projections merged"));
     let o = Command::new(bin).args(["info", out.to_str().unwrap()]).output().unwrap();
     let info = String::from_utf8_lossy(&o.stdout);
-    for want in ["64×64 PNG", "prompt: a photo", "seed: 3", "sampler: euler_a", "steps: 2", "model: sdxl-tiny", "lora_n1.safetensors:0.8:"] {
+    for want in [
+        "64×64 PNG",
+        "prompt: a photo",
+        "seed: 3",
+        "sampler: euler_a",
+        "steps: 2",
+        "model: sdxl-tiny",
+        "lora_n1.safetensors:0.8:",
+    ] {
         assert!(info.contains(want), "{want} missing in\n{info}");
     }
     // same seed, same bytes; an existing output is refused
@@ -77,7 +113,18 @@ fn generate_cli_writes_png_with_settings() {
     let o = Command::new(bin).args(args(&out)).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"));
     // a model path that is not SDXL
-    let o = Command::new(bin).args(["generate", "--model", fixture("hyperlora-tiny").to_str().unwrap(), "--prompt", "x", "--out", tmp.path().join("x.png").to_str().unwrap()]).output().unwrap();
+    let o = Command::new(bin)
+        .args([
+            "generate",
+            "--model",
+            fixture("hyperlora-tiny").to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            tmp.path().join("x.png").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("model_index.json"), "{}", String::from_utf8_lossy(&o.stderr));
 }
@@ -93,15 +140,34 @@ fn img2img_runs_the_strength_fraction_of_the_schedule() {
     assert!(hyperlora::png_meta::load_image(&p, 64, 64).err().unwrap().to_string().contains("128×96"));
     let r = GenerateRequest { steps: 10, init_image: Some((init.clone(), 0.5)), ..req(9) };
     let mut steps = Vec::new();
-    let a = m.generate(&r, &mut |s, _| { steps.push(s.step); ControlFlow::Continue(()) }).unwrap().unwrap();
+    let a = m
+        .generate(&r, &mut |s, _| {
+            steps.push(s.step);
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
     assert_eq!(steps, vec![6, 7, 8, 9, 10], "strength 0.5 of 10 steps runs the last 5");
     let b = m.generate(&r, &mut |_, _| ControlFlow::Continue(())).unwrap().unwrap();
     assert_max_abs("img2img is deterministic", &a.images[0], &b.images[0], 0.0);
-    let weaker = m.generate(&GenerateRequest { init_image: Some((init.clone(), 0.2)), ..r.clone() }, &mut |_, _| ControlFlow::Continue(())).unwrap().unwrap();
+    let weaker = m
+        .generate(&GenerateRequest { init_image: Some((init.clone(), 0.2)), ..r.clone() }, &mut |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
     assert!(max_abs(&weaker.images[0], &a.images[0]).0 > 1e-4);
-    let e = m.generate(&GenerateRequest { init_image: Some((init, 0.0)), ..r.clone() }, &mut |_, _| ControlFlow::Continue(())).err().unwrap();
+    let e =
+        m.generate(&GenerateRequest { init_image: Some((init, 0.0)), ..r.clone() }, &mut |_, _| {
+            ControlFlow::Continue(())
+        })
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("strength"), "{e}");
     let wrong = load("sdxl-tiny/reference/vae.safetensors", "encode.image"); // 128×128, the request is 128×96
-    let e = m.generate(&GenerateRequest { init_image: Some((wrong, 0.5)), ..r }, &mut |_, _| ControlFlow::Continue(())).err().unwrap();
+    let e = m
+        .generate(&GenerateRequest { init_image: Some((wrong, 0.5)), ..r }, &mut |_, _| ControlFlow::Continue(()))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("128×128") && e.to_string().contains("128×96"), "{e}");
 }

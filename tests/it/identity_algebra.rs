@@ -1,7 +1,7 @@
 //! Identity and LoraMix algebra on the tiny fixture model: the laws the scripting layer relies on, and exact
 //! export/import of mixes.
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use hyperlora::features::FeatureSet;
 use hyperlora::hyper::{HyperLora, LoadOptions};
 use hyperlora::lora::file::{export_kohya, import, Spelling};
@@ -53,7 +53,12 @@ fn weighted_mean_equals_fusing_the_photos() {
     let w = Identity::weighted_mean(&[&two, &singles[2]], &[2.0, 1.0]).unwrap();
     assert_max_abs("weighted_mean", w.raw(), fused.raw(), 1e-5);
     // and the coefficients the reference computed for N = 3
-    assert_max_abs("coeffs", &mean.coefficients().unwrap().unsqueeze(0).unwrap(), &load("hyperlora-tiny/expected_n3.safetensors", "coeffs"), 1e-4);
+    assert_max_abs(
+        "coeffs",
+        &mean.coefficients().unwrap().unsqueeze(0).unwrap(),
+        &load("hyperlora-tiny/expected_n3.safetensors", "coeffs"),
+        1e-4,
+    );
 }
 
 #[test]
@@ -135,7 +140,13 @@ fn save_and_load_keep_identity_and_never_overwrite() {
 fn write_features(_h: &HyperLora) -> std::path::PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
     let p = dir.join("features.safetensors");
-    let f = FeatureSet::new(load("hyperlora-tiny/inputs.safetensors", "arcface_n3"), load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n3"), None, vec![]).unwrap();
+    let f = FeatureSet::new(
+        load("hyperlora-tiny/inputs.safetensors", "arcface_n3"),
+        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n3"),
+        None,
+        vec![],
+    )
+    .unwrap();
     f.save(&p, false).unwrap();
     p
 }
@@ -151,7 +162,10 @@ fn exported_mix_reimports_exactly() {
     let s = export_kohya(&w, hyperlora::hyper::ALPHA_RATIO, &p, DType::F32, Default::default(), false).unwrap();
     assert_eq!((s.tensors, s.max_rank), (408, 12), "three rank-4 terms stacked along the rank axis");
     let f = StFile::open(&p).unwrap();
-    assert_eq!(f.to_f32_vec("lora_unet_mid_block_attentions_0_transformer_blocks_1_attn2_to_v.alpha").unwrap(), vec![6.0]);
+    assert_eq!(
+        f.to_f32_vec("lora_unet_mid_block_attentions_0_transformer_blocks_1_attn2_to_v.alpha").unwrap(),
+        vec![6.0]
+    );
     let back = import(&p).unwrap();
     assert_eq!(back.spelling, Some(Spelling::Kohya));
     assert!(back.unmatched.is_empty(), "{:?}", back.unmatched);
@@ -160,7 +174,10 @@ fn exported_mix_reimports_exactly() {
     let file_term = LoraMix::file(p.clone(), "look".into(), Arc::new(back.weights), 0.5);
     assert_same_deltas(&h, &file_term.weights(&h).unwrap(), &w.scaled(0.5), 1e-6);
     // never overwrite
-    assert!(matches!(export_kohya(&w, hyperlora::hyper::ALPHA_RATIO, &p, DType::F32, Default::default(), false), Err(hyperlora::Error::Exists { .. })));
+    assert!(matches!(
+        export_kohya(&w, hyperlora::hyper::ALPHA_RATIO, &p, DType::F32, Default::default(), false),
+        Err(hyperlora::Error::Exists { .. })
+    ));
 }
 
 #[test]
@@ -173,7 +190,11 @@ fn peft_and_diffusers_spellings_import_to_the_same_targets() {
     let mut peft = Vec::new();
     let mut diffusers = Vec::new();
     for k in src.keys() {
-        let raw = || RawTensor { dtype: src.dtype(&k).unwrap(), shape: src.shape(&k).unwrap().to_vec(), data: src.raw(&k).unwrap().to_vec() };
+        let raw = || RawTensor {
+            dtype: src.dtype(&k).unwrap(),
+            shape: src.shape(&k).unwrap().to_vec(),
+            data: src.raw(&k).unwrap().to_vec(),
+        };
         let (stem, suffix) = k.split_once('.').unwrap();
         let target = names::target_from_kohya(stem).unwrap();
         match suffix {
@@ -198,7 +219,10 @@ fn peft_and_diffusers_spellings_import_to_the_same_targets() {
         // no alpha in these spellings: scale 1, i.e. twice the kohya file's alpha/rank = 0.5
         assert_same_deltas(&h, &got.weights, &kohya.weights.scaled(2.0), 1e-7);
         if name == "peft" {
-            assert_eq!(got.unmatched, vec!["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".to_string()]);
+            assert_eq!(
+                got.unmatched,
+                vec!["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".to_string()]
+            );
         }
     }
 }
@@ -230,7 +254,10 @@ fn features_file_is_validated() {
     let p = tmp.path().join("f.safetensors");
     let a = (load("hyperlora-tiny/inputs.safetensors", "arcface_n1") * 3.0).unwrap();
     let c = load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1");
-    let e = vec![("arcface".to_string(), RawTensor::from_tensor(&a, DType::F32).unwrap()), ("clip".to_string(), RawTensor::from_tensor(&c, DType::F32).unwrap())];
+    let e = vec![
+        ("arcface".to_string(), RawTensor::from_tensor(&a, DType::F32).unwrap()),
+        ("clip".to_string(), RawTensor::from_tensor(&c, DType::F32).unwrap()),
+    ];
     std::fs::write(&p, safetensors_bytes(&e, Default::default()).unwrap()).unwrap();
     let msg = FeatureSet::load(&p).err().unwrap().to_string();
     assert!(msg.contains("row 0") && msg.contains("L2 norm 3.0"), "{msg}");

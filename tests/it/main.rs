@@ -1,7 +1,7 @@
 //! All integration tests in one binary (one link, one debug binary instead of one per file).
-mod common;
 mod bad_files;
 mod cli;
+mod common;
 mod download;
 mod encode;
 mod face;
@@ -17,10 +17,10 @@ mod parity_unet;
 mod parity_vae;
 mod parity_vision;
 mod photos;
+mod pty;
 mod real_size;
 mod script;
 mod session;
 mod single_file;
-mod tui;
-mod pty;
 mod space;
+mod tui;

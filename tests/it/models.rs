@@ -24,14 +24,19 @@ fn antelope(dir: &Path) {
     std::fs::copy(fixture("onnx-tiny/scrfd_tiny.onnx"), dir.join("scrfd_10g_bnkps.onnx")).unwrap();
     std::fs::copy(fixture("onnx-tiny/arcface_tiny.onnx"), dir.join("glintr100.onnx")).unwrap();
     let raw = hyperlora::synthetic::onnx::mean_face_106();
-    std::fs::write(dir.join("2d106det.onnx"), hyperlora::synthetic::onnx::landmark_106(&raw, &[0.0; 212]).unwrap()).unwrap();
+    std::fs::write(dir.join("2d106det.onnx"), hyperlora::synthetic::onnx::landmark_106(&raw, &[0.0; 212]).unwrap())
+        .unwrap();
 }
 
 /// A ComfyUI `models/` tree with every component in its usual place.
 fn comfy(root: &Path) {
     let m = root.join("models");
     std::fs::create_dir_all(m.join("checkpoints")).unwrap();
-    std::fs::copy(fixture("sdxl-tiny-single-file/sdxl_tiny_sgm_fp16.safetensors"), m.join("checkpoints/tiny_xl.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("sdxl-tiny-single-file/sdxl_tiny_sgm_fp16.safetensors"),
+        m.join("checkpoints/tiny_xl.safetensors"),
+    )
+    .unwrap();
     // a LoRA in checkpoints/ is not a checkpoint
     std::fs::copy(fixture("hyperlora-tiny/lora_n1.safetensors"), m.join("checkpoints/a_lora.safetensors")).unwrap();
     copy_tree(&fixture("hyperlora-tiny"), &m.join("hyper_lora/hyper_lora/sdxl_hyper_id_lora_v1_fidelity"));
@@ -81,7 +86,8 @@ fn common_mistakes_get_hints() {
     assert!(d.hints.iter().any(|h| h.contains("one level down")), "{:?}", d.hints);
     assert!(d.paths.antelopev2.as_ref().unwrap().ends_with("antelopev2/antelopev2"));
     // doctor on the folder above the nested one names the mistake too
-    let checks = doctor(&ModelPaths { antelopev2: Some(m.join("insightface/models/antelopev2")), ..Default::default() });
+    let checks =
+        doctor(&ModelPaths { antelopev2: Some(m.join("insightface/models/antelopev2")), ..Default::default() });
     let a = checks.iter().find(|c| c.component == "antelopev2").unwrap();
     assert!(a.status == Status::Bad && a.detail.contains("nested"), "{a:?}");
     // buffalo_l in place of antelopev2
@@ -104,7 +110,11 @@ fn hub_cache_layout_is_found() {
     copy_tree(&fixture("clip-vision-tiny"), &hub.join("models--openai--clip-vit-large-patch14/snapshots/1111"));
     copy_tree(&fixture("sdxl-tiny"), &hub.join("models--stabilityai--stable-diffusion-xl-base-1.0/snapshots/2222"));
     let d = discover_hub(hub);
-    assert!(d.paths.hyperlora.as_ref().unwrap().ends_with("fedcba9/sdxl_hyper_id_lora_v1_fidelity"), "refs/main wins: {:?}", d.paths);
+    assert!(
+        d.paths.hyperlora.as_ref().unwrap().ends_with("fedcba9/sdxl_hyper_id_lora_v1_fidelity"),
+        "refs/main wins: {:?}",
+        d.paths
+    );
     assert_eq!(d.candidates.iter().filter(|(c, _)| *c == "hyperlora").count(), 2);
     assert!(d.paths.clip.as_ref().unwrap().ends_with("1111"));
     let checks = doctor(&d.paths);
@@ -124,11 +134,18 @@ fn doctor_names_corrupt_and_mismatched_files() {
     std::fs::write(&bases, &bytes).unwrap();
     let c = doctor(&ModelPaths { hyperlora: Some(v.clone()), ..Default::default() });
     let h = c.iter().find(|c| c.component == "hyperlora").unwrap();
-    assert!(h.status == Status::Bad && h.detail.contains("HeaderTooLarge") && h.detail.contains("hyper_lora_modules.safetensors"), "{h:?}");
+    assert!(
+        h.status == Status::Bad
+            && h.detail.contains("HeaderTooLarge")
+            && h.detail.contains("hyper_lora_modules.safetensors"),
+        "{h:?}"
+    );
     // a CLIP config from another model beside the weights
     let clip = t.path().join("clip");
     copy_tree(&fixture("clip-vision-tiny"), &clip);
-    let cfg = std::fs::read_to_string(clip.join("config.json")).unwrap().replace("\"hidden_size\": 32", "\"hidden_size\": 768");
+    let cfg = std::fs::read_to_string(clip.join("config.json"))
+        .unwrap()
+        .replace("\"hidden_size\": 32", "\"hidden_size\": 768");
     std::fs::write(clip.join("config.json"), cfg).unwrap();
     let c = doctor(&ModelPaths { clip: Some(clip), ..Default::default() });
     let k = c.iter().find(|c| c.component == "clip").unwrap();
@@ -162,7 +179,16 @@ fn config_file_and_doctor_command() {
     let run = |cfg: &Path, extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_hyperlora"));
         c.arg("doctor").args(extra).env("HYPERLORA_CONFIG", cfg).env("HF_HOME", hub.path());
-        for v in ["HYPERLORA_SDXL", "HYPERLORA_HYPERLORA", "HYPERLORA_CLIP", "HYPERLORA_ANTELOPEV2", "HYPERLORA_COMFYUI", "HYPERLORA_DEVICE", "HYPERLORA_DTYPE", "HF_HUB_CACHE"] {
+        for v in [
+            "HYPERLORA_SDXL",
+            "HYPERLORA_HYPERLORA",
+            "HYPERLORA_CLIP",
+            "HYPERLORA_ANTELOPEV2",
+            "HYPERLORA_COMFYUI",
+            "HYPERLORA_DEVICE",
+            "HYPERLORA_DTYPE",
+            "HF_HUB_CACHE",
+        ] {
             c.env_remove(v);
         }
         c.output().unwrap()

@@ -7,7 +7,12 @@ use hyperlora::weights::StFile;
 
 fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
-    let (i, d) = got.iter().zip(want).map(|(a, b)| (a - b).abs()).enumerate().fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    let (i, d) =
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .enumerate()
+            .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
     assert!(d <= tol, "{name}: max |Δ| {d:.3e} at {i} > {tol:.0e}");
 }
 
@@ -32,7 +37,8 @@ fn scrfd_tiny_matches_onnxruntime_and_insightface() {
         close(name, &heads.kps[i], &r.to_f32_vec(&format!("output.{name}")).unwrap(), 1e-4);
     }
     let faces = decode(&heads, 256, scale, 0.5, 0.4).unwrap();
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("onnx-tiny/scrfd_tiny_expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("onnx-tiny/scrfd_tiny_expected.json")).unwrap()).unwrap();
     let want = exp["detections_xyxy_score"].as_array().unwrap();
     assert_eq!(faces.len(), want.len());
     for (f, w) in faces.iter().zip(want) {
@@ -74,5 +80,8 @@ fn detection_retries_sizes_then_pads() {
     assert_eq!(found.faces, det.detect(&img, found.det_size, 0.5).unwrap());
     // a threshold nothing passes: every size, then the padded photo, then an error naming both
     let e = det.detect_any_size(&img, 1.1, "scrfd_input.png").err().unwrap().to_string();
-    assert!(e.contains("scrfd_input.png") && e.contains("[640, 512, 384, 256]") && e.contains("240-pixel border"), "{e}");
+    assert!(
+        e.contains("scrfd_input.png") && e.contains("[640, 512, 384, 256]") && e.contains("240-pixel border"),
+        "{e}"
+    );
 }

@@ -1,8 +1,8 @@
 //! Parity with ../shared/fixtures/hyperlora-tiny and hyperlora-tiny-base (fixture README §1, §1b):
 //! id tokens, resampler intermediates, raw outputs for N = 1 and N = 3, fused coefficients, every exported LoRA
 //! tensor, the Base branch and the combined ID + Base ΔW.
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use hyperlora::features::FeatureSet;
 use hyperlora::hyper::synth::Branch;
 use hyperlora::hyper::{HyperLora, LoadOptions};
@@ -17,7 +17,10 @@ fn tiny() -> HyperLora {
 }
 
 fn inputs(n: usize) -> (Tensor, Tensor) {
-    (load("hyperlora-tiny/inputs.safetensors", &format!("arcface_n{n}")), load("hyperlora-tiny/inputs.safetensors", &format!("clip_hidden_states_n{n}")))
+    (
+        load("hyperlora-tiny/inputs.safetensors", &format!("arcface_n{n}")),
+        load("hyperlora-tiny/inputs.safetensors", &format!("clip_hidden_states_n{n}")),
+    )
 }
 
 fn features(n: usize) -> FeatureSet {
@@ -30,7 +33,10 @@ fn derived_config_matches_fixture_config() {
     let h = tiny();
     let c = h.config();
     assert_eq!((c.id_embed_dim, c.num_id_tokens, c.embedding_dim), (512, 4, 32));
-    assert_eq!((c.resampler.dim, c.resampler.heads, c.resampler.dim_head, c.resampler.depth, c.resampler.ff_mult), (64, 2, 32, 2, 4));
+    assert_eq!(
+        (c.resampler.dim, c.resampler.heads, c.resampler.dim_head, c.resampler.depth, c.resampler.ff_mult),
+        (64, 2, 32, 2, 4)
+    );
     assert_eq!((c.hyper_dim, c.lora_rank, c.num_modules, c.resampler.num_queries), (16, 4, 34, 272));
     assert_eq!(c.base_lora_rank, None);
     // JSON order is kept: down_blocks.1 (0–3), down_blocks.2 (4–11), up_blocks.0 (12–23), up_blocks.1 (24–29), mid (30–33)
@@ -117,7 +123,18 @@ fn f16_export_is_the_f32_lora_rounded() {
         let r = want.tensor(&k, DType::F32, &Device::Cpu).unwrap();
         // f16 keeps 11 significant bits: |Δ| ≤ 2⁻¹¹·|x| + the f32 tolerance
         let bound = ((r.abs().unwrap() * (1.0 / 2048.0)).unwrap() + TOL as f64).unwrap();
-        let over = (g - &r).unwrap().abs().unwrap().gt(&bound).unwrap().sum_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+        let over = (g - &r)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .gt(&bound)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(over, 0.0, "{k}: f16 export deviates beyond rounding");
     }
 }
@@ -163,8 +180,18 @@ fn base_lora_matches_reference() {
     let want = StFile::open(fixture("hyperlora-tiny-base/lora_base_n1.safetensors")).unwrap();
     for l in &w.layers {
         let k = hyperlora::lora::names::kohya_name(&l.target);
-        assert_max_abs(&format!("{k}.lora_down.weight"), &l.down, &want.tensor(&format!("{k}.lora_down.weight"), DType::F32, &Device::Cpu).unwrap(), TOL);
-        assert_max_abs(&format!("{k}.lora_up.weight"), &l.up, &want.tensor(&format!("{k}.lora_up.weight"), DType::F32, &Device::Cpu).unwrap(), TOL);
+        assert_max_abs(
+            &format!("{k}.lora_down.weight"),
+            &l.down,
+            &want.tensor(&format!("{k}.lora_down.weight"), DType::F32, &Device::Cpu).unwrap(),
+            TOL,
+        );
+        assert_max_abs(
+            &format!("{k}.lora_up.weight"),
+            &l.up,
+            &want.tensor(&format!("{k}.lora_up.weight"), DType::F32, &Device::Cpu).unwrap(),
+            TOL,
+        );
     }
     assert_eq!(w.layers.len() * 3, want.keys().len());
     // and the ID branch of this folder is the tiny ID model
@@ -172,7 +199,12 @@ fn base_lora_matches_reference() {
     let ref_id = StFile::open(fixture("hyperlora-tiny/lora_n1.safetensors")).unwrap();
     let l = &idw.layers[5];
     let k = hyperlora::lora::names::kohya_name(&l.target);
-    assert_max_abs("id branch", &l.up, &ref_id.tensor(&format!("{k}.lora_up.weight"), DType::F32, &Device::Cpu).unwrap(), TOL);
+    assert_max_abs(
+        "id branch",
+        &l.up,
+        &ref_id.tensor(&format!("{k}.lora_up.weight"), DType::F32, &Device::Cpu).unwrap(),
+        TOL,
+    );
 }
 
 #[test]
@@ -222,14 +254,18 @@ fn f32_and_bf16_copies_of_the_weights_load() {
             });
         }
         let h = HyperLora::load(d.path(), &LoadOptions::default()).unwrap();
-        assert_eq!(StFile::open(d.path().join("resampler.safetensors")).unwrap().dtype("latents"), Some(if dtype == DType::F32 { safetensors::Dtype::F32 } else { safetensors::Dtype::BF16 }));
+        assert_eq!(
+            StFile::open(d.path().join("resampler.safetensors")).unwrap().dtype("latents"),
+            Some(if dtype == DType::F32 { safetensors::Dtype::F32 } else { safetensors::Dtype::BF16 })
+        );
         let id = h.identity(&features(3)).unwrap();
         let (a, b) = (id.coefficients().unwrap(), reference.coefficients().unwrap());
         if dtype == DType::F32 {
             assert_max_abs("f32 copy", &a, &b, 1e-6);
         } else {
             let cos = ((&a * &b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
-                / (a.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() * b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap());
+                / (a.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap()
+                    * b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap());
             assert!(cos > 0.999, "bf16 copy: cosine {cos}");
         }
     }

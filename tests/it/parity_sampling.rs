@@ -1,7 +1,7 @@
 //! A complete 3-step DPM++ 2M Karras text-to-image run with CFG 5 and the VAE decode, against
 //! `StableDiffusionXLPipeline` (fixture README §4, `sampling_dpmpp2m_karras_3steps.safetensors`).
-use candle_core::{DType, Device};
 use crate::common::*;
+use candle_core::{DType, Device};
 use hyperlora::sdxl::pipeline::{denoise, time_ids, Conditioning, SampleSpec};
 use hyperlora::sdxl::scheduler::{Sampler, SamplerKind, SchedulerConfig};
 use hyperlora::sdxl::{unet::load_unet, vae::load_vae};
@@ -15,10 +15,19 @@ fn three_step_cfg_run_matches() {
     let vae = load_vae(&fixture("sdxl-tiny/vae"), DType::F32, &Device::Cpu).unwrap();
     let cfg = SchedulerConfig::load(&fixture("sdxl-tiny/scheduler/scheduler_config.json")).unwrap();
     let cond = Conditioning { embeds: load(R, "prompt_embeds"), pooled: load(R, "pooled_prompt_embeds") };
-    let uncond = Conditioning { embeds: load(R, "negative_prompt_embeds"), pooled: load(R, "negative_pooled_prompt_embeds") };
+    let uncond =
+        Conditioning { embeds: load(R, "negative_prompt_embeds"), pooled: load(R, "negative_pooled_prompt_embeds") };
     let tids = time_ids(128, 128, &Device::Cpu).unwrap();
     assert_max_abs("add_time_ids", &tids, &load(R, "add_time_ids"), 0.0);
-    let spec = SampleSpec { sampler: SamplerKind::DpmPp2mKarras, steps: 3, cfg: 5.0, cond: &cond, uncond: &uncond, time_ids: tids, strength: 1.0 };
+    let spec = SampleSpec {
+        sampler: SamplerKind::DpmPp2mKarras,
+        steps: 3,
+        cfg: 5.0,
+        cond: &cond,
+        uncond: &uncond,
+        time_ids: tids,
+        strength: 1.0,
+    };
     let mut sampler = Sampler::new(SamplerKind::DpmPp2mKarras, &cfg, 3).unwrap();
     let x = (load(R, "noise") * sampler.init_noise_sigma()).unwrap();
     assert_max_abs("x_init", &x, &load(R, "x_init"), 1e-6);
@@ -45,11 +54,23 @@ fn progress_can_cancel() {
     let cfg = SchedulerConfig::default();
     let cond = Conditioning { embeds: load(R, "prompt_embeds"), pooled: load(R, "pooled_prompt_embeds") };
     let uncond = Conditioning::zeros_like(&cond).unwrap();
-    let spec = SampleSpec { sampler: SamplerKind::Euler, steps: 10, cfg: 5.0, cond: &cond, uncond: &uncond, time_ids: time_ids(128, 128, &Device::Cpu).unwrap(), strength: 1.0 };
+    let spec = SampleSpec {
+        sampler: SamplerKind::Euler,
+        steps: 10,
+        cfg: 5.0,
+        cond: &cond,
+        uncond: &uncond,
+        time_ids: time_ids(128, 128, &Device::Cpu).unwrap(),
+        strength: 1.0,
+    };
     let mut seen = 0;
     let r = hyperlora::sdxl::pipeline::sample(&unet, &cfg, &spec, &load(R, "noise"), None, 1, &mut |p, _| {
         seen = p.step;
-        if p.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if p.step == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })
     .unwrap();
     assert!(r.is_none());

@@ -1,6 +1,6 @@
 //! Scheduler tables and 20-step runs against diffusers (fixture README §4, `schedulers.safetensors`).
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use hyperlora::sdxl::scheduler::{Sampler, SamplerKind, SchedulerConfig};
 use hyperlora::weights::StFile;
 
@@ -28,17 +28,27 @@ fn beta_tables_match() {
 #[test]
 fn timestep_and_sigma_tables_match() {
     let f = StFile::open(fixture(R)).unwrap();
-    for (kind, name) in [(SamplerKind::Euler, "euler"), (SamplerKind::EulerA, "euler_ancestral"), (SamplerKind::Ddim, "ddim"), (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras")] {
+    for (kind, name) in [
+        (SamplerKind::Euler, "euler"),
+        (SamplerKind::EulerA, "euler_ancestral"),
+        (SamplerKind::Ddim, "ddim"),
+        (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras"),
+    ] {
         let s = Sampler::new(kind, &cfg(), 20).unwrap();
-        let want: Vec<f64> = f.to_i64_vec(&format!("{name}.timesteps")).unwrap().into_iter().map(|t| t as f64).collect();
+        let want: Vec<f64> =
+            f.to_i64_vec(&format!("{name}.timesteps")).unwrap().into_iter().map(|t| t as f64).collect();
         assert_eq!(s.timesteps(), want.as_slice(), "{name}.timesteps");
         if kind != SamplerKind::Ddim {
             assert_rel(&format!("{name}.sigmas"), s.sigmas(), &f.to_f32_vec(&format!("{name}.sigmas")).unwrap(), 1e-5);
         }
     }
     // init_noise_sigma from schedulers.json
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/reference/schedulers.json")).unwrap()).unwrap();
-    for (kind, name) in [(SamplerKind::Euler, "euler"), (SamplerKind::Ddim, "ddim"), (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras")] {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/reference/schedulers.json")).unwrap())
+            .unwrap();
+    for (kind, name) in
+        [(SamplerKind::Euler, "euler"), (SamplerKind::Ddim, "ddim"), (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras")]
+    {
         let want = json[name]["init_noise_sigma"].as_f64().unwrap();
         let got = Sampler::new(kind, &cfg(), 20).unwrap().init_noise_sigma();
         assert!((got - want).abs() < 1e-5 * want, "{name}: init_noise_sigma {got} vs {want}");
@@ -57,7 +67,12 @@ fn eps(x_in: &Tensor, t: f64) -> Tensor {
 fn twenty_step_runs_match() {
     let f = StFile::open(fixture(R)).unwrap();
     let get = |k: &str| f.tensor(k, DType::F32, &Device::Cpu).unwrap();
-    for (kind, name) in [(SamplerKind::Euler, "euler"), (SamplerKind::EulerA, "euler_ancestral"), (SamplerKind::Ddim, "ddim"), (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras")] {
+    for (kind, name) in [
+        (SamplerKind::Euler, "euler"),
+        (SamplerKind::EulerA, "euler_ancestral"),
+        (SamplerKind::Ddim, "ddim"),
+        (SamplerKind::DpmPp2mKarras, "dpmpp_2m_karras"),
+    ] {
         let mut s = Sampler::new(kind, &cfg(), 20).unwrap();
         let mut x = get(&format!("{name}.x_init"));
         let inputs = get(&format!("{name}.model_inputs"));

@@ -1,13 +1,14 @@
 //! Tokenizers and both text encoders against diffusers/transformers (fixture README §4, `text_encoders.safetensors`).
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use hyperlora::sdxl::text::{load_text_encoder, ClipTokenizer};
 use hyperlora::weights::StFile;
 
 const R: &str = "sdxl-tiny/reference/text_encoders.safetensors";
 
 fn prompts() -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/reference/prompts.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/reference/prompts.json")).unwrap()).unwrap();
     v["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
 }
 
@@ -36,8 +37,10 @@ fn token_ids_match_both_tokenizers() {
 #[test]
 fn embedded_tokenizers_match_the_reference() {
     // the vocabulary derived from the embedded merges is the fixture's vocab.json, token for token
-    let derived: serde_json::Value = serde_json::from_str(&hyperlora::sdxl::text::clip_vocab_json(hyperlora::sdxl::text::CLIP_MERGES)).unwrap();
-    let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/tokenizer/vocab.json")).unwrap()).unwrap();
+    let derived: serde_json::Value =
+        serde_json::from_str(&hyperlora::sdxl::text::clip_vocab_json(hyperlora::sdxl::text::CLIP_MERGES)).unwrap();
+    let shipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/tokenizer/vocab.json")).unwrap()).unwrap();
     assert_eq!(derived.as_object().unwrap().len(), 49408);
     assert_eq!(derived, shipped);
     assert_eq!(ids(&ClipTokenizer::embedded(false).unwrap()), reference_ids("input_ids_1"));

@@ -1,6 +1,6 @@
 //! The UNet with SDXL's full conditioning against diffusers (fixture README §4, `unet_forward*.safetensors`).
-use candle_core::{DType, Device};
 use crate::common::*;
+use candle_core::{DType, Device};
 use hyperlora::sdxl::unet::{load_unet, UNetTrace};
 use hyperlora::weights::StFile;
 
@@ -12,10 +12,27 @@ fn unet_forward_matches_with_intermediates() {
     let t = StFile::open(fixture(R)).unwrap().to_i64_vec("input.timestep").unwrap()[0] as f64;
     let mut trace = UNetTrace::default();
     let out = unet
-        .forward_traced(&load(R, "input.sample"), t, &load(R, "input.encoder_hidden_states"), &load(R, "input.text_embeds"), &load(R, "input.time_ids"), Some(&mut trace))
+        .forward_traced(
+            &load(R, "input.sample"),
+            t,
+            &load(R, "input.encoder_hidden_states"),
+            &load(R, "input.text_embeds"),
+            &load(R, "input.time_ids"),
+            Some(&mut trace),
+        )
         .unwrap();
-    assert_max_abs("time_embedding", trace.time_embedding.as_ref().unwrap(), &load(R, "intermediate.time_embedding"), 1e-4);
-    assert_max_abs("add_embedding", trace.add_embedding.as_ref().unwrap(), &load(R, "intermediate.add_embedding"), 1e-4);
+    assert_max_abs(
+        "time_embedding",
+        trace.time_embedding.as_ref().unwrap(),
+        &load(R, "intermediate.time_embedding"),
+        1e-4,
+    );
+    assert_max_abs(
+        "add_embedding",
+        trace.add_embedding.as_ref().unwrap(),
+        &load(R, "intermediate.add_embedding"),
+        1e-4,
+    );
     assert_eq!(trace.blocks.len(), 10);
     for (name, got) in &trace.blocks {
         assert_max_abs(name, got, &load(R, &format!("intermediate.{name}")), 1e-4);
@@ -24,7 +41,12 @@ fn unet_forward_matches_with_intermediates() {
 }
 
 fn inputs() -> [candle_core::Tensor; 4] {
-    [load(R, "input.sample"), load(R, "input.encoder_hidden_states"), load(R, "input.text_embeds"), load(R, "input.time_ids")]
+    [
+        load(R, "input.sample"),
+        load(R, "input.encoder_hidden_states"),
+        load(R, "input.text_embeds"),
+        load(R, "input.time_ids"),
+    ]
 }
 
 fn run(unet: &hyperlora::sdxl::unet::UNet) -> candle_core::Tensor {
@@ -45,7 +67,13 @@ fn unet_with_hyperlora_merged_matches() {
     assert_max_abs("noise_pred with LoRA file at 0.8", &run(&unet), &want, 1e-4);
 
     let h = HyperLora::load(fixture("hyperlora-tiny"), &LoadOptions::default()).unwrap();
-    let f = hyperlora::features::FeatureSet::new(load("hyperlora-tiny/inputs.safetensors", "arcface_n1"), load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"), None, vec![]).unwrap();
+    let f = hyperlora::features::FeatureSet::new(
+        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
+        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
+        None,
+        vec![],
+    )
+    .unwrap();
     let id = h.identity(&f).unwrap();
     let w = (hyperlora::LoraMix::lora(&id, 0.8)).weights(&h).unwrap();
     let r = unet.set_lora(&w).unwrap();
@@ -66,7 +94,8 @@ fn hundred_random_mixes_leave_the_unet_bit_identical() {
     use hyperlora::hyper::{HyperLora, LoadOptions};
     use hyperlora::synthetic::hyper as synthetic;
     let h = HyperLora::load(fixture("hyperlora-tiny"), &LoadOptions::default()).unwrap();
-    let ids: Vec<_> = (0..6).map(|s| h.identity(&synthetic::random_features(1, 512, 257, 32, 100 + s).unwrap()).unwrap()).collect();
+    let ids: Vec<_> =
+        (0..6).map(|s| h.identity(&synthetic::random_features(1, 512, 257, 32, 100 + s).unwrap()).unwrap()).collect();
     let fresh = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
     let mut unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
     let mut rng = hyperlora::rng::Rng::new(42);
@@ -107,8 +136,15 @@ fn sgm_named_kohya_lora_reaches_the_same_targets() {
         let (stem, suffix) = k.split_once('.').unwrap();
         let target = hyperlora::lora::names::target_from_kohya(stem).unwrap();
         let ldm = ldm_module_path(&target, &layout).unwrap();
-        assert!(ldm.starts_with("input_blocks.") || ldm.starts_with("output_blocks.") || ldm.starts_with("middle_block."), "{ldm}");
-        let raw = RawTensor { dtype: src.dtype(&k).unwrap(), shape: src.shape(&k).unwrap().to_vec(), data: src.raw(&k).unwrap().to_vec() };
+        assert!(
+            ldm.starts_with("input_blocks.") || ldm.starts_with("output_blocks.") || ldm.starts_with("middle_block."),
+            "{ldm}"
+        );
+        let raw = RawTensor {
+            dtype: src.dtype(&k).unwrap(),
+            shape: src.shape(&k).unwrap().to_vec(),
+            data: src.raw(&k).unwrap().to_vec(),
+        };
         entries.push((format!("{}.{suffix}", hyperlora::lora::names::kohya_name(&ldm)), raw));
     }
     assert!(entries.iter().any(|(k, _)| k.starts_with("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.")));
@@ -120,7 +156,12 @@ fn sgm_named_kohya_lora_reaches_the_same_targets() {
     let mut unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
     let r = unet.set_lora(&imp.weights.scaled(0.8)).unwrap();
     assert_eq!((r.merged, r.unmatched.len()), (136, 0), "{:?}", r.unmatched);
-    assert_max_abs("noise_pred, SGM-named LoRA", &run(&unet), &load("sdxl-tiny/reference/unet_forward_lora.safetensors", "output.noise_pred"), 1e-4);
+    assert_max_abs(
+        "noise_pred, SGM-named LoRA",
+        &run(&unet),
+        &load("sdxl-tiny/reference/unet_forward_lora.safetensors", "output.noise_pred"),
+        1e-4,
+    );
     // names that fit no projection are reported, not dropped silently
     let mut w = imp.weights.clone();
     w.layers[0].target = "down_blocks.9.attentions.0.transformer_blocks.0.attn1.to_q".into();

@@ -1,6 +1,6 @@
 //! The SDXL VAE against diffusers (fixture README §4, `vae.safetensors`).
-use candle_core::{DType, Device};
 use crate::common::*;
+use candle_core::{DType, Device};
 use hyperlora::sdxl::vae::load_vae;
 
 const R: &str = "sdxl-tiny/reference/vae.safetensors";

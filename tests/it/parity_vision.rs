@@ -1,6 +1,6 @@
 //! CLIP vision tower and the CLIP image processor (fixture README §2), and the photo → CLIP → HyperLoRA input path.
-use candle_core::{DType, Device};
 use crate::common::*;
+use candle_core::{DType, Device};
 use hyperlora::output::RawTensor;
 use hyperlora::vision::clip::load_clip_vision;
 use hyperlora::vision::processor::{clip_pixel_values, Rgb8};
@@ -16,7 +16,11 @@ fn photo() -> Rgb8 {
 #[test]
 fn preprocessing_reproduces_pil_exactly() {
     let p = photo();
-    for (name, img) in [("full", p.clone()), ("square_face", p.crop(150, 30, 300, 180).unwrap()), ("wide_face", p.crop(100, 0, 400, 200).unwrap())] {
+    for (name, img) in [
+        ("full", p.clone()),
+        ("square_face", p.crop(150, 30, 300, 180).unwrap()),
+        ("wide_face", p.crop(100, 0, 400, 200).unwrap()),
+    ] {
         let got = clip_pixel_values(&img, 224).unwrap();
         // PIL's uint8 result is reproduced bit for bit; what is left is float rounding of the normalisation
         assert_max_abs(&format!("pixel_values.{name}"), &got, &load(PRE, &format!("pixel_values.{name}")), 2e-6);
@@ -32,14 +36,39 @@ fn vision_tower_matches_transformers() {
         assert_eq!(out.hidden_states.len(), 5);
         if name == "square_face" {
             for (i, h) in out.hidden_states.iter().enumerate() {
-                assert_max_abs(&format!("{name}.hidden_states.{i}"), h, &load(FWD, &format!("{name}.hidden_states.{i}")), 1e-4);
+                assert_max_abs(
+                    &format!("{name}.hidden_states.{i}"),
+                    h,
+                    &load(FWD, &format!("{name}.hidden_states.{i}")),
+                    1e-4,
+                );
             }
         }
-        assert_max_abs(&format!("{name}.last_hidden_state"), &out.hidden_states[4], &load(FWD, &format!("{name}.last_hidden_state")), 1e-4);
-        assert_max_abs(&format!("{name}.pooled_output"), &out.pooled, &load(FWD, &format!("{name}.pooled_output")), 1e-4);
-        assert_max_abs(&format!("{name}.image_embeds"), out.image_embeds.as_ref().unwrap(), &load(FWD, &format!("{name}.image_embeds")), 1e-4);
+        assert_max_abs(
+            &format!("{name}.last_hidden_state"),
+            &out.hidden_states[4],
+            &load(FWD, &format!("{name}.last_hidden_state")),
+            1e-4,
+        );
+        assert_max_abs(
+            &format!("{name}.pooled_output"),
+            &out.pooled,
+            &load(FWD, &format!("{name}.pooled_output")),
+            1e-4,
+        );
+        assert_max_abs(
+            &format!("{name}.image_embeds"),
+            out.image_embeds.as_ref().unwrap(),
+            &load(FWD, &format!("{name}.image_embeds")),
+            1e-4,
+        );
         // HyperLoRA's feature, computed without running the last layer
-        assert_max_abs(&format!("{name}.hidden_states_penultimate"), &m.penultimate(&px).unwrap(), &load(FWD, &format!("{name}.hidden_states_penultimate")), 1e-4);
+        assert_max_abs(
+            &format!("{name}.hidden_states_penultimate"),
+            &m.penultimate(&px).unwrap(),
+            &load(FWD, &format!("{name}.hidden_states_penultimate")),
+            1e-4,
+        );
     }
 }
 
@@ -59,8 +88,14 @@ fn photo_to_hyperlora_clip_features() {
 fn full_clip_checkpoint_loads_and_wrong_config_is_named() {
     // a CLIPModel-style folder: nested vision_config, text tower and logit_scale in the same file
     let d = tempfile::tempdir().unwrap();
-    let vc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("clip-vision-tiny/config.json")).unwrap()).unwrap();
-    std::fs::write(d.path().join("config.json"), serde_json::json!({"model_type": "clip", "projection_dim": 16, "vision_config": vc, "text_config": {}}).to_string()).unwrap();
+    let vc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("clip-vision-tiny/config.json")).unwrap()).unwrap();
+    std::fs::write(
+        d.path().join("config.json"),
+        serde_json::json!({"model_type": "clip", "projection_dim": 16, "vision_config": vc, "text_config": {}})
+            .to_string(),
+    )
+    .unwrap();
     rewrite(&fixture("clip-vision-tiny/model.safetensors"), &d.path().join("model.safetensors"), |t| {
         t.push(("text_model.embeddings.token_embedding.weight".into(), RawTensor::scalar_f32(0.0)));
         t.push(("logit_scale".into(), RawTensor::scalar_f32(1.0)));

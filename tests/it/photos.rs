@@ -51,12 +51,21 @@ fn formats_and_pixel_types() {
 fn exif_orientation_is_applied() {
     let (w, h) = (64u32, 32u32);
     // red on the left half, blue on the right
-    let img = image::RgbImage::from_fn(w, h, |x, _| if x < w / 2 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 20, 220]) });
+    let img =
+        image::RgbImage::from_fn(
+            w,
+            h,
+            |x, _| if x < w / 2 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 20, 220]) },
+        );
     let mut jpg = Vec::new();
-    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg)
+        .unwrap();
     // APP1 Exif segment with one IFD entry: Orientation (0x0112) = 6
     let mut app1 = vec![0xFF, 0xE1, 0x00, 34];
-    app1.extend_from_slice(b"Exif\0\0II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00");
+    app1.extend_from_slice(
+        b"Exif\0\0II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00",
+    );
     let mut with_exif = jpg[..2].to_vec();
     with_exif.extend_from_slice(&app1);
     with_exif.extend_from_slice(&jpg[2..]);

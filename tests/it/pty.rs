@@ -288,7 +288,10 @@ fn repl_show(a: Answer, env: &[(&str, &str)]) -> String {
     let mut t = FakeTerm::spawn(a, &["repl", "--demo"], &env2);
     t.wait_for("hl>", 30);
     let png = out.path().join("shown.png");
-    t.type_text(&format!("let img = generate(\"x\", #{{ steps: 1, width: 64, height: 64, seed: 3 }}); save(img, \"{}\"); show(img)\r", png.display()));
+    t.type_text(&format!(
+        "let img = generate(\"x\", #{{ steps: 1, width: 64, height: 64, seed: 3 }}); save(img, \"{}\"); show(img)\r",
+        png.display()
+    ));
     t.wait_for("saved as", 60);
     // a line typed right after still runs
     t.type_text("40000 + 7\r");
@@ -318,10 +321,15 @@ fn repl_show_iterm2() {
 
 #[test]
 fn repl_show_halfblocks_elsewhere_and_when_asked() {
-    for (a, env) in [(Answer::Plain, vec![]), (Answer::Silent, vec![]), (Answer::Kitty, vec![("HYPERLORA_GRAPHICS", "halfblocks")])] {
+    for (a, env) in
+        [(Answer::Plain, vec![]), (Answer::Silent, vec![]), (Answer::Kitty, vec![("HYPERLORA_GRAPHICS", "halfblocks")])]
+    {
         let raw = repl_show(a, &env);
         assert!(raw.contains("▀") && raw.contains("\x1b[48;2;"), "{a:?} {env:?}: no halfblocks");
-        assert!(!raw.contains("\x1b_Gf=") && !raw.contains("\x1b]1337;File="), "{a:?} {env:?}: an image protocol was used");
+        assert!(
+            !raw.contains("\x1b_Gf=") && !raw.contains("\x1b]1337;File="),
+            "{a:?} {env:?}: an image protocol was used"
+        );
     }
 }
 

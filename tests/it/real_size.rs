@@ -4,8 +4,8 @@ use candle_core::DType;
 use hyperlora::hyper::config::HyperConfig;
 use hyperlora::hyper::synth::Branch;
 use hyperlora::hyper::{modules, HyperLora, LoadOptions};
-use hyperlora::synthetic::hyper as synthetic;
 use hyperlora::lora::file::export_kohya;
+use hyperlora::synthetic::hyper as synthetic;
 use hyperlora::weights::StFile;
 
 #[test]
@@ -16,7 +16,10 @@ fn release_shapes_load_forward_and_synthesize() {
 
     // the file sizes the spec publishes (§2.6): params × 2 bytes + header
     let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
-    assert!(size("hyper_lora_modules.safetensors") > 2_972_712_960 && size("hyper_lora_modules.safetensors") < 2_972_712_960 + 300_000);
+    assert!(
+        size("hyper_lora_modules.safetensors") > 2_972_712_960
+            && size("hyper_lora_modules.safetensors") < 2_972_712_960 + 300_000
+    );
     assert!(size("resampler.safetensors") > 149_500_160 && size("resampler.safetensors") < 149_500_160 + 20_000);
     assert!(size("id_projector.safetensors") > 16_814_080 && size("id_projector.safetensors") < 16_814_080 + 1_000);
 

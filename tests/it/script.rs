@@ -19,8 +19,17 @@ fn demo_dir() -> std::path::PathBuf {
 
 fn script(limits: Limits) -> (Script, Arc<Mutex<Vec<String>>>) {
     let (d, _) = hyperlora::demo::ensure(&demo_dir()).unwrap();
-    let paths = ModelPaths { sdxl: Some(d.sdxl.clone()), sdxl_config: None, hyperlora: Some(d.hyperlora.clone()), clip: Some(d.clip.clone()), antelopev2: Some(d.antelopev2.clone()) };
-    let session = Session::new(SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 }, Arc::new(|_: &Event| {}));
+    let paths = ModelPaths {
+        sdxl: Some(d.sdxl.clone()),
+        sdxl_config: None,
+        hyperlora: Some(d.hyperlora.clone()),
+        clip: Some(d.clip.clone()),
+        antelopev2: Some(d.antelopev2.clone()),
+    };
+    let session = Session::new(
+        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
+        Arc::new(|_: &Event| {}),
+    );
     let printed = Arc::new(Mutex::new(Vec::new()));
     let p = printed.clone();
     let out = Arc::new(move |o: Out| {
@@ -49,7 +58,9 @@ fn identities_and_mixes_are_values() {
     let ab = s.eval("similarity(me, grey)").unwrap().as_float().unwrap();
     let ba = s.eval("similarity(grey, me)").unwrap().as_float().unwrap();
     assert!((ab - ba).abs() < 1e-12 && ab < 1.0, "{ab} {ba}");
-    assert!((s.eval("similarity(mean([me, grey]), mix(me, grey, 0.5))").unwrap().as_float().unwrap() - 1.0).abs() < 1e-9);
+    assert!(
+        (s.eval("similarity(mean([me, grey]), mix(me, grey, 0.5))").unwrap().as_float().unwrap() - 1.0).abs() < 1e-9
+    );
     assert!(s.eval("similarity(me + grey - grey, me) > 0.999999").unwrap().as_bool().unwrap());
     // LoRA mixes: terms merge, scale and print their weights
     let m = describe(&s.eval("lora(me, 0.85) + slider(grey, me) * 0.5").unwrap());
@@ -73,7 +84,11 @@ fn identities_and_mixes_are_values() {
     let _ = s.eval("save(img, dir + \"/a.png\", #{ overwrite: true })").unwrap();
     let r = s.eval("export_lora(lora(me, 0.85), dir + \"/me.lora.safetensors\")").unwrap().to_string();
     assert!(r.contains("136 layers"), "{r}");
-    let _ = s.eval("save_identity(me, dir + \"/me.id.safetensors\"); let back = load_identity(dir + \"/me.id.safetensors\");").unwrap();
+    let _ = s
+        .eval(
+            "save_identity(me, dir + \"/me.id.safetensors\"); let back = load_identity(dir + \"/me.id.safetensors\");",
+        )
+        .unwrap();
     assert_eq!(s.eval("back.hash == me.hash").unwrap().as_bool().unwrap(), true);
     // face_score: the photo against its own identity through the same face path
     let score = s.eval("face_score(small(\"x\", ()), me, #{ box: [16, 8, 48, 56] })").unwrap().as_float().unwrap();
@@ -127,7 +142,10 @@ fn sandbox_stops_runaway_scripts_and_keeps_the_session() {
 
 fn hyperlora(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hyperlora"));
-    c.args(args).env("HYPERLORA_DEMO_DIR", demo_dir()).env_remove("HYPERLORA_HYPERLORA").env("HYPERLORA_HISTORY", demo_dir().join("history"));
+    c.args(args)
+        .env("HYPERLORA_DEMO_DIR", demo_dir())
+        .env_remove("HYPERLORA_HYPERLORA")
+        .env("HYPERLORA_HISTORY", demo_dir().join("history"));
     c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     if let Some(input) = stdin {
@@ -155,19 +173,38 @@ fn shipped_recipes_run_on_the_demo_set() {
         ("orthogonal_slider.rhai", "cosine(orthogonal, me) = "),
     ] {
         let dir = out.path().join(recipe);
-        let r = hyperlora(&["run", scripts.join(recipe).to_str().unwrap(), "--demo", "--set", &format!("out={}", dir.display())], None);
+        let r = hyperlora(
+            &["run", scripts.join(recipe).to_str().unwrap(), "--demo", "--set", &format!("out={}", dir.display())],
+            None,
+        );
         assert!(r.status.success(), "{recipe}: {}", text(&r));
         assert!(text(&r).contains(expect), "{recipe}: {}", text(&r));
         assert!(std::fs::read_dir(&dir).unwrap().count() > 0, "{recipe} wrote nothing");
         // a second run refuses to overwrite what the first wrote, naming the file and the line
-        let again = hyperlora(&["run", scripts.join(recipe).to_str().unwrap(), "--demo", "--set", &format!("out={}", dir.display())], None);
-        assert!(!again.status.success() && text(&again).contains("already exists") && text(&again).contains(&format!("{recipe}:")), "{recipe}: {}", text(&again));
+        let again = hyperlora(
+            &["run", scripts.join(recipe).to_str().unwrap(), "--demo", "--set", &format!("out={}", dir.display())],
+            None,
+        );
+        assert!(
+            !again.status.success()
+                && text(&again).contains("already exists")
+                && text(&again).contains(&format!("{recipe}:")),
+            "{recipe}: {}",
+            text(&again)
+        );
     }
     // each sweep recipe saved one labelled sheet that keeps every cell's settings
-    for (recipe, cells) in [("interpolation_grid.rhai", 5), ("age_slider.rhai", 5), ("strength_sweep.rhai", 12), ("identity_space.rhai", 5), ("orthogonal_slider.rhai", 10)] {
+    for (recipe, cells) in [
+        ("interpolation_grid.rhai", 5),
+        ("age_slider.rhai", 5),
+        ("strength_sweep.rhai", 12),
+        ("identity_space.rhai", 5),
+        ("orthogonal_slider.rhai", 10),
+    ] {
         let sheet = out.path().join(recipe).join("sheet.png");
         let (_, w, h, text) = hyperlora::png_meta::read_png(&sheet).unwrap_or_else(|e| panic!("{recipe}: {e}"));
-        let meta = text.iter().find(|(k, _)| k == "hyperlora:grid").unwrap_or_else(|| panic!("{recipe}: no grid metadata"));
+        let meta =
+            text.iter().find(|(k, _)| k == "hyperlora:grid").unwrap_or_else(|| panic!("{recipe}: no grid metadata"));
         let meta: serde_json::Value = serde_json::from_str(&meta.1).unwrap();
         let cells_meta = meta["cells"].as_array().unwrap();
         assert_eq!(cells_meta.len(), cells, "{recipe}");
@@ -175,17 +212,54 @@ fn shipped_recipes_run_on_the_demo_set() {
         assert!(w > 64 && h > 64, "{recipe}: {w}x{h}");
     }
     // the orthogonal direction really is orthogonal to the identity, the plain one is not
-    let r = hyperlora(&["run", scripts.join("orthogonal_slider.rhai").to_str().unwrap(), "--demo", "--set", &format!("out={}", out.path().join("ortho2").display())], None);
+    let r = hyperlora(
+        &[
+            "run",
+            scripts.join("orthogonal_slider.rhai").to_str().unwrap(),
+            "--demo",
+            "--set",
+            &format!("out={}", out.path().join("ortho2").display()),
+        ],
+        None,
+    );
     let o = String::from_utf8_lossy(&r.stdout);
-    let cos = |tag: &str| -> f64 { o.split(tag).nth(1).and_then(|t| t.split(|c: char| c == ',' || c.is_whitespace()).find(|w| !w.is_empty())).and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("{tag} in {o}")) };
+    let cos = |tag: &str| -> f64 {
+        o.split(tag)
+            .nth(1)
+            .and_then(|t| t.split(|c: char| c == ',' || c.is_whitespace()).find(|w| !w.is_empty()))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{tag} in {o}"))
+    };
     assert!(cos("cosine(orthogonal, me) = ").abs() < 1e-6 && cos("cosine(plain, me) = ").abs() > 1e-3, "{o}");
     // the sweep plots face_score against strength
-    let r = hyperlora(&["run", scripts.join("strength_sweep.rhai").to_str().unwrap(), "--demo", "--set", &format!("out={}", out.path().join("sweep3").display())], None);
+    let r = hyperlora(
+        &[
+            "run",
+            scripts.join("strength_sweep.rhai").to_str().unwrap(),
+            "--demo",
+            "--set",
+            &format!("out={}", out.path().join("sweep3").display()),
+        ],
+        None,
+    );
     let o = String::from_utf8_lossy(&r.stdout);
     assert!(o.contains("face_score against LoRA strength") && o.matches('●').count() == 4, "{o}");
     // the sweep's table has one row per strength with three scores and a mean
-    let r = hyperlora(&["run", scripts.join("strength_sweep.rhai").to_str().unwrap(), "--demo", "--set", &format!("out={}", out.path().join("sweep2").display())], None);
-    let rows: Vec<String> = String::from_utf8_lossy(&r.stdout).lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit())).map(String::from).collect();
+    let r = hyperlora(
+        &[
+            "run",
+            scripts.join("strength_sweep.rhai").to_str().unwrap(),
+            "--demo",
+            "--set",
+            &format!("out={}", out.path().join("sweep2").display()),
+        ],
+        None,
+    );
+    let rows: Vec<String> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(String::from)
+        .collect();
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(rows.iter().all(|r| r.split_whitespace().count() == 5), "{rows:?}");
 }
@@ -195,7 +269,8 @@ fn run_reports_file_line_col_and_set_values() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("r.rhai");
     std::fs::write(&f, "print(`n is ${n}, name is ${name}, flag ${flag}`);\nlet x = 1;\nlet y = x + nope;\n").unwrap();
-    let r = hyperlora(&["run", f.to_str().unwrap(), "--set", "n=3", "--set", "name=me.jpg", "--set", "flag=true"], None);
+    let r =
+        hyperlora(&["run", f.to_str().unwrap(), "--set", "n=3", "--set", "name=me.jpg", "--set", "flag=true"], None);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stdout).contains("n is 3, name is me.jpg, flag true"), "{}", text(&r));
     let err = String::from_utf8_lossy(&r.stderr);
@@ -204,7 +279,11 @@ fn run_reports_file_line_col_and_set_values() {
     assert!(!r.status.success() && text(&r).contains("not a valid variable name"));
     // a recipe that needs a model nobody configured says which flag gives it
     std::fs::write(&f, "generate(\"x\")").unwrap();
-    let r = Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(["run", f.to_str().unwrap()]).env_remove("HYPERLORA_SDXL").output().unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["run", f.to_str().unwrap()])
+        .env_remove("HYPERLORA_SDXL")
+        .output()
+        .unwrap();
     assert!(!r.status.success() && text(&r).contains("--sdxl"), "{}", text(&r));
 }
 

@@ -20,12 +20,24 @@ fn demo_set() -> demo::DemoSet {
 
 fn session(events: Arc<Mutex<Vec<Event>>>) -> Session {
     let d = demo_set();
-    let paths = ModelPaths { sdxl: Some(d.sdxl), sdxl_config: None, hyperlora: Some(d.hyperlora), clip: Some(d.clip), antelopev2: Some(d.antelopev2) };
-    Session::new(SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 }, Arc::new(move |e: &Event| events.lock().unwrap().push(e.clone())))
+    let paths = ModelPaths {
+        sdxl: Some(d.sdxl),
+        sdxl_config: None,
+        hyperlora: Some(d.hyperlora),
+        clip: Some(d.clip),
+        antelopev2: Some(d.antelopev2),
+    };
+    Session::new(
+        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
+        Arc::new(move |e: &Event| events.lock().unwrap().push(e.clone())),
+    )
 }
 
 fn photo() -> PhotoSpec {
-    PhotoSpec { path: demo_set().photo, options: FaceOptions { pick: FacePick::Box(demo::PHOTO_FACE_BOX), ..Default::default() } }
+    PhotoSpec {
+        path: demo_set().photo,
+        options: FaceOptions { pick: FacePick::Box(demo::PHOTO_FACE_BOX), ..Default::default() },
+    }
 }
 
 #[test]
@@ -34,8 +46,17 @@ fn demo_set_is_deterministic_and_reused() {
     let t = tempfile::tempdir().unwrap();
     let (b, written) = demo::ensure(&t.path().join("again")).unwrap();
     assert!(written);
-    for f in ["sdxl-tiny/unet/diffusion_pytorch_model.safetensors", "hyperlora-tiny/hyper_lora_modules.safetensors", "antelopev2/2d106det.onnx", "clip-vision-tiny/model.safetensors"] {
-        assert_eq!(std::fs::read(a.dir.join(f)).unwrap(), std::fs::read(b.dir.join(f)).unwrap(), "{f} differs between two writes");
+    for f in [
+        "sdxl-tiny/unet/diffusion_pytorch_model.safetensors",
+        "hyperlora-tiny/hyper_lora_modules.safetensors",
+        "antelopev2/2d106det.onnx",
+        "clip-vision-tiny/model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.dir.join(f)).unwrap(),
+            std::fs::read(b.dir.join(f)).unwrap(),
+            "{f} differs between two writes"
+        );
     }
     let (_, again) = demo::ensure(&t.path().join("again")).unwrap();
     assert!(!again, "a complete demo set is not rewritten");
@@ -71,7 +92,15 @@ fn photo_to_image_with_caches() {
     g.lora = Some(LoraMix::lora(&id, 0.85));
     assert_eq!(s.generate(&g).unwrap().rgb, with.rgb);
     // face_score: the identity's own photo scores 1 against itself through the same path
-    let mut img = hyperlora::session::Image { rgb: Arc::new(demo_set_photo_rgb()), width: 512, height: 512, seed: 0, prompt: String::new(), settings: vec![], path: None };
+    let mut img = hyperlora::session::Image {
+        rgb: Arc::new(demo_set_photo_rgb()),
+        width: 512,
+        height: 512,
+        seed: 0,
+        prompt: String::new(),
+        settings: vec![],
+        path: None,
+    };
     let score = s.face_score(&img, &id, FacePick::Box(demo::PHOTO_FACE_BOX)).unwrap();
     assert!(score > 0.9 && score <= 1.0 + 1e-5, "score {score}");
     // saving never overwrites
@@ -123,7 +152,13 @@ fn latent_previews_every_n_steps() {
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|e| if let Event::Preview { step, image, .. } = e { Some((*step, image.width, image.height)) } else { None })
+        .filter_map(|e| {
+            if let Event::Preview { step, image, .. } = e {
+                Some((*step, image.width, image.height))
+            } else {
+                None
+            }
+        })
         .collect();
     // steps 2 and 4 (not the last: the image itself follows), at latent size
     assert_eq!(previews, vec![(2, 8, 12), (4, 8, 12)]);

@@ -1,7 +1,7 @@
 //! Single-file SGM checkpoints: the key table both ways against the fixture, identical tensors after loading,
 //! and clear errors for checkpoints that are not SDXL (fixture README §5).
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use hyperlora::output::RawTensor;
 use hyperlora::sdxl::model::{Sdxl, SdxlOptions};
 use hyperlora::sdxl::single_file::{owned_by, sgm_key, Component, UnetLayout};
@@ -28,8 +28,10 @@ fn key_table_covers_both_layouts_exactly() {
         let folder = StFile::open(fixture(folder_file)).unwrap();
         let mut hit = BTreeSet::new();
         for k in folder.keys().into_iter().filter(|k| !k.ends_with("position_ids")) {
-            let (sk, tf) = sgm_key(comp, &k, &layout(), 4).unwrap_or_else(|| panic!("{comp:?}: no single-file key for {k}"));
-            let file_shape = single.shape(&sk).unwrap_or_else(|| panic!("{comp:?}: {k} → {sk} is not in the single file"));
+            let (sk, tf) =
+                sgm_key(comp, &k, &layout(), 4).unwrap_or_else(|| panic!("{comp:?}: no single-file key for {k}"));
+            let file_shape =
+                single.shape(&sk).unwrap_or_else(|| panic!("{comp:?}: {k} → {sk} is not in the single file"));
             assert_eq!(tf.shape(file_shape), folder.shape(&k).unwrap(), "{k} → {sk}");
             // identical values after the fp16 cast and the transform
             let a = folder.tensor(&k, DType::F32, &Device::Cpu).unwrap();
@@ -47,14 +49,26 @@ fn key_table_covers_both_layouts_exactly() {
     let leftover: Vec<String> = single
         .keys()
         .into_iter()
-        .filter(|k| ![Component::Unet, Component::Vae, Component::TextEncoder, Component::TextEncoder2].iter().any(|c| owned_by(*c, k)))
+        .filter(|k| {
+            ![Component::Unet, Component::Vae, Component::TextEncoder, Component::TextEncoder2]
+                .iter()
+                .any(|c| owned_by(*c, k))
+        })
         .collect();
     assert!(leftover.iter().all(|k| k.ends_with("logit_scale") || k.ends_with("position_ids")), "{leftover:?}");
 }
 
 fn unet_out(m: &Sdxl) -> Tensor {
     let r = "sdxl-tiny/reference/unet_forward.safetensors";
-    m.unet.forward(&load(r, "input.sample"), 451.0, &load(r, "input.encoder_hidden_states"), &load(r, "input.text_embeds"), &load(r, "input.time_ids")).unwrap()
+    m.unet
+        .forward(
+            &load(r, "input.sample"),
+            451.0,
+            &load(r, "input.encoder_hidden_states"),
+            &load(r, "input.text_embeds"),
+            &load(r, "input.time_ids"),
+        )
+        .unwrap()
 }
 
 #[test]
@@ -88,7 +102,14 @@ fn non_sdxl_checkpoints_are_named() {
     std::fs::write(&p, hyperlora::output::safetensors_bytes(&entries, Default::default()).unwrap()).unwrap();
     let e = Sdxl::load(&p, Some(&fixture("sdxl-tiny")), &SdxlOptions::default()).err().unwrap().to_string();
     assert!(e.contains("sd15.safetensors") && e.contains("SD1.x"), "{e}");
-    let e = Sdxl::load(&fixture("hyperlora-tiny/lora_n1.safetensors"), Some(&fixture("sdxl-tiny")), &SdxlOptions::default()).err().unwrap().to_string();
+    let e = Sdxl::load(
+        &fixture("hyperlora-tiny/lora_n1.safetensors"),
+        Some(&fixture("sdxl-tiny")),
+        &SdxlOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("a LoRA file"), "{e}");
     // without configs, a file whose dimensions are not SDXL base's is refused with the flag that fixes it
     let e = Sdxl::load(&fixture(SINGLE), None, &SdxlOptions::default()).err().unwrap().to_string();
@@ -106,7 +127,8 @@ fn configs_only() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for sub in ["unet", "vae", "text_encoder", "text_encoder_2"] {
         std::fs::create_dir_all(d.path().join(sub)).unwrap();
-        std::fs::copy(fixture(&format!("sdxl-tiny/{sub}/config.json")), d.path().join(sub).join("config.json")).unwrap();
+        std::fs::copy(fixture(&format!("sdxl-tiny/{sub}/config.json")), d.path().join(sub).join("config.json"))
+            .unwrap();
     }
     d
 }
@@ -135,11 +157,28 @@ fn comfyui_tree_with_only_a_single_file_generates_and_doctor_agrees() {
     std::fs::copy(fixture(SINGLE), ck.join("tiny_sgm.safetensors")).unwrap();
     let script = tree.path().join("gen.rhai");
     let png = tree.path().join("out.png");
-    std::fs::write(&script, format!("let img = generate(\"a photo\", #{{ steps: 2, width: 64, height: 64 }}); save(img, \"{}\");", png.display())).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "let img = generate(\"a photo\", #{{ steps: 2, width: 64, height: 64 }}); save(img, \"{}\");",
+            png.display()
+        ),
+    )
+    .unwrap();
     let run = |extra: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"));
-        c.args(extra).env("HYPERLORA_CONFIG", tree.path().join("none.toml")).env("HF_HOME", tree.path().join("hf")).env_remove("HF_HUB_CACHE");
-        for v in ["HYPERLORA_SDXL", "HYPERLORA_SDXL_CONFIG", "HYPERLORA_HYPERLORA", "HYPERLORA_CLIP", "HYPERLORA_ANTELOPEV2", "HYPERLORA_COMFYUI"] {
+        c.args(extra)
+            .env("HYPERLORA_CONFIG", tree.path().join("none.toml"))
+            .env("HF_HOME", tree.path().join("hf"))
+            .env_remove("HF_HUB_CACHE");
+        for v in [
+            "HYPERLORA_SDXL",
+            "HYPERLORA_SDXL_CONFIG",
+            "HYPERLORA_HYPERLORA",
+            "HYPERLORA_CLIP",
+            "HYPERLORA_ANTELOPEV2",
+            "HYPERLORA_COMFYUI",
+        ] {
             c.env_remove(v);
         }
         c.output().unwrap()
@@ -151,7 +190,11 @@ fn comfyui_tree_with_only_a_single_file_generates_and_doctor_agrees() {
     let line = d.lines().find(|l| l.contains("sdxl")).unwrap_or_else(|| panic!("{d}"));
     assert!(line.contains("BAD") && d.contains("--sdxl-config"), "{d}");
     let r = run(&["run", script.to_str().unwrap(), "--comfyui", comfy]);
-    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--sdxl-config"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--sdxl-config"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     // with its configs (and no tokenizer folder anywhere) doctor says ok and generation works
     let cfg = configs_only();
     let d = run(&["doctor", "--comfyui", comfy, "--sdxl-config", cfg.path().to_str().unwrap()]);

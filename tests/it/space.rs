@@ -14,12 +14,20 @@ fn session(variant: &str) -> Session {
 }
 
 fn ids(s: &mut Session, n: usize) -> Vec<Identity> {
-    (0..n).map(|i| s.identity_from_features(&random_features(1 + i % 2, 512, 257, 32, 40 + i as u64).unwrap()).unwrap()).collect()
+    (0..n)
+        .map(|i| s.identity_from_features(&random_features(1 + i % 2, 512, 257, 32, 40 + i as u64).unwrap()).unwrap())
+        .collect()
 }
 
 fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) });
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, d| {
+        if d.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(d)
+        }
+    });
     assert!(worst <= tol, "{what}: max |a − b| = {worst} > {tol}");
 }
 
@@ -37,7 +45,9 @@ fn project_and_reject_split_a_vector() {
     // orthogonalize gives unit, mutually orthogonal directions
     let o = orthogonalize(&[d.clone(), x.clone(), d.scale(2.0)]).unwrap();
     assert_eq!(o.len(), 2, "a repeated direction adds nothing");
-    assert!((o[0].norm() - 1.0).abs() < 1e-6 && (o[1].norm() - 1.0).abs() < 1e-6 && o[0].dot(&o[1]).unwrap().abs() < 1e-6);
+    assert!(
+        (o[0].norm() - 1.0).abs() < 1e-6 && (o[1].norm() - 1.0).abs() < 1e-6 && o[0].dot(&o[1]).unwrap().abs() < 1e-6
+    );
 }
 
 #[test]
@@ -70,12 +80,16 @@ fn identity_from_its_own_coeffs_gives_the_same_lora_bit_for_bit() {
     let back = s.identity_from(&own, &id, "round trip").unwrap();
     assert_eq!(back.variant(), id.variant());
     assert!(back.sources()[0].label.contains("round trip"));
-    let (a, b) = (s.lora_weights(&LoraMix::lora(&id, 1.0)).unwrap(), s.lora_weights(&LoraMix::lora(&back, 1.0)).unwrap());
+    let (a, b) =
+        (s.lora_weights(&LoraMix::lora(&id, 1.0)).unwrap(), s.lora_weights(&LoraMix::lora(&back, 1.0)).unwrap());
     assert_eq!(a.layers.len(), b.layers.len());
     for (x, y) in a.layers.iter().zip(&b.layers) {
         assert_eq!(x.target, y.target);
         for (p, q) in [(&x.down, &y.down), (&x.up, &y.up)] {
-            let (p, q) = (p.flatten_all().unwrap().to_vec1::<f32>().unwrap(), q.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (p, q) = (
+                p.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                q.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             assert!(p.iter().zip(&q).all(|(u, v)| u.to_bits() == v.to_bits()), "{}", x.target);
         }
     }
@@ -83,7 +97,12 @@ fn identity_from_its_own_coeffs_gives_the_same_lora_bit_for_bit() {
     let dir = s.coeffs(&id).unwrap().scale(0.1);
     let w = s.walk(&id, &dir, &[0.0, 1.0]).unwrap();
     close(s.coeffs(&w[0]).unwrap().values(), s.coeffs(&id).unwrap().values(), 0.0, "walk 0");
-    close(s.coeffs(&w[1]).unwrap().values(), &s.coeffs(&id).unwrap().values().iter().map(|v| v * 1.1).collect::<Vec<_>>(), 1e-6, "walk 1");
+    close(
+        s.coeffs(&w[1]).unwrap().values(),
+        &s.coeffs(&id).unwrap().values().iter().map(|v| v * 1.1).collect::<Vec<_>>(),
+        1e-6,
+        "walk 1",
+    );
 }
 
 #[test]
@@ -157,7 +176,11 @@ fn library_round_trip_f32_exact_and_f16_close() {
     assert!(b.similarity(&p[1]).unwrap() > 0.99999);
     // refusals: existing name, bad name, another variant, unknown name
     assert!(lib.save("alice", &p[1], candle_core::DType::F32, false).unwrap_err().to_string().contains("overwrite"));
-    assert!(lib.save("../x", &p[1], candle_core::DType::F32, false).unwrap_err().to_string().contains("letters, digits"));
+    assert!(lib
+        .save("../x", &p[1], candle_core::DType::F32, false)
+        .unwrap_err()
+        .to_string()
+        .contains("letters, digits"));
     let mut other = session("hyperlora-tiny-base");
     let q = ids(&mut other, 1).remove(0);
     let e = lib.save("carol", &q, candle_core::DType::F32, false).unwrap_err().to_string();
@@ -177,7 +200,15 @@ fn scripts_see_coefficients() {
     let s = Arc::new(Mutex::new(session("hyperlora-tiny")));
     let out = Arc::new(Mutex::new(Vec::new()));
     let o = out.clone();
-    let mut sc = Script::new(s.clone(), Arc::new(move |x: Out| if let Out::Text(t) = x { o.lock().unwrap().push(t) }), Limits::default());
+    let mut sc = Script::new(
+        s.clone(),
+        Arc::new(move |x: Out| {
+            if let Out::Text(t) = x {
+                o.lock().unwrap().push(t)
+            }
+        }),
+        Limits::default(),
+    );
     let p = ids(&mut s.lock().unwrap(), 3);
     for (i, id) in p.iter().enumerate() {
         sc.set(&format!("p{i}"), rhai::Dynamic::from(id.clone()));
@@ -191,9 +222,17 @@ fn scripts_see_coefficients() {
     let d = hyperlora::script::describe(&sc.eval("c.normalized").unwrap());
     assert!(d.contains("normalised"), "{d}");
     // laws through the script API
-    let r = sc.eval("let d = direction(p1, p2); let r = reject(p0, d); dot(r, d) / (norm(r) * norm(d))").unwrap().as_float().unwrap();
+    let r = sc
+        .eval("let d = direction(p1, p2); let r = reject(p0, d); dot(r, d) / (norm(r) * norm(d))")
+        .unwrap()
+        .as_float()
+        .unwrap();
     assert!(r.abs() < 1e-6, "{r}");
-    let same = sc.eval("similarity(identity_from(coeffs_from(to_array(c), c), #{ like: p0 }), p0)").unwrap().as_float().unwrap();
+    let same = sc
+        .eval("similarity(identity_from(coeffs_from(to_array(c), c), #{ like: p0 }), p0)")
+        .unwrap()
+        .as_float()
+        .unwrap();
     assert!((same - 1.0).abs() < 1e-9, "{same}");
     let n = sc.eval("walk(p0, direction(p1, p2), [0.0, 0.5, 1.0]).len()").unwrap().as_int().unwrap();
     assert_eq!(n, 3);

@@ -14,7 +14,15 @@ use std::time::{Duration, Instant};
 fn image(path: Option<&str>) -> Image {
     let (w, h) = (64, 48);
     let rgb: Vec<u8> = (0..w * h).flat_map(|i| [(i % 256) as u8, 128, 30]).collect();
-    Image { rgb: Arc::new(rgb), width: w, height: h, seed: 7, prompt: "p".into(), settings: vec![], path: path.map(Into::into) }
+    Image {
+        rgb: Arc::new(rgb),
+        width: w,
+        height: h,
+        seed: 7,
+        prompt: "p".into(),
+        settings: vec![],
+        path: path.map(Into::into),
+    }
 }
 
 fn screen(app: &App, w: u16, h: u16) -> String {
@@ -37,7 +45,12 @@ fn busy_app() -> App {
         ],
         cancelled: false,
     });
-    app.on_msg(Msg::Done { code: "nope".into(), result: Err("input:1:1: Variable not found: nope".into()), vars: app.values.clone(), cancelled: false });
+    app.on_msg(Msg::Done {
+        code: "nope".into(),
+        result: Err("input:1:1: Variable not found: nope".into()),
+        vars: app.values.clone(),
+        cancelled: false,
+    });
     app.job = Some(Job { code: "generate".into(), started: Instant::now(), step: 3, total: 20, elapsed: 1.5 });
     app.models = vec!["sdxl".into(), "hyperlora".into()];
     app
@@ -88,7 +101,9 @@ fn layout_at_80x24_and_200x60() {
 fn graphics_protocols_encode_the_preview() {
     use hyperlora::tui::app::Graphics;
     use ratatui_image::picker::{Picker, ProtocolType};
-    for (proto, marker) in [(ProtocolType::Kitty, "\x1b_G"), (ProtocolType::Sixel, "\x1bP"), (ProtocolType::Iterm2, "\x1b]1337;File=")] {
+    for (proto, marker) in
+        [(ProtocolType::Kitty, "\x1b_G"), (ProtocolType::Sixel, "\x1bP"), (ProtocolType::Iterm2, "\x1b]1337;File=")]
+    {
         let mut app = busy_app();
         let mut picker = Picker::from_fontsize((10, 20));
         picker.set_protocol_type(proto);
@@ -185,7 +200,12 @@ struct Tmux(String);
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> String {
-        let o = Command::new("tmux").arg("-L").arg(&self.0).args(args).output().expect("tmux is needed for this test (apt-get install tmux)");
+        let o = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .expect("tmux is needed for this test (apt-get install tmux)");
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
     fn screen(&self) -> String {

@@ -20,7 +20,13 @@ impl Projection {
     pub(crate) fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { target: vb.prefix(), linear: Linear::new(weight.clone(), bias.clone()), original: weight, bias, merged: None })
+        Ok(Self {
+            target: vb.prefix(),
+            linear: Linear::new(weight.clone(), bias.clone()),
+            original: weight,
+            bias,
+            merged: None,
+        })
     }
     /// The weight as loaded.
     pub fn original(&self) -> &Tensor {
@@ -33,9 +39,16 @@ impl Projection {
     /// Use `original + delta` (delta [out, in], any float dtype; summed in f32, cast once).
     pub(crate) fn merge(&mut self, delta: &Tensor, signature: [u8; 32]) -> Result<()> {
         if delta.dims() != self.original.dims() {
-            return Err(Error::Mismatch(format!("{}: LoRA ΔW is {:?} but the weight is {:?}", self.target, delta.dims(), self.original.dims())));
+            return Err(Error::Mismatch(format!(
+                "{}: LoRA ΔW is {:?} but the weight is {:?}",
+                self.target,
+                delta.dims(),
+                self.original.dims()
+            )));
         }
-        let w = (self.original.to_dtype(DType::F32)? + delta.to_device(self.original.device())?.to_dtype(DType::F32)?)?.to_dtype(self.original.dtype())?;
+        let w = (self.original.to_dtype(DType::F32)?
+            + delta.to_device(self.original.device())?.to_dtype(DType::F32)?)?
+        .to_dtype(self.original.dtype())?;
         self.linear = Linear::new(w, self.bias.clone());
         self.merged = Some(signature);
         Ok(())
@@ -131,11 +144,19 @@ pub(crate) struct Transformer2D {
 }
 
 impl Transformer2D {
-    pub(crate) fn new(c: &UNetConfig, ch: usize, heads: usize, depth: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(
+        c: &UNetConfig,
+        ch: usize,
+        heads: usize,
+        depth: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             norm: group_norm(c.norm_num_groups, ch, 1e-6, vb.pp("norm"))?,
             proj_in: linear(ch, ch, vb.pp("proj_in"))?,
-            blocks: (0..depth).map(|i| TransformerBlock::new(ch, c.cross_attention_dim, heads, vb.pp("transformer_blocks").pp(i))).collect::<candle_core::Result<_>>()?,
+            blocks: (0..depth)
+                .map(|i| TransformerBlock::new(ch, c.cross_attention_dim, heads, vb.pp("transformer_blocks").pp(i)))
+                .collect::<candle_core::Result<_>>()?,
             proj_out: linear(ch, ch, vb.pp("proj_out"))?,
         })
     }

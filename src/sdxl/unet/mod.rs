@@ -74,16 +74,30 @@ fn yes() -> bool {
 impl UNetConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: Self = serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a UNet config: {e}")))?;
-        if c.addition_embed_type.as_deref() != Some("text_time") || c.addition_time_embed_dim.is_none() || c.projection_class_embeddings_input_dim.is_none() {
+        let c: Self =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a UNet config: {e}")))?;
+        if c.addition_embed_type.as_deref() != Some("text_time")
+            || c.addition_time_embed_dim.is_none()
+            || c.projection_class_embeddings_input_dim.is_none()
+        {
             return Err(Error::invalid(path, "not an SDXL UNet (addition_embed_type `text_time` with addition_time_embed_dim and projection_class_embeddings_input_dim expected) — an SD1.5/SD2 UNet?"));
         }
         if !c.use_linear_projection {
-            return Err(Error::invalid(path, "use_linear_projection false is not supported (every SDXL UNet uses linear projections)"));
+            return Err(Error::invalid(
+                path,
+                "use_linear_projection false is not supported (every SDXL UNet uses linear projections)",
+            ));
         }
         let n = c.block_out_channels.len();
         if c.down_block_types.len() != n || c.up_block_types.len() != n {
-            return Err(Error::invalid(path, format!("{n} block_out_channels but {} down / {} up block types", c.down_block_types.len(), c.up_block_types.len())));
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "{n} block_out_channels but {} down / {} up block types",
+                    c.down_block_types.len(),
+                    c.up_block_types.len()
+                ),
+            ));
         }
         for t in c.down_block_types.iter().chain(&c.up_block_types) {
             if !matches!(t.as_str(), "DownBlock2D" | "CrossAttnDownBlock2D" | "UpBlock2D" | "CrossAttnUpBlock2D") {
@@ -139,7 +153,8 @@ pub struct UNet {
 /// diffusers `get_timestep_embedding` (scale 1, max period 10000).
 fn sinusoidal(t: &Tensor, dim: usize, flip: bool, shift: f64) -> candle_core::Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
+    let freqs: Vec<f32> =
+        (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
     let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
     let (s, c) = (args.sin()?, args.cos()?);
@@ -166,18 +181,43 @@ impl UNet {
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..c.layers_per_block {
-                resnets.push(Resnet::new(c, if j == 0 { in_ch } else { out_ch }, out_ch, temb, vbb.pp("resnets").pp(j))?);
+                resnets.push(Resnet::new(
+                    c,
+                    if j == 0 { in_ch } else { out_ch },
+                    out_ch,
+                    temb,
+                    vbb.pp("resnets").pp(j),
+                )?);
                 if cross {
-                    attentions.push(Transformer2D::new(c, out_ch, c.heads(i), c.transformer_layers_per_block.get(i), vbb.pp("attentions").pp(j))?);
+                    attentions.push(Transformer2D::new(
+                        c,
+                        out_ch,
+                        c.heads(i),
+                        c.transformer_layers_per_block.get(i),
+                        vbb.pp("attentions").pp(j),
+                    )?);
                 }
             }
-            let downsample = if i + 1 < n { Some(conv(out_ch, out_ch, 3, 2, vbb.pp("downsamplers").pp(0).pp("conv"))?) } else { None };
+            let downsample = if i + 1 < n {
+                Some(conv(out_ch, out_ch, 3, 2, vbb.pp("downsamplers").pp(0).pp("conv"))?)
+            } else {
+                None
+            };
             down.push(DownBlock { resnets, attentions, downsample });
         }
         let last = ch[n - 1];
         let mid = vb.pp("mid_block");
-        let mid_resnets = [Resnet::new(c, last, last, temb, mid.pp("resnets").pp(0))?, Resnet::new(c, last, last, temb, mid.pp("resnets").pp(1))?];
-        let mid_attn = Transformer2D::new(c, last, c.heads_last(), c.transformer_layers_per_block.last(), mid.pp("attentions").pp(0))?;
+        let mid_resnets = [
+            Resnet::new(c, last, last, temb, mid.pp("resnets").pp(0))?,
+            Resnet::new(c, last, last, temb, mid.pp("resnets").pp(1))?,
+        ];
+        let mid_attn = Transformer2D::new(
+            c,
+            last,
+            c.heads_last(),
+            c.transformer_layers_per_block.last(),
+            mid.pp("attentions").pp(0),
+        )?;
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut up = Vec::new();
         let mut prev = rev[0];
@@ -199,7 +239,8 @@ impl UNet {
                     attentions.push(Transformer2D::new(c, out, heads, depth, vbb.pp("attentions").pp(j))?);
                 }
             }
-            let upsample = if i + 1 < n { Some(conv(out, out, 3, 1, vbb.pp("upsamplers").pp(0).pp("conv"))?) } else { None };
+            let upsample =
+                if i + 1 < n { Some(conv(out, out, 3, 1, vbb.pp("upsamplers").pp(0).pp("conv"))?) } else { None };
             up.push(UpBlock { resnets, attentions, upsample });
             prev = out;
         }
@@ -243,7 +284,14 @@ impl UNet {
 
     /// ε prediction. `sample` [B, C, H, W]; `timestep` (same for the batch); `context` [B, 77, cross_dim];
     /// `text_embeds` [B, pooled]; `time_ids` [B, 6].
-    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor, text_embeds: &Tensor, time_ids: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        text_embeds: &Tensor,
+        time_ids: &Tensor,
+    ) -> Result<Tensor> {
         self.forward_traced(sample, timestep, context, text_embeds, time_ids, None)
     }
 
@@ -261,7 +309,10 @@ impl UNet {
         let n = c.block_out_channels.len();
         let factor = 1usize << (n - 1);
         if h % factor != 0 || w % factor != 0 {
-            return Err(Error::Mismatch(format!("latent size {h}×{w} must be a multiple of {factor} (image size a multiple of {})", factor * 8)));
+            return Err(Error::Mismatch(format!(
+                "latent size {h}×{w} must be a multiple of {factor} (image size a multiple of {})",
+                factor * 8
+            )));
         }
         let dtype = sample.dtype();
         let dev = sample.device();
@@ -269,7 +320,9 @@ impl UNet {
         let temb = sinusoidal(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?.to_dtype(dtype)?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
         let ids = time_ids.to_dtype(DType::F32)?.flatten_all()?;
-        let tid = sinusoidal(&ids, c.addition_time_embed_dim.unwrap_or(256), c.flip_sin_to_cos, c.freq_shift)?.reshape((b, ()))?.to_dtype(dtype)?;
+        let tid = sinusoidal(&ids, c.addition_time_embed_dim.unwrap_or(256), c.flip_sin_to_cos, c.freq_shift)?
+            .reshape((b, ()))?
+            .to_dtype(dtype)?;
         let add_in = Tensor::cat(&[text_embeds.to_dtype(dtype)?, tid], 1)?;
         let aug = self.add_linear_2.forward(&self.add_linear_1.forward(&add_in)?.silu()?)?;
         if let Some(tr) = trace.as_deref_mut() {
@@ -330,5 +383,12 @@ impl UNet {
 pub fn load_unet(dir: &Path, dtype: DType, device: &candle_core::Device) -> Result<UNet> {
     let cfg = UNetConfig::load(&dir.join("config.json"))?;
     let file = std::sync::Arc::new(crate::weights::StFile::open(dir.join("diffusion_pytorch_model.safetensors"))?);
-    crate::weights::build_strict(file, dtype, device, |k| (k.to_string(), crate::weights::Transform::Same), |_| true, |vb| UNet::new(&cfg, vb))
+    crate::weights::build_strict(
+        file,
+        dtype,
+        device,
+        |k| (k.to_string(), crate::weights::Transform::Same),
+        |_| true,
+        |vb| UNet::new(&cfg, vb),
+    )
 }

@@ -21,7 +21,14 @@ impl Resnet {
     pub(crate) fn new(c: &UNetConfig, i: usize, o: usize, temb: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Self::with(c.norm_num_groups, c.norm_eps, i, o, Some(temb), vb)
     }
-    pub(crate) fn with(groups: usize, eps: f64, i: usize, o: usize, temb: Option<usize>, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn with(
+        groups: usize,
+        eps: f64,
+        i: usize,
+        o: usize,
+        temb: Option<usize>,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: group_norm(groups, i, eps, vb.pp("norm1"))?,
             conv1: conv(i, o, 3, 1, vb.pp("conv1"))?,
@@ -43,4 +50,3 @@ impl Resnet {
         }
     }
 }
-
