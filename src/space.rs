@@ -169,7 +169,7 @@ impl Coeffs {
 
     /// The down (`up = false`) or up factor's token of a one-projection view.
     pub fn factor(&self, up: bool) -> Result<Coeffs> {
-        if self.rows() != 2 || self.tokens[0] % 2 != 0 || self.tokens[1] != self.tokens[0] + 1 {
+        if self.rows() != 2 || !self.tokens[0].is_multiple_of(2) || self.tokens[1] != self.tokens[0] + 1 {
             return Err(Error::Mismatch(format!(
                 ".{} needs one projection's two tokens (use .proj(\"to_q\") first); this value holds {}",
                 if up { "up" } else { "down" },

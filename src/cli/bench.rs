@@ -140,33 +140,110 @@ fn run_space(a: Args) -> anyhow::Result<()> {
     let goal = "goal < 1 ms".to_string();
     table.row(
         "coeffs(id) (1120×128 raw tokens out of an identity)",
-        per(&|| Ok(drop(Coeffs::of(&ids[0], names.clone())?)))?,
-        goal.clone(),
-    );
-    table.row("a + b", per(&|| Ok(drop(x.add(y)?)))?, goal.clone());
-    table.row("a − b (direction)", per(&|| Ok(drop(y.sub(x)?)))?, goal.clone());
-    table.row("a × 0.5", per(&|| Ok(drop(x.scale(0.5))))?, goal.clone());
-    table.row("dot(a, b)", per(&|| Ok(drop(std::hint::black_box(x.dot(y)?))))?, goal.clone());
-    table.row("norm(a)", per(&|| Ok(drop(std::hint::black_box(x.norm()))))?, goal.clone());
-    table.row("cosine(a, b)", per(&|| Ok(drop(std::hint::black_box(x.cosine(y)?))))?, goal.clone());
-    table.row("project(a, dir)", per(&|| Ok(drop(x.project(&d)?)))?, goal.clone());
-    table.row("reject(a, dir)", per(&|| Ok(drop(x.reject(&d)?)))?, goal.clone());
-    table.row(".normalized", per(&|| Ok(drop(x.normalized())))?, goal.clone());
-    table.row(
-        ".module(\"…mid_block…attn2\").proj(\"to_k\").down",
         per(&|| {
-            Ok(drop(
-                x.module(x.module_index("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2")?)?
-                    .proj("to_k")?
-                    .factor(false)?,
-            ))
+            std::hint::black_box(Coeffs::of(&ids[0], names.clone())?);
+            Ok(())
         })?,
         goal.clone(),
     );
-    table.row("identity_from(coeffs, like)", per(&|| Ok(drop(x.to_identity(&ids[0], "bench")?)))?, goal.clone());
+    table.row(
+        "a + b",
+        per(&|| {
+            std::hint::black_box(x.add(y)?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "a − b (direction)",
+        per(&|| {
+            std::hint::black_box(y.sub(x)?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "a × 0.5",
+        per(&|| {
+            std::hint::black_box(x.scale(0.5));
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "dot(a, b)",
+        per(&|| {
+            std::hint::black_box(x.dot(y)?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "norm(a)",
+        per(&|| {
+            std::hint::black_box(x.norm());
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "cosine(a, b)",
+        per(&|| {
+            std::hint::black_box(x.cosine(y)?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "project(a, dir)",
+        per(&|| {
+            std::hint::black_box(x.project(&d)?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "reject(a, dir)",
+        per(&|| {
+            std::hint::black_box(x.reject(&d)?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        ".normalized",
+        per(&|| {
+            std::hint::black_box(x.normalized());
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        ".of_module(\"…mid_block…attn2\").proj(\"to_k\").down",
+        per(&|| {
+            std::hint::black_box(
+                x.module(x.module_index("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2")?)?
+                    .proj("to_k")?
+                    .factor(false)?,
+            );
+            Ok(())
+        })?,
+        goal.clone(),
+    );
+    table.row(
+        "identity_from(coeffs, like)",
+        per(&|| {
+            std::hint::black_box(x.to_identity(&ids[0], "bench")?);
+            Ok(())
+        })?,
+        goal.clone(),
+    );
     table.row(
         "orthogonalize 4 directions",
-        per(&|| Ok(drop(orthogonalize(&cs[1..5])?)))?,
+        per(&|| {
+            std::hint::black_box(orthogonalize(&cs[1..5])?);
+            Ok(())
+        })?,
         "(4 × the single ops)".into(),
     );
     let (dp, _) = median(a.repeat, || Ok(pca(&cs, 8)?))?;
@@ -268,9 +345,30 @@ fn bench(dir: &std::path::Path, a: &Args, table: &mut Table) -> anyhow::Result<(
         Ok(t.elapsed() / n)
     };
     let shape = format!("{}×{}", c.resampler.num_queries, c.hyper_dim);
-    table.row("identity mix(a, b, 0.3)", per(&|| Ok(drop(id.mix(&other, 0.3)?)))?, shape.clone());
-    table.row("identity mean of 8", per(&|| Ok(drop(Identity::mean(&[&id; 8])?)))?, shape.clone());
-    table.row("identity a − b", per(&|| Ok(drop(id.sub(&other)?)))?, shape.clone());
+    table.row(
+        "identity mix(a, b, 0.3)",
+        per(&|| {
+            std::hint::black_box(id.mix(&other, 0.3)?);
+            Ok(())
+        })?,
+        shape.clone(),
+    );
+    table.row(
+        "identity mean of 8",
+        per(&|| {
+            std::hint::black_box(Identity::mean(&[&id; 8])?);
+            Ok(())
+        })?,
+        shape.clone(),
+    );
+    table.row(
+        "identity a − b",
+        per(&|| {
+            std::hint::black_box(id.sub(&other)?);
+            Ok(())
+        })?,
+        shape.clone(),
+    );
     table.row(
         "identity similarity(a, b)",
         per(&|| {
@@ -279,10 +377,20 @@ fn bench(dir: &std::path::Path, a: &Args, table: &mut Table) -> anyhow::Result<(
         })?,
         shape.clone(),
     );
-    table.row("identity normalised coefficients", per(&|| Ok(drop(id.coefficients()?)))?, shape.clone());
+    table.row(
+        "identity normalised coefficients",
+        per(&|| {
+            std::hint::black_box(id.coefficients()?);
+            Ok(())
+        })?,
+        shape.clone(),
+    );
     table.row(
         "identity a − b, then its content hash (first use; cached after)",
-        per(&|| Ok(drop(id.sub(&other)?.hash())))?,
+        per(&|| {
+            std::hint::black_box(id.sub(&other)?.hash());
+            Ok(())
+        })?,
         shape,
     );
     Ok(())

@@ -86,8 +86,11 @@ pub fn norm_crop(img: &Rgb8, kps: &[[f64; 2]; 5]) -> (Rgb8, Affine) {
 /// `norm_crop` for a recognizer of another input size, as insightface's `estimate_norm` scales the template:
 /// multiples of 112 scale it; other sizes scale by size/128 and shift x by 8·size/128.
 pub fn norm_crop_size(img: &Rgb8, kps: &[[f64; 2]; 5], size: usize) -> (Rgb8, Affine) {
-    let (ratio, dx) =
-        if size % 112 == 0 { (size as f64 / 112.0, 0.0) } else { (size as f64 / 128.0, 8.0 * size as f64 / 128.0) };
+    let (ratio, dx) = if size.is_multiple_of(112) {
+        (size as f64 / 112.0, 0.0)
+    } else {
+        (size as f64 / 128.0, 8.0 * size as f64 / 128.0)
+    };
     let dst = ARCFACE_TEMPLATE.map(|p| [p[0] * ratio + dx, p[1] * ratio]);
     let m = similarity(kps, &dst);
     (warp_affine(img, &m, size, size), m)

@@ -173,27 +173,6 @@ pub fn import(path: &Path) -> Result<Imported> {
     Ok(Imported { weights: LoraWeights { layers }, spelling, unmatched })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn spellings_reach_the_same_target() {
-        let t = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0";
-        for key in [
-            "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0.lora_down.weight",
-            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_A.weight",
-            "base_model.model.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_A.weight",
-            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora.down.weight",
-            "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.down.weight",
-        ] {
-            let (target, role, _) = classify(key).unwrap_or_else(|| panic!("{key} not classified"));
-            assert_eq!((target.as_str(), role), (t, "down"), "{key}");
-        }
-        assert!(classify("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight").is_none());
-        assert!(classify("something.else").is_none());
-    }
-}
-
 /// kohya `ss_*` and `modelspec.*` metadata for an exported SDXL UNet LoRA, plus our own provenance.
 pub fn kohya_metadata(
     title: &str,
@@ -224,4 +203,25 @@ pub fn kohya_metadata(
         m.insert(k.to_string(), v.clone());
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn spellings_reach_the_same_target() {
+        let t = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0";
+        for key in [
+            "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0.lora_down.weight",
+            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_A.weight",
+            "base_model.model.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_A.weight",
+            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora.down.weight",
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.down.weight",
+        ] {
+            let (target, role, _) = classify(key).unwrap_or_else(|| panic!("{key} not classified"));
+            assert_eq!((target.as_str(), role), (t, "down"), "{key}");
+        }
+        assert!(classify("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight").is_none());
+        assert!(classify("something.else").is_none());
+    }
 }

@@ -72,7 +72,7 @@ pub fn dotted(underscored: &str) -> Option<String> {
         let mut best = None;
         for seg in SEGMENTS {
             let n = seg.split('_').count();
-            if i + n <= toks.len() && toks[i..i + n].join("_") == *seg && best.map_or(true, |(m, _)| n > m) {
+            if i + n <= toks.len() && toks[i..i + n].join("_") == *seg && best.is_none_or(|(m, _)| n > m) {
                 best = Some((n, *seg));
             }
         }

@@ -92,8 +92,8 @@ mod tests {
 
     #[test]
     fn cells_land_where_the_layout_says_and_labels_are_drawn() {
-        let red = vec![200u8, 0, 0].repeat(16 * 16);
-        let blue = vec![0u8, 0, 200].repeat(16 * 8);
+        let red = [200u8, 0, 0].repeat(16 * 16);
+        let blue = [0u8, 0, 200].repeat(16 * 8);
         let s1 = vec![("seed".to_string(), "1".to_string())];
         let cells = [
             Cell { rgb: &red, width: 16, height: 16, label: "a".into(), settings: &s1 },

@@ -296,7 +296,7 @@ impl Sdxl {
             Option<&super::pipeline::StepTrace>,
         ) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
-        if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
+        if !req.width.is_multiple_of(8) || !req.height.is_multiple_of(8) || req.width == 0 || req.height == 0 {
             return Err(Error::Mismatch(format!(
                 "width and height must be positive multiples of 8, got {}×{}",
                 req.width, req.height
@@ -321,7 +321,7 @@ impl Sdxl {
         ) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
         use super::pipeline::{sample, seeded_noise, time_ids, SampleSpec};
-        if req.width % 8 != 0 || req.height % 8 != 0 || req.width == 0 || req.height == 0 {
+        if !req.width.is_multiple_of(8) || !req.height.is_multiple_of(8) || req.width == 0 || req.height == 0 {
             return Err(Error::Mismatch(format!(
                 "width and height must be positive multiples of 8, got {}×{}",
                 req.width, req.height

@@ -60,15 +60,11 @@ impl Session {
             }
             self.synthesized.clear();
         }
-        if all || name == "clip" || name == "encoders" {
-            if self.clip.take().is_some() {
-                freed.push("clip");
-            }
+        if (all || name == "clip" || name == "encoders") && self.clip.take().is_some() {
+            freed.push("clip");
         }
-        if all || name == "antelopev2" || name == "face" || name == "encoders" {
-            if self.face.take().is_some() {
-                freed.push("antelopev2");
-            }
+        if (all || name == "antelopev2" || name == "face" || name == "encoders") && self.face.take().is_some() {
+            freed.push("antelopev2");
         }
         if !["all", "sdxl", "hyperlora", "hyper", "clip", "encoders", "antelopev2", "face"].contains(&name) {
             return Err(Error::Mismatch(format!(

@@ -48,7 +48,7 @@ pub fn write_f16_file(path: &Path, tensors: &[Expected], seed: u64) -> Result<()
         offset += n;
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let io = |e| Error::io(path, e);

@@ -51,7 +51,7 @@ impl ClipVisionConfig {
         }
         let c: Self =
             serde_json::from_value(vc).map_err(|e| Error::invalid(path, format!("not a CLIP vision config: {e}")))?;
-        if c.image_size % c.patch_size != 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if !c.image_size.is_multiple_of(c.patch_size) || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::invalid(
                 path,
                 format!(

@@ -112,7 +112,7 @@ fn module_count_that_disagrees_with_the_latents() {
     let p = d.path().join("hyper_lora_modules.json");
     let mut v: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    let last = v.keys().last().unwrap().clone();
+    let last = v.keys().next_back().unwrap().clone();
     v.remove(&last);
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     let msg = load(d.path()).err().expect("must fail").to_string();
@@ -201,7 +201,7 @@ fn identity_from_another_variant_is_refused() {
     let p = tmp.path().join("id.safetensors");
     id.save(&p, false).unwrap();
     let loaded = hyperlora::Identity::load(&p).unwrap();
-    let msg = base.check_identity(&loaded).err().expect("must refuse").to_string();
+    let msg = base.check_identity(&loaded).expect_err("must refuse").to_string();
     assert!(
         msg.contains("hyperlora-tiny")
             && msg.contains("hyperlora-tiny-base")

@@ -11,8 +11,19 @@ use hyperlora::weights::StFile;
 #[test]
 fn release_shapes_load_forward_and_synthesize() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sdxl_hyper_id_lora_v1_fidelity");
-    synthetic::write_variant(&dir, &HyperConfig::release(140), &modules::sdxl_release_modules(), 3, false).unwrap();
+    // the 3 GB variant is written once per machine: its key is everything the writer's output depends on
+    let (cfg, mods) = (HyperConfig::release(140), modules::sdxl_release_modules());
+    let names: Vec<&str> = mods.iter().map(|m| m.name.as_str()).collect();
+    // (the writer's and the generator's source are part of the key: changing either writes the files anew)
+    let writer = [include_str!("../../src/synthetic/hyper.rs"), include_str!("../../src/rng.rs")].concat();
+    let key = format!(
+        "real-size variant, seed 3, {cfg:?} {names:?}, writer {}",
+        hyperlora::provenance::sha256_hex(writer.as_bytes())
+    );
+    let cached = crate::common::cached_dir(&key, |d| {
+        synthetic::write_variant(&d.join("sdxl_hyper_id_lora_v1_fidelity"), &cfg, &mods, 3, false).unwrap()
+    });
+    let dir = cached.join("sdxl_hyper_id_lora_v1_fidelity");
 
     // the file sizes the spec publishes (§2.6): params × 2 bytes + header
     let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();

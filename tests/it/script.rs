@@ -89,7 +89,7 @@ fn identities_and_mixes_are_values() {
             "save_identity(me, dir + \"/me.id.safetensors\"); let back = load_identity(dir + \"/me.id.safetensors\");",
         )
         .unwrap();
-    assert_eq!(s.eval("back.hash == me.hash").unwrap().as_bool().unwrap(), true);
+    assert!(s.eval("back.hash == me.hash").unwrap().as_bool().unwrap());
     // face_score: the photo against its own identity through the same face path
     let score = s.eval("face_score(small(\"x\", ()), me, #{ box: [16, 8, 48, 56] })").unwrap().as_float().unwrap();
     assert!(score.abs() <= 1.0 + 1e-6);

@@ -76,3 +76,33 @@ pub fn demo_dir() -> PathBuf {
     })
     .clone()
 }
+
+/// A folder of generated test files kept once per machine (`$HYPERLORA_TEST_CACHE`, else
+/// `~/.cache/hyperlora/test-cache`), named by a key that covers everything its content depends on; written
+/// into a temporary folder and renamed into place, so a killed run never leaves a partial folder under the key.
+pub fn cached_dir(key: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    use sha2::Digest;
+    let root = std::env::var_os("HYPERLORA_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/hyperlora/test-cache")
+    });
+    let name = hyperlora::provenance::hex(&sha2::Sha256::digest(key.as_bytes())[..8]);
+    let dir = root.join(&name);
+    if dir.join("complete").is_file() {
+        return dir;
+    }
+    let tmp = root.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    make(&tmp);
+    std::fs::write(tmp.join("complete"), key).unwrap();
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // another run placed it first (or a stale incomplete folder is in the way)
+        if !dir.join("complete").is_file() {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).unwrap();
+        } else {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    dir
+}
