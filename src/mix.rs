@@ -146,6 +146,27 @@ impl LoraMix {
                 .all(|((ka, (wa, ba)), (kb, (wb, bb)))| ka == kb && (wa - wb).abs() <= tol && (ba - bb).abs() <= tol)
     }
 
+    /// One line for an image's settings: `NAME:WEIGHT:HASH12` per file term, `identity:HASH12:WEIGHT[:base
+    /// WEIGHT]` per identity term, separated by spaces.
+    pub fn settings_line(&self) -> String {
+        self.terms
+            .iter()
+            .map(|t| match &t.source {
+                TermSource::File { path, hash, .. } => format!(
+                    "{}:{}:{}",
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    t.weight,
+                    &hash[..12.min(hash.len())]
+                ),
+                TermSource::Identity(id) => {
+                    let base = if t.base_weight != 0.0 { format!(":base {}", t.base_weight) } else { String::new() };
+                    format!("identity:{}:{}{base}", id.short_hash(), t.weight)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn summary(&self) -> String {
         if self.terms.is_empty() {
             return "LoraMix(empty)".into();

@@ -1,9 +1,6 @@
 use crate::front::args::ComputeDtype;
-use crate::lora::file::import;
-use crate::sdxl::model::{GenerateRequest, Sdxl, SdxlOptions};
 use crate::sdxl::scheduler::SamplerKind;
 use anyhow::Context;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -11,7 +8,8 @@ pub struct Args {
     /// SDXL diffusers folder or single-file checkpoint (.safetensors).
     #[arg(long, env = "HYPERLORA_SDXL", value_name = "DIR_OR_FILE")]
     pub model: PathBuf,
-    /// For a single-file checkpoint: a diffusers-layout folder with its tokenizers (and configs).
+    /// For a single-file checkpoint whose dimensions differ from SDXL base: a diffusers-layout folder with its
+    /// configs (tokenizers are built in; a tokenizer*/ folder there overrides them).
     #[arg(long, value_name = "DIR")]
     pub config: Option<PathBuf>,
     #[arg(long)]
@@ -40,7 +38,7 @@ pub struct Args {
     /// Unit-Gaussian starting latents (.safetensors, first tensor or `latents`) instead of seeded noise.
     #[arg(long, value_name = "FILE")]
     pub init_latents: Option<PathBuf>,
-    /// img2img: start from this PNG (same size as --width × --height).
+    /// img2img: start from this image (resized to --width × --height when it differs).
     #[arg(long, value_name = "PNG")]
     pub init_image: Option<PathBuf>,
     /// img2img: fraction of the schedule to run (1.0 = ignore the image's content).
@@ -72,115 +70,67 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for p in &outs {
         crate::output::refuse_existing(p, a.force)?;
     }
-    let opts = SdxlOptions {
-        device: crate::front::device(&a.device)?,
-        dtype: a.dtype.dtype(),
-        vae_dtype: candle_core::DType::F32,
-    };
-    eprintln!("loading {} …", a.model.display());
-    let mut model = Sdxl::load(&a.model, a.config.as_deref(), &opts)
-        .with_context(|| format!("loading SDXL from {}", a.model.display()))?;
-    let mut lora_notes = Vec::new();
-    if !a.loras.is_empty() {
-        let mut all = crate::lora::LoraWeights::default();
-        for spec in &a.loras {
-            let (path, w) = match spec.rsplit_once(':') {
-                Some((p, w)) if w.parse::<f64>().is_ok() => (PathBuf::from(p), w.parse::<f64>()?),
-                _ => (PathBuf::from(spec), 1.0),
-            };
-            let imp = import(&path)?;
-            if !imp.unmatched.is_empty() {
-                eprintln!(
-                    "{}: {} keys not applied (not UNet attention/linear LoRA), e.g. {}",
-                    path.display(),
-                    imp.unmatched.len(),
-                    imp.unmatched[0]
-                );
+    // the one-shot command is a session like every front end: same loading, LoRA import, sampling, PNG settings
+    let paths =
+        crate::session::ModelPaths { sdxl: Some(a.model.clone()), sdxl_config: a.config.clone(), ..Default::default() };
+    let bar: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+    let listener = std::sync::Arc::new(move |e: &crate::session::Event| match e {
+        crate::session::Event::Loading { component, path } => {
+            eprintln!("loading {component} from {} …", path.display())
+        }
+        crate::session::Event::Note(n) => eprintln!("{n}"),
+        crate::session::Event::Step { step, total, .. } => {
+            if let Ok(mut b) = bar.lock() {
+                let pb = b.get_or_insert_with(|| super::session_args::step_bar(*total));
+                pb.set_position(*step as u64);
+                if step >= total {
+                    pb.finish_and_clear();
+                    *b = None;
+                }
             }
-            let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
-            lora_notes.push(format!(
-                "{}:{w}:{}",
-                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                &crate::identity::sha256_hex(&bytes)[..12]
-            ));
-            all.extend(imp.weights.scaled(w));
         }
-        let r = model.unet.set_lora(&all)?;
-        eprintln!("LoRA: {} projections merged, {} targets not in this UNet", r.merged, r.unmatched.len());
-        if let Some(t) = r.unmatched.first() {
-            eprintln!("  e.g. {t}");
-        }
+        _ => {}
+    });
+    let opts =
+        crate::session::SessionOptions { paths, device: crate::front::device(&a.device)?, dtype: a.dtype.dtype() };
+    let mut session = crate::session::Session::new(opts, listener);
+    let mut mix = crate::LoraMix::empty();
+    for spec in &a.loras {
+        let (path, w) = match spec.rsplit_once(':') {
+            Some((p, w)) if w.parse::<f64>().is_ok() => (PathBuf::from(p), w.parse::<f64>()?),
+            _ => (PathBuf::from(spec), 1.0),
+        };
+        mix = mix.add(&session.lora_file(&path, w)?);
     }
-    let seed = a.seed.unwrap_or_else(|| {
+    let mut g = crate::session::Generate::new(a.prompt.clone());
+    g.negative = a.negative.clone();
+    g.seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     });
-    let init_noise = match &a.init_latents {
-        Some(p) => {
-            let f = crate::weights::StFile::open(p)?;
-            let key = if f.contains("latents") {
-                "latents".to_string()
-            } else {
-                f.keys().into_iter().next().context("empty latents file")?
-            };
-            Some(f.tensor(&key, candle_core::DType::F32, &candle_core::Device::Cpu)?)
-        }
-        None => None,
-    };
-    let req = GenerateRequest {
-        prompt: a.prompt.clone(),
-        negative: a.negative.clone(),
-        seed,
-        steps: a.steps,
-        cfg: a.cfg,
-        sampler: a.sampler,
-        width: a.width,
-        height: a.height,
-        batch: a.batch,
-        init_noise,
-        init_image: match &a.init_image {
-            Some(p) => Some((crate::png_meta::load_image(p, a.width, a.height)?, a.strength)),
-            None => None,
-        },
-    };
-    let bar = indicatif::ProgressBar::new(a.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let t0 = std::time::Instant::now();
-    let out = model
-        .generate(&req, &mut |p, _| {
-            bar.set_length(p.total as u64);
-            bar.set_position(p.step as u64);
-            ControlFlow::Continue(())
-        })?
-        .context("generation was cancelled")?;
-    bar.finish_and_clear();
-    if let Some(t) = &out.truncated {
-        eprintln!("prompt longer than 77 tokens; dropped: {t:?}");
+    (g.steps, g.cfg, g.sampler, g.width, g.height, g.batch) = (a.steps, a.cfg, a.sampler, a.width, a.height, a.batch);
+    g.lora = (!mix.is_empty()).then_some(mix);
+    if let Some(p) = &a.init_image {
+        g.init = Some((crate::session::Image::load(p)?, a.strength));
     }
-    let text = |i: usize| -> Vec<(String, String)> {
-        vec![
-            ("prompt".into(), a.prompt.clone()),
-            ("negative_prompt".into(), a.negative.clone().unwrap_or_default()),
-            ("seed".into(), seed.to_string()),
-            ("batch_index".into(), i.to_string()),
-            ("steps".into(), a.steps.to_string()),
-            ("cfg".into(), a.cfg.to_string()),
-            ("sampler".into(), a.sampler.name().into()),
-            ("size".into(), format!("{}x{}", a.width, a.height)),
-            ("model".into(), model.name.clone()),
-            ("loras".into(), lora_notes.join(" ")),
-            ("hyperlora_version".into(), env!("CARGO_PKG_VERSION").into()),
-        ]
-    };
-    for (i, (img, path)) in out.images.iter().zip(&outs).enumerate() {
-        crate::png_meta::write_png(path, img, &text(i), a.force)?;
+    if let Some(p) = &a.init_latents {
+        let f = crate::weights::StFile::open(p)?;
+        let key = if f.contains("latents") {
+            "latents".to_string()
+        } else {
+            f.keys().into_iter().next().context("empty latents file")?
+        };
+        g.init_noise = Some(f.tensor(&key, candle_core::DType::F32, &candle_core::Device::Cpu)?);
+    }
+    let t0 = std::time::Instant::now();
+    let images = session.generate_batch(&g)?;
+    for (mut img, path) in images.into_iter().zip(&outs) {
+        session.save_image(&mut img, path, a.force)?;
         println!(
-            "{} ({}×{}, seed {seed}, {} steps {}, {:.1}s)",
+            "{} ({}×{}, seed {}, {} steps {}, {:.1}s)",
             path.display(),
-            a.width,
-            a.height,
+            img.width,
+            img.height,
+            img.seed,
             a.steps,
             a.sampler.name(),
             t0.elapsed().as_secs_f64()

@@ -29,14 +29,7 @@ fn listener() -> crate::session::Listener {
         Event::Preview { .. } => {}
         Event::Step { step, total, .. } => {
             let Ok(mut b) = bar.lock() else { return };
-            let pb = b.get_or_insert_with(|| {
-                let pb = indicatif::ProgressBar::new(*total as u64);
-                pb.set_style(
-                    indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                pb
-            });
+            let pb = b.get_or_insert_with(|| step_bar(*total));
             pb.set_length(*total as u64);
             pb.set_position(*step as u64);
             if step >= total {
@@ -45,6 +38,16 @@ fn listener() -> crate::session::Listener {
             }
         }
     })
+}
+
+/// The sampling progress bar on stderr (one template for every command).
+pub fn step_bar(total: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(total as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
 }
 
 /// Script output on stdout; images shown in the terminal when enabled (viuer for kitty/iTerm2/sixel, halfblocks

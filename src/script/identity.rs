@@ -55,16 +55,6 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     engine.register_fn("+", move |a: Identity, b: Identity| -> RResult<Identity> { lib(lock(&s)?.add(&a, &b)) });
     let s = session.clone();
     engine.register_fn("-", move |a: Identity, b: Identity| -> RResult<Identity> { lib(lock(&s)?.sub(&a, &b)) });
-    for flip in [false, true] {
-        let s = session.clone();
-        let scale = move |a: Identity, k: f64| -> RResult<Identity> { lib(lock(&s)?.scale(&a, k)) };
-        let f = scale.clone();
-        if flip {
-            engine.register_fn("*", move |k: f64, a: Identity| f(a, k));
-            engine.register_fn("*", move |k: i64, a: Identity| scale(a, k as f64));
-        } else {
-            engine.register_fn("*", move |a: Identity, k: f64| f(a, k));
-            engine.register_fn("*", move |a: Identity, k: i64| scale(a, k as f64));
-        }
-    }
+    let s = session.clone();
+    register_scale(engine, move |a: Identity, k: f64| -> RResult<Identity> { lib(lock(&s)?.scale(&a, k)) });
 }

@@ -4,9 +4,14 @@ use super::*;
 pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, output: &Output) {
     // images
     let s = session.clone();
-    engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Image> {
+    engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Dynamic> {
         let req = generate_opts(&prompt, &m)?;
-        lib(lock(&s)?.generate(&req))
+        if m.contains_key("batch") {
+            // an array of images, one per seed
+            Ok(Dynamic::from(lib(lock(&s)?.generate_batch(&req))?.into_iter().map(Dynamic::from).collect::<Array>()))
+        } else {
+            Ok(Dynamic::from(lib(lock(&s)?.generate(&req))?))
+        }
     });
     let s = session.clone();
     engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> {

@@ -32,18 +32,8 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     engine.register_fn("+", move |a: LoraMix, b: LoraMix| -> RResult<LoraMix> { Ok(lock(&s)?.mix_add(&a, &b)) });
     let s = session.clone();
     engine.register_fn("-", move |a: LoraMix, b: LoraMix| -> RResult<LoraMix> { Ok(lock(&s)?.mix_sub(&a, &b)) });
-    for flip in [false, true] {
-        let s = session.clone();
-        let scale = move |a: LoraMix, k: f64| -> RResult<LoraMix> { lib(lock(&s)?.mix_scale(&a, k)) };
-        let f = scale.clone();
-        if flip {
-            engine.register_fn("*", move |k: f64, a: LoraMix| f(a, k));
-            engine.register_fn("*", move |k: i64, a: LoraMix| scale(a, k as f64));
-        } else {
-            engine.register_fn("*", move |a: LoraMix, k: f64| f(a, k));
-            engine.register_fn("*", move |a: LoraMix, k: i64| scale(a, k as f64));
-        }
-    }
+    let s = session.clone();
+    register_scale(engine, move |a: LoraMix, k: f64| -> RResult<LoraMix> { lib(lock(&s)?.mix_scale(&a, k)) });
 
     let s = session.clone();
     let export = move |mix: LoraMix, p: &str, o: Map| -> RResult<String> {

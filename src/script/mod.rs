@@ -336,10 +336,48 @@ fn lock(s: &Arc<Mutex<Session>>) -> RResult<std::sync::MutexGuard<'_, Session>> 
 fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
     check_keys(
         m,
-        &["lora", "negative", "seed", "steps", "cfg", "sampler", "width", "height", "base_weight"],
+        &[
+            "lora",
+            "negative",
+            "seed",
+            "steps",
+            "cfg",
+            "sampler",
+            "width",
+            "height",
+            "base_weight",
+            "batch",
+            "init",
+            "strength",
+        ],
         "generate",
     )?;
     let mut g = Generate::new(prompt);
+    if let Some(init) = m.get("init") {
+        let img = if let Some(i) = init.clone().try_cast::<Image>() {
+            i
+        } else if init.is_string() {
+            lib(Image::load(Path::new(&string(init, "init")?)))?
+        } else {
+            return err(format!("init: expected an image or a file name, got {}", init.type_name()));
+        };
+        let strength = m.get("strength").map(|v| num(v, "strength")).transpose()?.unwrap_or(0.6);
+        if !(strength > 0.0 && strength <= 1.0) {
+            return err(format!("strength: expected a number in (0, 1], got {strength}"));
+        }
+        // the output takes the starting image's size unless width/height say otherwise
+        g.width = img.width;
+        g.height = img.height;
+        g.init = Some((img, strength));
+    } else if m.contains_key("strength") {
+        return err("strength: only with `init` (img2img)");
+    }
+    if let Some(b) = m.get("batch") {
+        g.batch = match int(b, "batch")? {
+            n @ 1..=64 => n as usize,
+            n => return err(format!("batch: expected 1 to 64 images, got {n}")),
+        };
+    }
     if let Some(l) = m.get("lora") {
         g.lora = Some(if let Some(mix) = l.clone().try_cast::<LoraMix>() {
             mix
@@ -391,6 +429,20 @@ fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
         g.sampler = lib(SamplerKind::parse(&string(v, "sampler")?))?;
     }
     Ok(g)
+}
+
+/// `x * k` and `k * x`, with k a float or an integer, through `f`.
+fn register_scale<T: Clone + Send + Sync + 'static>(
+    engine: &mut Engine,
+    f: impl Fn(T, f64) -> RResult<T> + Clone + Send + Sync + 'static,
+) {
+    let g = f.clone();
+    engine.register_fn("*", move |a: T, k: f64| g(a, k));
+    let g = f.clone();
+    engine.register_fn("*", move |a: T, k: i64| g(a, k as f64));
+    let g = f.clone();
+    engine.register_fn("*", move |k: f64, a: T| g(a, k));
+    engine.register_fn("*", move |k: i64, a: T| f(a, k as f64));
 }
 
 fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {

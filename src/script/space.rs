@@ -96,14 +96,9 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     });
     engine.register_fn("+", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { lib(a.add(&b)) });
     engine.register_fn("-", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { lib(a.sub(&b)) });
-    engine.register_fn("*", |a: Coeffs, k: f64| -> RResult<Coeffs> {
+    register_scale(engine, |a: Coeffs, k: f64| -> RResult<Coeffs> {
         Ok(a.scale(lib(crate::session::finite(k, "scale"))?))
     });
-    engine.register_fn("*", |a: Coeffs, k: i64| a.scale(k as f64));
-    engine.register_fn("*", |k: f64, a: Coeffs| -> RResult<Coeffs> {
-        Ok(a.scale(lib(crate::session::finite(k, "scale"))?))
-    });
-    engine.register_fn("*", |k: i64, a: Coeffs| a.scale(k as f64));
 
     // operations on identities or coefficients (identities: raw tokens)
     let two = |name: &'static str, f: fn(&Coeffs, &Coeffs) -> crate::Result<Dynamic>| {

@@ -73,6 +73,19 @@ fn json_or<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Build a diffusers component strictly from `dir/config.json` and its weights file (`.fp16` accepted).
+pub(crate) fn load_component<C, M>(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    config: impl Fn(&Path) -> Result<C>,
+    build: impl FnOnce(&C, candle_nn::VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    let cfg = config(&dir.join("config.json"))?;
+    let file = Arc::new(StFile::open(component_file(dir, "diffusion_pytorch_model")?)?);
+    build_strict(file, dtype, device, |k| (k.to_string(), Transform::Same), |_| true, |vb| build(&cfg, vb))
+}
+
 /// The weights file of a diffusers component folder (full precision preferred, `.fp16` variant accepted).
 pub(crate) fn component_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
@@ -176,27 +189,8 @@ impl Sdxl {
                 format!("_class_name is `{class}`; an SDXL pipeline (StableDiffusionXLPipeline) is needed"),
             ));
         }
-        let same = |k: &str| (k.to_string(), Transform::Same);
-        let unet_dir = dir.join("unet");
-        let unet_cfg = UNetConfig::load(&unet_dir.join("config.json"))?;
-        let unet = build_strict(
-            Arc::new(StFile::open(component_file(&unet_dir, "diffusion_pytorch_model")?)?),
-            opts.dtype,
-            &opts.device,
-            same,
-            |_| true,
-            |vb| UNet::new(&unet_cfg, vb),
-        )?;
-        let vae_dir = dir.join("vae");
-        let vae_cfg = VaeConfig::load(&vae_dir.join("config.json"))?;
-        let vae = build_strict(
-            Arc::new(StFile::open(component_file(&vae_dir, "diffusion_pytorch_model")?)?),
-            opts.vae_dtype,
-            &opts.device,
-            same,
-            |_| true,
-            |vb| Vae::new(&vae_cfg, vb),
-        )?;
+        let unet = super::unet::load_unet(&dir.join("unet"), opts.dtype, &opts.device)?;
+        let vae = super::vae::load_vae(&dir.join("vae"), opts.vae_dtype, &opts.device)?;
         Ok(Sdxl {
             name,
             tokenizer: ClipTokenizer::load(&dir.join("tokenizer"))?,
@@ -320,7 +314,7 @@ impl Sdxl {
             Option<&super::pipeline::StepTrace>,
         ) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
-        use super::pipeline::{sample, seeded_noise, time_ids, SampleSpec};
+        use super::pipeline::{batch_noise, sample, time_ids, SampleSpec};
         if !req.width.is_multiple_of(8) || !req.height.is_multiple_of(8) || req.width == 0 || req.height == 0 {
             return Err(Error::Mismatch(format!(
                 "width and height must be positive multiples of 8, got {}×{}",
@@ -332,6 +326,8 @@ impl Sdxl {
         }
         let dev = &self.options.device;
         let shape = [req.batch, self.vae.config().latent_channels, req.height / 8, req.width / 8];
+        // item i of a batch is seeded with seed + i: it equals the image made alone with that seed
+        let seeds: Vec<u64> = (0..req.batch as u64).map(|i| req.seed.wrapping_add(i)).collect();
         let noise = match &req.init_noise {
             Some(n) if n.dims() == shape => n.to_device(dev)?.to_dtype(self.options.dtype)?,
             Some(n) => {
@@ -340,7 +336,7 @@ impl Sdxl {
                     n.dims()
                 )))
             }
-            None => seeded_noise(req.seed, &shape, dev)?.to_dtype(self.options.dtype)?,
+            None => batch_noise(&seeds, &[1, shape[1], shape[2], shape[3]], dev)?.to_dtype(self.options.dtype)?,
         };
         let (init, strength) = match &req.init_image {
             Some((img, s)) => {
@@ -370,8 +366,7 @@ impl Sdxl {
             time_ids: time_ids(req.height, req.width, dev)?,
             strength,
         };
-        let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), req.seed, progress)?
-        else {
+        let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), &seeds, progress)? else {
             return Ok(None);
         };
         let decoded = self.vae.decode(&latents.to_dtype(self.options.vae_dtype)?)?;

@@ -106,15 +106,29 @@ pub fn denoise(
     Ok(Some(x))
 }
 
+/// Gaussian noise for a batch: item `i` drawn from `seeds[i]` alone, so an image of a batch equals the one made
+/// alone with its seed.
+pub fn batch_noise(seeds: &[u64], item_shape: &[usize], device: &Device) -> Result<Tensor> {
+    let items = seeds.iter().map(|s| seeded_noise(*s, item_shape, device)).collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&items, 0)?)
+}
+
+/// Where img2img starts: diffusers' `get_timesteps` — `round(steps · strength)` steps are run (at least one), the
+/// last ones of the schedule; the image is noised to the first of them.
+pub fn img2img_start(total: usize, strength: f64) -> usize {
+    total - ((total as f64 * strength).round() as usize).clamp(1, total)
+}
+
 /// txt2img from given initial noise (unit Gaussian, [B, 4, h/8, w/8]): scales by the sampler's init σ and
 /// denoises. With `init_latents` and `strength` < 1 it is img2img: the latents are noised to the start step.
+/// `seeds` (one per batch item) seed the ancestral samplers' fresh noise.
 pub fn sample(
     unet: &UNet,
     scheduler: &SchedulerConfig,
     spec: &SampleSpec,
     noise: &Tensor,
     init_latents: Option<&Tensor>,
-    seed: u64,
+    seeds: &[u64],
     progress: &mut dyn FnMut(StepProgress, Option<&StepTrace>) -> ControlFlow<()>,
 ) -> Result<Option<Tensor>> {
     if !(0.0..=1.0).contains(&spec.strength) || spec.strength == 0.0 {
@@ -122,15 +136,20 @@ pub fn sample(
     }
     let mut sampler = Sampler::new(spec.sampler, scheduler, spec.steps)?;
     let total = sampler.timesteps().len();
-    let start = total - ((total as f64 * spec.strength).round() as usize).clamp(1, total);
+    let start = img2img_start(total, spec.strength);
     let x = match init_latents {
         None => (noise * sampler.init_noise_sigma())?,
         Some(z) => sampler.add_noise(z, noise, start)?,
     };
     let dev = noise.device().clone();
-    let shape = noise.dims().to_vec();
+    let mut item = noise.dims().to_vec();
+    if seeds.len() != item[0] {
+        return Err(Error::Mismatch(format!("{} seeds for a batch of {}", seeds.len(), item[0])));
+    }
+    item[0] = 1;
     let mut step_noise = |i: usize| {
-        seeded_noise(seed.wrapping_add(1 + i as u64), &shape, &dev).and_then(|n| Ok(n.to_dtype(DType::F32)?))
+        let s: Vec<u64> = seeds.iter().map(|s| s.wrapping_add(1 + i as u64)).collect();
+        batch_noise(&s, &item, &dev).and_then(|n| Ok(n.to_dtype(DType::F32)?))
     };
     denoise(unet, &mut sampler, x, spec, start, &mut step_noise, progress)
 }

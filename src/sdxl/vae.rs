@@ -253,16 +253,7 @@ impl Vae {
     }
 }
 
-/// Load `vae/` of a diffusers folder strictly.
+/// Load `vae/` of a diffusers folder strictly (`.fp16` weights accepted).
 pub fn load_vae(dir: &Path, dtype: DType, device: &candle_core::Device) -> Result<Vae> {
-    let cfg = VaeConfig::load(&dir.join("config.json"))?;
-    let file = std::sync::Arc::new(crate::weights::StFile::open(dir.join("diffusion_pytorch_model.safetensors"))?);
-    crate::weights::build_strict(
-        file,
-        dtype,
-        device,
-        |k| (k.to_string(), crate::weights::Transform::Same),
-        |_| true,
-        |vb| Vae::new(&cfg, vb),
-    )
+    crate::sdxl::model::load_component(dir, dtype, device, VaeConfig::load, Vae::new)
 }

@@ -13,6 +13,12 @@ pub struct Generate {
     pub width: usize,
     pub height: usize,
     pub lora: Option<LoraMix>,
+    /// Images from one UNet batch, seeded `seed`, `seed + 1`, …
+    pub batch: usize,
+    /// img2img: the starting image (of `width` × `height`) and the strength (fraction of the schedule run).
+    pub init: Option<(Image, f64)>,
+    /// Unit-Gaussian starting latents [batch, 4, h/8, w/8] instead of seeded noise.
+    pub init_noise: Option<Tensor>,
 }
 
 impl Generate {
@@ -28,6 +34,9 @@ impl Generate {
             width: r.width,
             height: r.height,
             lora: None,
+            batch: 1,
+            init: None,
+            init_noise: None,
         }
     }
 }
@@ -77,9 +86,16 @@ impl Session {
         Ok((cond, self.text[&nkey].0.clone(), truncated))
     }
 
-    /// Generate one image. With identity terms in the LoRA, the trigger words are put in front of the prompt
-    /// when it lacks them.
+    /// Generate one image (the first, for a batch). With identity terms in the LoRA, the trigger words are put in
+    /// front of the prompt when it lacks them.
     pub fn generate(&mut self, g: &Generate) -> Result<Image> {
+        let mut images = self.generate_batch(g)?;
+        Ok(images.swap_remove(0))
+    }
+
+    /// Generate `g.batch` images in one UNet batch; image i has seed `g.seed + i` and equals the one made alone
+    /// with that seed.
+    pub fn generate_batch(&mut self, g: &Generate) -> Result<Vec<Image>> {
         self.cancel.store(false, Ordering::Relaxed);
         self.apply(g.lora.as_ref())?;
         let has_identity =
@@ -102,9 +118,12 @@ impl Session {
             sampler: g.sampler,
             width: g.width,
             height: g.height,
-            batch: 1,
-            init_noise: None,
-            init_image: None,
+            batch: g.batch,
+            init_noise: g.init_noise.clone(),
+            init_image: match &g.init {
+                Some((img, strength)) => Some((img.resized(g.width, g.height)?.to_tensor()?, *strength)),
+                None => None,
+            },
         };
         let (listener, cancel, every) = (self.listener.clone(), self.cancel.clone(), self.preview_every);
         let t0 = Instant::now();
@@ -123,21 +142,44 @@ impl Session {
             }
         })?;
         let out = out.ok_or(Error::Cancelled)?;
-        let (rgb, w, h) = crate::png_meta::to_rgb8(&out.images[0])?;
         let model = sdxl.name.clone();
-        let loras = g.lora.as_ref().map(|m| m.summary()).unwrap_or_default();
-        let settings = vec![
-            ("prompt".to_string(), prompt.clone()),
-            ("negative_prompt".to_string(), g.negative.clone().unwrap_or_default()),
-            ("seed".to_string(), g.seed.to_string()),
-            ("steps".to_string(), g.steps.to_string()),
-            ("cfg".to_string(), g.cfg.to_string()),
-            ("sampler".to_string(), g.sampler.name().to_string()),
-            ("size".to_string(), format!("{w}x{h}")),
-            ("model".to_string(), model),
-            ("loras".to_string(), loras),
-            ("hyperlora_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ];
-        Ok(Image { rgb: Arc::new(rgb), width: w, height: h, seed: g.seed, prompt, settings, path: None })
+        let loras = g.lora.as_ref().map(|m| m.settings_line()).unwrap_or_default();
+        let mut images = Vec::with_capacity(out.images.len());
+        for (i, t) in out.images.iter().enumerate() {
+            let (rgb, w, h) = crate::png_meta::to_rgb8(t)?;
+            let seed = g.seed.wrapping_add(i as u64);
+            let mut settings = vec![
+                ("prompt".to_string(), prompt.clone()),
+                ("negative_prompt".to_string(), g.negative.clone().unwrap_or_default()),
+                ("seed".to_string(), seed.to_string()),
+                ("steps".to_string(), g.steps.to_string()),
+                ("cfg".to_string(), g.cfg.to_string()),
+                ("sampler".to_string(), g.sampler.name().to_string()),
+                ("size".to_string(), format!("{w}x{h}")),
+                ("model".to_string(), model.clone()),
+                ("loras".to_string(), loras.clone()),
+                ("hyperlora_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ];
+            if g.batch > 1 {
+                settings.push(("batch_index".to_string(), i.to_string()));
+            }
+            if let Some((img, strength)) = &g.init {
+                settings.push(("init_image".to_string(), img.describe_source()));
+                settings.push(("strength".to_string(), strength.to_string()));
+            }
+            if g.init_noise.is_some() {
+                settings.push(("init_latents".to_string(), "given".to_string()));
+            }
+            images.push(Image {
+                rgb: Arc::new(rgb),
+                width: w,
+                height: h,
+                seed,
+                prompt: prompt.clone(),
+                settings,
+                path: None,
+            });
+        }
+        Ok(images)
     }
 }

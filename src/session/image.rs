@@ -16,6 +16,54 @@ pub struct Image {
 }
 
 impl Image {
+    /// Pixels as [1, 3, H, W] in [-1, 1] (the VAE's input).
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let v: Vec<f32> = self.rgb.iter().map(|p| *p as f32 / 127.5 - 1.0).collect();
+        Ok(Tensor::from_vec(v, (self.height, self.width, 3), &Device::Cpu)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .contiguous()?)
+    }
+
+    /// This image at `width` × `height` (Catmull-Rom), or itself when it already has that size.
+    pub fn resized(&self, width: usize, height: usize) -> Result<Image> {
+        if (self.width, self.height) == (width, height) {
+            return Ok(self.clone());
+        }
+        let src = ::image::RgbImage::from_raw(self.width as u32, self.height as u32, self.rgb.as_ref().clone())
+            .ok_or_else(|| {
+                Error::Mismatch(format!("image of {}×{} has {} bytes", self.width, self.height, self.rgb.len()))
+            })?;
+        let out =
+            ::image::imageops::resize(&src, width as u32, height as u32, ::image::imageops::FilterType::CatmullRom);
+        Ok(Image { rgb: Arc::new(out.into_raw()), width, height, ..self.clone() })
+    }
+
+    /// Where this image came from, for another image's settings: its file, else its seed and prompt.
+    pub fn describe_source(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => format!("image {}×{} seed {} ({})", self.width, self.height, self.seed, self.prompt),
+        }
+    }
+
+    /// A PNG (or JPEG/WebP) file as an image value, with its PNG text as settings.
+    pub fn load(path: &Path) -> Result<Image> {
+        let rgb8 = crate::vision::processor::load_photo(path)?;
+        let settings = crate::png_meta::read_png(path).map(|(_, _, _, t)| t).unwrap_or_default();
+        let prompt = settings.iter().find(|(k, _)| k == "prompt").map(|(_, v)| v.clone()).unwrap_or_default();
+        let seed = settings.iter().find(|(k, _)| k == "seed").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        Ok(Image {
+            rgb: Arc::new(rgb8.data),
+            width: rgb8.width,
+            height: rgb8.height,
+            seed,
+            prompt,
+            settings,
+            path: Some(path.to_path_buf()),
+        })
+    }
+
     pub fn rgb8(&self) -> Rgb8 {
         Rgb8 { width: self.width, height: self.height, data: self.rgb.as_ref().clone() }
     }

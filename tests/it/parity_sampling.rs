@@ -64,7 +64,7 @@ fn progress_can_cancel() {
         strength: 1.0,
     };
     let mut seen = 0;
-    let r = hyperlora::sdxl::pipeline::sample(&unet, &cfg, &spec, &load(R, "noise"), None, 1, &mut |p, _| {
+    let r = hyperlora::sdxl::pipeline::sample(&unet, &cfg, &spec, &load(R, "noise"), None, &[1], &mut |p, _| {
         seen = p.step;
         if p.step == 2 {
             ControlFlow::Break(())

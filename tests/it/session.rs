@@ -163,3 +163,62 @@ fn latent_previews_every_n_steps() {
     // steps 2 and 4 (not the last: the image itself follows), at latent size
     assert_eq!(previews, vec![(2, 8, 12), (4, 8, 12)]);
 }
+
+#[test]
+fn a_batch_equals_its_images_made_alone() {
+    let mut s = session(Arc::new(Mutex::new(Vec::new())));
+    let id = s.identity(&[photo()]).unwrap();
+    for sampler in [hyperlora::session::SamplerKind::DpmPp2mKarras, hyperlora::session::SamplerKind::EulerA] {
+        let mut g = Generate::new("astronaut portrait");
+        (g.width, g.height, g.steps, g.seed, g.sampler) = (64, 64, 3, 10, sampler);
+        g.lora = Some(LoraMix::lora(&id, 0.85));
+        g.batch = 3;
+        let batch = s.generate_batch(&g).unwrap();
+        assert_eq!(batch.len(), 3);
+        g.batch = 1;
+        let mut worst = 0u8;
+        for (i, b) in batch.iter().enumerate() {
+            g.seed = 10 + i as u64;
+            let alone = s.generate(&g).unwrap();
+            assert_eq!(b.seed, 10 + i as u64);
+            assert!(b.settings.iter().any(|(k, v)| k == "seed" && *v == (10 + i).to_string()));
+            let d = b.rgb.iter().zip(alone.rgb.iter()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            worst = worst.max(d);
+        }
+        // one UNet batch vs three single runs: the same noise per seed, so the same pixels (the matmul's
+        // blocking may differ in the last bit of a float, never by more than one 8-bit level)
+        assert!(worst <= 1, "{sampler:?}: a batch image differs from the one made alone by {worst}/255");
+        // and the images of a batch differ from each other (the seeds really differ)
+        assert!(batch[0].rgb != batch[1].rgb);
+    }
+}
+
+#[test]
+fn img2img_runs_the_strength_share_of_the_schedule() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut s = session(events.clone());
+    let mut g = Generate::new("astronaut portrait");
+    (g.width, g.height, g.steps, g.seed) = (64, 64, 10, 3);
+    let start = s.generate(&g).unwrap();
+    for (strength, ran) in [(0.3, 3), (0.45, 5), (1.0, 10)] {
+        events.lock().unwrap().clear();
+        let mut h = g.clone();
+        h.init = Some((start.clone(), strength));
+        let out = s.generate(&h).unwrap();
+        let steps: Vec<usize> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| if let Event::Step { step, .. } = e { Some(*step) } else { None })
+            .collect();
+        // diffusers: round(steps · strength) steps run, the last ones of the schedule
+        assert_eq!(steps.len(), ran, "strength {strength}: steps reported {steps:?}");
+        assert_eq!(*steps.last().unwrap(), 10);
+        assert!(out.settings.iter().any(|(k, v)| k == "strength" && *v == strength.to_string()));
+        assert!(out.settings.iter().any(|(k, _)| k == "init_image"));
+    }
+    // a different size is resized to the request
+    let mut h = g.clone();
+    h.init = Some((start.resized(48, 80).unwrap(), 0.5));
+    assert_eq!(s.generate(&h).unwrap().width, 64);
+}

@@ -379,16 +379,7 @@ impl UNet {
     }
 }
 
-/// Load `unet/` of a diffusers folder: `config.json` + `diffusion_pytorch_model.safetensors`, strictly.
+/// Load `unet/` of a diffusers folder: `config.json` + `diffusion_pytorch_model(.fp16).safetensors`, strictly.
 pub fn load_unet(dir: &Path, dtype: DType, device: &candle_core::Device) -> Result<UNet> {
-    let cfg = UNetConfig::load(&dir.join("config.json"))?;
-    let file = std::sync::Arc::new(crate::weights::StFile::open(dir.join("diffusion_pytorch_model.safetensors"))?);
-    crate::weights::build_strict(
-        file,
-        dtype,
-        device,
-        |k| (k.to_string(), crate::weights::Transform::Same),
-        |_| true,
-        |vb| UNet::new(&cfg, vb),
-    )
+    crate::sdxl::model::load_component(dir, dtype, device, UNetConfig::load, UNet::new)
 }
