@@ -83,7 +83,7 @@ impl HyperConfig {
 /// The optional `config.json` (not a release file). Only heads/dim_head and `has_base_lora` are taken from it;
 /// every other field present is cross-checked against the shapes.
 #[derive(Debug, Default, Deserialize)]
-pub struct FileConfig {
+pub struct VariantConfigJson {
     pub id_embed_dim: Option<usize>,
     pub num_id_tokens: Option<usize>,
     pub embedding_dim: Option<usize>,
@@ -105,7 +105,7 @@ pub struct FileResampler {
     pub ff_mult: Option<usize>,
 }
 
-impl FileConfig {
+impl VariantConfigJson {
     pub fn load(path: &Path) -> Result<Option<Self>> {
         if !path.exists() {
             return Ok(None);
@@ -182,7 +182,7 @@ pub fn derive_resampler(file: &StFile, heads_dim_head: (usize, usize), num_queri
 }
 
 /// Cross-check the optional config.json against what the shapes say.
-pub fn check_file_config(path: &Path, fc: &FileConfig, c: &HyperConfig) -> Result<()> {
+pub fn check_file_config(path: &Path, fc: &VariantConfigJson, c: &HyperConfig) -> Result<()> {
     let r = fc.resampler.as_ref();
     let pairs: [(&str, Option<usize>, usize); 12] = [
         ("id_embed_dim", fc.id_embed_dim, c.id_embed_dim),

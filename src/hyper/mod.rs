@@ -14,7 +14,7 @@ use crate::lora::LoraWeights;
 use crate::weights::StFile;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use config::{FileConfig, HyperConfig};
+use config::{HyperConfig, VariantConfigJson};
 use id_projector::IdProjector;
 use modules::ModuleSpec;
 use resampler::{Resampler, ResamplerTrace};
@@ -108,7 +108,7 @@ impl HyperLora {
         let idp_file = StFile::open(dir.join(ID_PROJECTOR_FILE))?;
         let res_file = StFile::open(dir.join(RESAMPLER_FILE))?;
         let bases_file = StFile::open(dir.join(BASES_FILE))?;
-        let file_cfg = FileConfig::load(&dir.join(CONFIG_FILE))?;
+        let file_cfg = VariantConfigJson::load(&dir.join(CONFIG_FILE))?;
         let base_res_path = dir.join(BASE_RESAMPLER_FILE);
         let has_base = file_cfg.as_ref().and_then(|c| c.has_base_lora).unwrap_or_else(|| base_res_path.exists());
         let base_res_file = if has_base { Some(StFile::open(&base_res_path)?) } else { None };

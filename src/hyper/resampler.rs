@@ -76,7 +76,7 @@ impl FeedForward {
 }
 
 /// The optional second condition (`attn3` over the CLIP tokens) of the ID resampler.
-struct Cond2 {
+struct ClipCondition {
     norm_l: LayerNorm,
     norm_y: LayerNorm,
     attn: Attention,
@@ -88,7 +88,7 @@ struct PerceiverLayer {
     norm_attn2_l: LayerNorm,
     norm_attn2_x: LayerNorm,
     attn2: Attention,
-    cond2: Option<Cond2>,
+    cond2: Option<ClipCondition>,
     norm_ff: LayerNorm,
     ff: FeedForward,
 }
@@ -97,7 +97,7 @@ impl PerceiverLayer {
     fn new(c: &ResamplerConfig, vb: VarBuilder) -> Result<Self> {
         let ln = |k: &str| layer_norm(c.dim, LN_EPS, vb.pp(k)); // layers.{l}.norm_attn1.weight
         let cond2 = if c.n_conds == 2 {
-            Some(Cond2 {
+            Some(ClipCondition {
                 norm_l: ln("norm_attn3_l")?,
                 norm_y: ln("norm_attn3_y")?,
                 attn: Attention::new(c, vb.pp("attn3"))?,

@@ -6,7 +6,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     let s = session.clone();
     let make_identity = move |d: Dynamic| -> RResult<Identity> {
         let specs = photo_specs(&d)?;
-        lib(lock(&s)?.identity(&specs))
+        from_lib(lock(&s)?.identity(&specs))
     };
     let f = make_identity.clone();
     engine.register_fn("identity", move |p: ImmutableString| f(Dynamic::from(p)));
@@ -16,12 +16,12 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     engine.register_fn("identity", move |m: Map| f(Dynamic::from(m)));
     let s = session.clone();
     engine.register_fn("load_identity", move |p: ImmutableString| -> RResult<Identity> {
-        lib(lock(&s)?.load_identity(Path::new(p.as_str())))
+        from_lib(lock(&s)?.load_identity(Path::new(p.as_str())))
     });
     let s = session.clone();
     let save_id = move |id: Identity, p: &str, o: Map| -> RResult<String> {
         let ow = overwrite(&o, "save_identity")?;
-        lib(lock(&s)?.save_identity(&id, Path::new(p), ow))?;
+        from_lib(lock(&s)?.save_identity(&id, Path::new(p), ow))?;
         Ok(p.to_string())
     };
     let f = save_id.clone();
@@ -37,24 +37,24 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             .collect()
     };
     let s = session.clone();
-    engine.register_fn("mean", move |a: Array| -> RResult<Identity> { lib(lock(&s)?.mean(&ids_of(&a)?, None)) });
+    engine.register_fn("mean", move |a: Array| -> RResult<Identity> { from_lib(lock(&s)?.mean(&ids_of(&a)?, None)) });
     let s = session.clone();
     engine.register_fn("mean", move |a: Array, w: Array| -> RResult<Identity> {
         let w: Vec<f64> = w.iter().map(|d| num(d, "mean weights")).collect::<RResult<_>>()?;
-        lib(lock(&s)?.mean(&ids_of(&a)?, Some(&w)))
+        from_lib(lock(&s)?.mean(&ids_of(&a)?, Some(&w)))
     });
     let s = session.clone();
     engine.register_fn("mix", move |a: Identity, b: Identity, t: Dynamic| -> RResult<Identity> {
-        lib(lock(&s)?.mix(&a, &b, num(&t, "mix")?))
+        from_lib(lock(&s)?.mix(&a, &b, num(&t, "mix")?))
     });
     let s = session.clone();
     engine.register_fn("similarity", move |a: Identity, b: Identity| -> RResult<f64> {
-        lib(lock(&s)?.similarity(&a, &b))
+        from_lib(lock(&s)?.similarity(&a, &b))
     });
     let s = session.clone();
-    engine.register_fn("+", move |a: Identity, b: Identity| -> RResult<Identity> { lib(lock(&s)?.add(&a, &b)) });
+    engine.register_fn("+", move |a: Identity, b: Identity| -> RResult<Identity> { from_lib(lock(&s)?.add(&a, &b)) });
     let s = session.clone();
-    engine.register_fn("-", move |a: Identity, b: Identity| -> RResult<Identity> { lib(lock(&s)?.sub(&a, &b)) });
+    engine.register_fn("-", move |a: Identity, b: Identity| -> RResult<Identity> { from_lib(lock(&s)?.sub(&a, &b)) });
     let s = session.clone();
-    register_scale(engine, move |a: Identity, k: f64| -> RResult<Identity> { lib(lock(&s)?.scale(&a, k)) });
+    register_scale(engine, move |a: Identity, k: f64| -> RResult<Identity> { from_lib(lock(&s)?.scale(&a, k)) });
 }

@@ -8,14 +8,16 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         let req = generate_opts(&prompt, &m)?;
         if m.contains_key("batch") {
             // an array of images, one per seed
-            Ok(Dynamic::from(lib(lock(&s)?.generate_batch(&req))?.into_iter().map(Dynamic::from).collect::<Array>()))
+            Ok(Dynamic::from(
+                from_lib(lock(&s)?.generate_batch(&req))?.into_iter().map(Dynamic::from).collect::<Array>(),
+            ))
         } else {
-            Ok(Dynamic::from(lib(lock(&s)?.generate(&req))?))
+            Ok(Dynamic::from(from_lib(lock(&s)?.generate(&req))?))
         }
     });
     let s = session.clone();
     engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> {
-        lib(lock(&s)?.generate(&Generate::new(prompt.as_str())))
+        from_lib(lock(&s)?.generate(&Generate::new(prompt.as_str())))
     });
     let o = output.clone();
     engine.register_fn("show", move |img: Image| o(Out::Image(img)));
@@ -45,7 +47,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
             })
             .transpose()?;
         let title = m.get("title").map(|t| string(t, "title")).transpose()?;
-        lib(lock(&s)?.grid(&images, labels.as_deref(), cols.map(|c| c as usize), title.as_deref()))
+        from_lib(lock(&s)?.grid(&images, labels.as_deref(), cols.map(|c| c as usize), title.as_deref()))
     };
     let f = grid.clone();
     engine.register_fn("grid", move |images: Array| f(images, Map::new()));
@@ -55,7 +57,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         check_keys(&m, &["title", "x", "y"], "plot")?;
         let nums = |a: &Array, what: &str| a.iter().map(|v| num(v, what)).collect::<RResult<Vec<f64>>>();
         let text = |k: &str| m.get(k).map(|t| string(t, k)).transpose().map(|t| t.unwrap_or_default());
-        let p = lib(crate::render::plot::Plot::new(
+        let p = from_lib(crate::render::plot::Plot::new(
             &nums(&xs, "plot xs")?,
             &nums(&ys, "plot ys")?,
             &text("title")?,
@@ -71,7 +73,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
     let s = session.clone();
     let save = move |img: &mut Image, p: &str, o: Map| -> RResult<Image> {
         let ow = overwrite(&o, "save")?;
-        lib(lock(&s)?.save_image(img, Path::new(p), ow))?;
+        from_lib(lock(&s)?.save_image(img, Path::new(p), ow))?;
         Ok(img.clone())
     };
     let f = save.clone();
@@ -81,7 +83,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
     let score = move |img: Image, id: Identity, m: Map| -> RResult<f64> {
         check_keys(&m, &["box", "face"], "face_score")?;
         let p = pick(&m)?;
-        lib(lock(&s)?.face_score(&img, &id, p))
+        from_lib(lock(&s)?.face_score(&img, &id, p))
     };
     let f = score.clone();
     engine.register_fn("face_score", move |img: Image, id: Identity| f(img, id, Map::new()));

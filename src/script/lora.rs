@@ -4,7 +4,7 @@ use super::*;
 pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     // LoRA mixes
     let s = session.clone();
-    engine.register_fn("lora", move |id: Identity| -> RResult<LoraMix> { lib(lock(&s)?.lora(&id, 1.0, 0.0)) });
+    engine.register_fn("lora", move |id: Identity| -> RResult<LoraMix> { from_lib(lock(&s)?.lora(&id, 1.0, 0.0)) });
     let s = session.clone();
     engine.register_fn("lora", move |id: Identity, w: Dynamic| -> RResult<LoraMix> {
         let (weight, base) = if let Some(m) = w.clone().try_cast::<Map>() {
@@ -16,24 +16,26 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         } else {
             (num(&w, "lora weight")?, 0.0)
         };
-        lib(lock(&s)?.lora(&id, weight, base))
+        from_lib(lock(&s)?.lora(&id, weight, base))
     });
     let s = session.clone();
     engine.register_fn("lora", move |p: ImmutableString, w: Dynamic| -> RResult<LoraMix> {
-        lib(lock(&s)?.lora_file(Path::new(p.as_str()), num(&w, "lora weight")?))
+        from_lib(lock(&s)?.lora_file(Path::new(p.as_str()), num(&w, "lora weight")?))
     });
     let s = session.clone();
     engine.register_fn("lora", move |p: ImmutableString| -> RResult<LoraMix> {
-        lib(lock(&s)?.lora_file(Path::new(p.as_str()), 1.0))
+        from_lib(lock(&s)?.lora_file(Path::new(p.as_str()), 1.0))
     });
     let s = session.clone();
-    engine.register_fn("slider", move |a: Identity, b: Identity| -> RResult<LoraMix> { lib(lock(&s)?.slider(&a, &b)) });
+    engine.register_fn("slider", move |a: Identity, b: Identity| -> RResult<LoraMix> {
+        from_lib(lock(&s)?.slider(&a, &b))
+    });
     let s = session.clone();
     engine.register_fn("+", move |a: LoraMix, b: LoraMix| -> RResult<LoraMix> { Ok(lock(&s)?.mix_add(&a, &b)) });
     let s = session.clone();
     engine.register_fn("-", move |a: LoraMix, b: LoraMix| -> RResult<LoraMix> { Ok(lock(&s)?.mix_sub(&a, &b)) });
     let s = session.clone();
-    register_scale(engine, move |a: LoraMix, k: f64| -> RResult<LoraMix> { lib(lock(&s)?.mix_scale(&a, k)) });
+    register_scale(engine, move |a: LoraMix, k: f64| -> RResult<LoraMix> { from_lib(lock(&s)?.mix_scale(&a, k)) });
 
     let s = session.clone();
     let export = move |mix: LoraMix, p: &str, o: Map| -> RResult<String> {
@@ -44,7 +46,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             Some("bf16") => candle_core::DType::BF16,
             Some(x) => return err(format!("dtype `{x}`: expected f16, f32 or bf16")),
         };
-        let r = lib(lock(&s)?.export_lora(&mix, Path::new(p), dtype, ow))?;
+        let r = from_lib(lock(&s)?.export_lora(&mix, Path::new(p), dtype, ow))?;
         Ok(format!(
             "{p} ({} tensors, {} layers, rank {}, {:.1} MB)",
             r.tensors,

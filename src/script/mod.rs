@@ -99,7 +99,8 @@ fn err<T>(msg: impl Into<String>) -> RResult<T> {
     Err(msg.into().into())
 }
 
-fn lib<T>(r: crate::Result<T>) -> RResult<T> {
+/// A library result as a script result (the error's text becomes the script error).
+fn from_lib<T>(r: crate::Result<T>) -> RResult<T> {
     r.map_err(|e| e.to_string().into())
 }
 
@@ -357,7 +358,7 @@ fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
         let img = if let Some(i) = init.clone().try_cast::<Image>() {
             i
         } else if init.is_string() {
-            lib(Image::load(Path::new(&string(init, "init")?)))?
+            from_lib(Image::load(Path::new(&string(init, "init")?)))?
         } else {
             return err(format!("init: expected an image or a file name, got {}", init.type_name()));
         };
@@ -426,7 +427,7 @@ fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
         g.cfg = num(v, "cfg")?;
     }
     if let Some(v) = m.get("sampler") {
-        g.sampler = lib(SamplerKind::parse(&string(v, "sampler")?))?;
+        g.sampler = from_lib(SamplerKind::parse(&string(v, "sampler")?))?;
     }
     Ok(g)
 }

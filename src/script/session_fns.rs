@@ -19,7 +19,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     });
     let s = session.clone();
     engine.register_fn("unload", move |name: ImmutableString| -> RResult<String> {
-        let freed = lib(lock(&s)?.unload(&name))?;
+        let freed = from_lib(lock(&s)?.unload(&name))?;
         Ok(if freed.is_empty() {
             format!("{name}: nothing was loaded")
         } else {

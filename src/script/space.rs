@@ -9,7 +9,7 @@ fn coeffs_of(s: &Arc<Mutex<Session>>, d: &Dynamic, what: &str) -> RResult<Coeffs
         return Ok(c);
     }
     if let Some(id) = d.clone().try_cast::<Identity>() {
-        return lib(lock(s)?.coeffs(&id));
+        return from_lib(lock(s)?.coeffs(&id));
     }
     err(format!("{what}: expected an identity or coefficients, got {}", d.type_name()))
 }
@@ -48,24 +48,24 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
 
     // coefficient values
     let s = session.clone();
-    engine.register_fn("coeffs", move |id: Identity| -> RResult<Coeffs> { lib(lock(&s)?.coeffs(&id)) });
+    engine.register_fn("coeffs", move |id: Identity| -> RResult<Coeffs> { from_lib(lock(&s)?.coeffs(&id)) });
     let s = session.clone();
-    engine.register_get("coeffs", move |id: &mut Identity| -> RResult<Coeffs> { lib(lock(&s)?.coeffs(id)) });
+    engine.register_get("coeffs", move |id: &mut Identity| -> RResult<Coeffs> { from_lib(lock(&s)?.coeffs(id)) });
     engine.register_get("normalized", |c: &mut Coeffs| c.normalized());
     engine.register_get("shape", |c: &mut Coeffs| vec![Dynamic::from(c.rows() as i64), Dynamic::from(c.k() as i64)]);
-    engine.register_get("down", |c: &mut Coeffs| -> RResult<Coeffs> { lib(c.factor(false)) });
-    engine.register_get("up", |c: &mut Coeffs| -> RResult<Coeffs> { lib(c.factor(true)) });
+    engine.register_get("down", |c: &mut Coeffs| -> RResult<Coeffs> { from_lib(c.factor(false)) });
+    engine.register_get("up", |c: &mut Coeffs| -> RResult<Coeffs> { from_lib(c.factor(true)) });
     engine.register_indexer_get(|c: &mut Coeffs, i: i64| -> RResult<Array> {
         let i = usize::try_from(i).map_err(|_| format!("token {i}: expected 0..{}", c.rows()))?;
-        Ok(lib(c.token(i))?.into_iter().map(|v| Dynamic::from(v as f64)).collect())
+        Ok(from_lib(c.token(i))?.into_iter().map(|v| Dynamic::from(v as f64)).collect())
     });
     engine.register_fn("of_module", |c: &mut Coeffs, name: ImmutableString| -> RResult<Coeffs> {
-        lib(c.module_index(&name).and_then(|m| c.module(m)))
+        from_lib(c.module_index(&name).and_then(|m| c.module(m)))
     });
     engine.register_fn("of_module", |c: &mut Coeffs, m: i64| -> RResult<Coeffs> {
-        lib(c.module_index(&m.to_string()).and_then(|m| c.module(m)))
+        from_lib(c.module_index(&m.to_string()).and_then(|m| c.module(m)))
     });
-    engine.register_fn("proj", |c: &mut Coeffs, p: ImmutableString| -> RResult<Coeffs> { lib(c.proj(&p)) });
+    engine.register_fn("proj", |c: &mut Coeffs, p: ImmutableString| -> RResult<Coeffs> { from_lib(c.proj(&p)) });
     engine.register_fn("to_array", |c: Coeffs| -> Array {
         c.values()
             .chunks(c.k())
@@ -83,7 +83,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
                     .and_then(|r| floats(&r, "coeffs_from"))
             })
             .collect::<RResult<Vec<_>>>()?;
-        lib(Coeffs::from_rows(&rows, &like))
+        from_lib(Coeffs::from_rows(&rows, &like))
     });
     let s = session.clone();
     engine.register_fn("identity_from", move |c: Coeffs, m: Map| -> RResult<Identity> {
@@ -92,19 +92,23 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             .get("like")
             .and_then(|d| d.clone().try_cast::<Identity>())
             .ok_or("identity_from: give #{ like: an identity } (its variant and photo count are kept)")?;
-        lib(lock(&s)?.identity_from(&c, &like, &format!("identity_from(coefficients, like {})", like.short_hash())))
+        from_lib(lock(&s)?.identity_from(
+            &c,
+            &like,
+            &format!("identity_from(coefficients, like {})", like.short_hash()),
+        ))
     });
-    engine.register_fn("+", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { lib(a.add(&b)) });
-    engine.register_fn("-", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { lib(a.sub(&b)) });
+    engine.register_fn("+", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { from_lib(a.add(&b)) });
+    engine.register_fn("-", |a: Coeffs, b: Coeffs| -> RResult<Coeffs> { from_lib(a.sub(&b)) });
     register_scale(engine, |a: Coeffs, k: f64| -> RResult<Coeffs> {
-        Ok(a.scale(lib(crate::session::finite(k, "scale"))?))
+        Ok(a.scale(from_lib(crate::session::finite(k, "scale"))?))
     });
 
     // operations on identities or coefficients (identities: raw tokens)
     let two = |name: &'static str, f: fn(&Coeffs, &Coeffs) -> crate::Result<Dynamic>| {
         let s = session.clone();
         move |a: Dynamic, b: Dynamic| -> RResult<Dynamic> {
-            lib(f(&coeffs_of(&s, &a, name)?, &coeffs_of(&s, &b, name)?))
+            from_lib(f(&coeffs_of(&s, &a, name)?, &coeffs_of(&s, &b, name)?))
         }
     };
     engine.register_fn("dot", two("dot", |a, b| a.dot(b).map(Dynamic::from)));
@@ -117,15 +121,15 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     let s = session.clone();
     engine.register_fn("orthogonalize", move |a: Array| -> RResult<Array> {
         let dirs = a.iter().map(|d| coeffs_of(&s, d, "orthogonalize")).collect::<RResult<Vec<_>>>()?;
-        Ok(lib(orthogonalize(&dirs))?.into_iter().map(Dynamic::from).collect())
+        Ok(from_lib(orthogonalize(&dirs))?.into_iter().map(Dynamic::from).collect())
     });
     let s = session.clone();
     engine.register_fn("similarity_by_module", move |a: Identity, b: Identity| -> RResult<Array> {
         let (ca, cb) = {
             let mut g = lock(&s)?;
-            (lib(g.coeffs(&a))?, lib(g.coeffs(&b))?)
+            (from_lib(g.coeffs(&a))?, from_lib(g.coeffs(&b))?)
         };
-        Ok(lib(similarity_by_module(&ca, &cb))?
+        Ok(from_lib(similarity_by_module(&ca, &cb))?
             .into_iter()
             .map(|(i, name, cos)| {
                 let mut m = Map::new();
@@ -143,7 +147,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     engine.register_fn("pca", move |a: Array, k: i64| -> RResult<Map> {
         let ids = ids(&a, "pca")?;
         let k = usize::try_from(k).ok().filter(|k| *k >= 1).ok_or("pca: k must be at least 1")?;
-        let p = lib(lock(&s)?.pca(&ids, k))?;
+        let p = from_lib(lock(&s)?.pca(&ids, k))?;
         let mut m = Map::new();
         m.insert("directions".into(), Dynamic::from(p.directions.into_iter().map(Dynamic::from).collect::<Array>()));
         m.insert("explained".into(), Dynamic::from(p.explained.into_iter().map(Dynamic::from).collect::<Array>()));
@@ -162,16 +166,16 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     let s = session.clone();
     let nearest = move |pool: Dynamic, id: Identity, k: i64| -> RResult<Array> {
         let candidates: Vec<(String, Identity)> = if let Some(l) = pool.clone().try_cast::<Library>() {
-            let names = lib(l.list())?;
+            let names = from_lib(l.list())?;
             let mut g = lock(&s)?;
-            names.into_iter().map(|(n, _)| Ok((n.clone(), lib(g.library_get(&l, &n))?))).collect::<RResult<_>>()?
+            names.into_iter().map(|(n, _)| Ok((n.clone(), from_lib(g.library_get(&l, &n))?))).collect::<RResult<_>>()?
         } else if let Some(a) = pool.clone().try_cast::<Array>() {
             ids(&a, "nearest")?.into_iter().enumerate().map(|(i, id)| (i.to_string(), id)).collect()
         } else {
             return err(format!("nearest: expected an array of identities or a library, got {}", pool.type_name()));
         };
         let k = usize::try_from(k).unwrap_or(0);
-        Ok(lib(lock(&s)?.nearest(&candidates, &id, k))?
+        Ok(from_lib(lock(&s)?.nearest(&candidates, &id, k))?
             .into_iter()
             .map(|(n, c)| {
                 let mut m = Map::new();
@@ -185,7 +189,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     let s = session.clone();
     let walk = move |id: Identity, dir: Dynamic, steps: Vec<f64>| -> RResult<Array> {
         let d = coeffs_of(&s, &dir, "walk")?;
-        Ok(lib(lock(&s)?.walk(&id, &d, &steps))?.into_iter().map(Dynamic::from).collect())
+        Ok(from_lib(lock(&s)?.walk(&id, &d, &steps))?.into_iter().map(Dynamic::from).collect())
     };
     let f = walk.clone();
     engine.register_fn("walk", move |id: Identity, dir: Dynamic| f(id, dir, vec![-1.0, -0.5, 0.0, 0.5, 1.0]));
@@ -196,7 +200,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     // libraries
     let s = session.clone();
     engine.register_fn("library", move |dir: ImmutableString| -> RResult<Library> {
-        lib(lock(&s)?.library(Path::new(dir.as_str())))
+        from_lib(lock(&s)?.library(Path::new(dir.as_str())))
     });
     let s = session.clone();
     let save = move |l: &mut Library, name: &str, id: Identity, o: Map| -> RResult<String> {
@@ -207,8 +211,8 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             Some("f16") => candle_core::DType::F16,
             Some(x) => return err(format!("dtype `{x}`: expected f32 or f16")),
         };
-        lib(lock(&s)?.check_identity(&id))?;
-        let e = lib(l.save(name, &id, dtype, ow))?;
+        from_lib(lock(&s)?.check_identity(&id))?;
+        let e = from_lib(l.save(name, &id, dtype, ow))?;
         Ok(format!("{name} → {} ({}, {})", l.dir().join(&e.file).display(), e.dtype, &e.hash[..12.min(e.hash.len())]))
     };
     let f = save.clone();
@@ -217,10 +221,10 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         .register_fn("save", move |l: &mut Library, name: ImmutableString, id: Identity, o: Map| save(l, &name, id, o));
     let s = session.clone();
     engine.register_fn("get", move |l: &mut Library, name: ImmutableString| -> RResult<Identity> {
-        lib(lock(&s)?.library_get(l, &name))
+        from_lib(lock(&s)?.library_get(l, &name))
     });
     engine.register_fn("list", |l: &mut Library| -> RResult<Array> {
-        Ok(lib(l.list())?
+        Ok(from_lib(l.list())?
             .into_iter()
             .map(|(n, e)| {
                 let mut m = Map::new();
@@ -235,7 +239,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
             .collect())
     });
     engine.register_fn("remove", |l: &mut Library, name: ImmutableString| -> RResult<String> {
-        let e = lib(l.remove(&name))?;
+        let e = from_lib(l.remove(&name))?;
         Ok(format!("removed {name} ({})", e.file))
     });
 }

@@ -290,12 +290,7 @@ impl Sdxl {
             Option<&super::pipeline::StepTrace>,
         ) -> std::ops::ControlFlow<()>,
     ) -> Result<Option<Generated>> {
-        if !req.width.is_multiple_of(8) || !req.height.is_multiple_of(8) || req.width == 0 || req.height == 0 {
-            return Err(Error::Mismatch(format!(
-                "width and height must be positive multiples of 8, got {}×{}",
-                req.width, req.height
-            )));
-        }
+        // (sizes are checked once, in generate_conditioned)
         let (cond, truncated) = self.encode_prompt(&req.prompt)?;
         let uncond = self.encode_negative(req.negative.as_deref(), &cond)?;
         self.generate_conditioned(req, &cond, &uncond, truncated, progress)

@@ -108,7 +108,8 @@ pub struct Session {
     preview_every: usize,
 }
 
-fn need<'a>(p: &'a Option<PathBuf>, what: &str, flag: &str) -> Result<&'a Path> {
+/// The configured path of a model, or an error naming the flag that gives it.
+fn configured<'a>(p: &'a Option<PathBuf>, what: &str, flag: &str) -> Result<&'a Path> {
     p.as_deref().ok_or_else(|| {
         Error::Mismatch(format!("no {what} configured: give {flag} (or use --demo for the tiny demo set)"))
     })

@@ -4,7 +4,7 @@ use super::*;
 impl Session {
     pub fn hyper(&mut self) -> Result<&HyperLora> {
         if self.hyper.is_none() {
-            let dir = need(&self.opts.paths.hyperlora, "HyperLoRA variant folder", "--hyperlora")?.to_path_buf();
+            let dir = configured(&self.opts.paths.hyperlora, "HyperLoRA variant folder", "--hyperlora")?.to_path_buf();
             let h = self.timed("hyperlora", &dir, || HyperLora::load(&dir, &LoadOptions::default()))?;
             self.hyper = Some(h);
         }
@@ -13,7 +13,7 @@ impl Session {
 
     pub fn sdxl(&mut self) -> Result<&mut Sdxl> {
         if self.sdxl.is_none() {
-            let path = need(&self.opts.paths.sdxl, "SDXL checkpoint", "--sdxl")?.to_path_buf();
+            let path = configured(&self.opts.paths.sdxl, "SDXL checkpoint", "--sdxl")?.to_path_buf();
             let cfg = self.opts.paths.sdxl_config.clone();
             let o = SdxlOptions { device: self.opts.device.clone(), dtype: self.opts.dtype, vae_dtype: DType::F32 };
             let m = self.timed("sdxl", &path, || Sdxl::load(&path, cfg.as_deref(), &o))?;
@@ -27,7 +27,7 @@ impl Session {
     pub(super) fn encoders(&mut self) -> Result<()> {
         self.face()?;
         if self.clip.is_none() {
-            let dir = need(&self.opts.paths.clip, "CLIP vision folder", "--clip")?.to_path_buf();
+            let dir = configured(&self.opts.paths.clip, "CLIP vision folder", "--clip")?.to_path_buf();
             let dev = self.opts.device.clone();
             self.clip = Some(self.timed("clip", &dir, || load_clip_vision(&dir, DType::F32, &dev))?);
         }
@@ -36,7 +36,7 @@ impl Session {
 
     pub(super) fn face(&mut self) -> Result<&Antelope> {
         if self.face.is_none() {
-            let dir = need(&self.opts.paths.antelopev2, "antelopev2 folder", "--antelopev2")?.to_path_buf();
+            let dir = configured(&self.opts.paths.antelopev2, "antelopev2 folder", "--antelopev2")?.to_path_buf();
             self.face = Some(self.timed("antelopev2", &dir, || Antelope::load(&dir))?);
         }
         Ok(self.face.as_ref().expect("loaded"))

@@ -203,10 +203,19 @@ fn demo_env(dir: &std::path::Path) -> Vec<(String, String)> {
 }
 
 fn tui_case(a: Answer, status: &str) {
+    tui_case_with(a, Some(status), &[]);
+}
+
+/// The TUI (or, with `status` None, the line REPL `TERM=dumb` gets) on a terminal answering as `a`: lines typed
+/// from the first moment all run, nothing of an answer reaches the input, the prompt comes within 1 s.
+fn tui_case_with(a: Answer, status: Option<&str>, extra: &[(&str, &str)]) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let demo = crate::common::demo_dir();
-    let env = demo_env(&demo);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env = demo_env(&demo);
+    let hist = tempfile::tempdir().unwrap();
+    env.push(("HYPERLORA_HISTORY".into(), hist.path().join("h").display().to_string()));
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend_from_slice(extra);
     let mut t = FakeTerm::spawn(a, &["--demo"], &env);
     // typed at once, while the start-up query may still be waiting
     t.type_text("40000 + 1\r");
@@ -219,12 +228,30 @@ fn tui_case(a: Answer, status: &str) {
         t.wait_for(&format!("{}", 40000 + i), 20);
     }
     let screen = t.screen();
-    assert!(screen.contains(&format!("preview {status}")), "{a:?}: expected the {status} protocol; screen:\n{screen}");
+    if let Some(status) = status {
+        assert!(
+            screen.contains(&format!("preview {status}")),
+            "{a:?} {extra:?}: expected the {status} protocol; screen:\n{screen}"
+        );
+    }
     // nothing of a (late) answer reached the input line
-    assert!(!screen.contains("Gi=31") && !screen.contains("62;"), "{a:?}: an answer leaked into the input:\n{screen}");
-    assert!(prompt < Duration::from_secs(1), "{a:?}: the prompt took {prompt:?}");
-    eprintln!("{a:?}: prompt after {:?}", prompt);
+    assert!(
+        !screen.contains("Gi=31") && !screen.contains("62;"),
+        "{a:?} {extra:?}: an answer leaked into the input:\n{screen}"
+    );
+    assert!(prompt < Duration::from_secs(1), "{a:?} {extra:?}: the prompt took {prompt:?}");
+    eprintln!("{a:?} {extra:?}: prompt after {prompt:?}");
     t.type_text("\x04");
+}
+
+#[test]
+fn tui_under_the_terms_ssh_and_multiplexers_set() {
+    // plain SSH clients and screen/tmux TERMs (no tmux running: the passthrough request simply fails)
+    for term in ["xterm-256color", "screen-256color", "tmux-256color"] {
+        tui_case_with(Answer::Plain, Some("halfblocks"), &[("TERM", term)]);
+    }
+    // TERM=dumb: the line REPL, nothing asked of the terminal, every line still runs
+    tui_case_with(Answer::Silent, None, &[("TERM", "dumb")]);
 }
 
 #[test]

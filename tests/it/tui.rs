@@ -273,3 +273,25 @@ fn end_to_end_in_tmux() {
     t.wait_for("│42", 30);
     t.cmd(&["send-keys", "-t", "hl", "C-d"]);
 }
+
+#[test]
+fn a_plot_is_drawn_as_a_chart_in_the_preview() {
+    let mut app = busy_app();
+    app.job = None;
+    let p = hyperlora::render::plot::Plot::new(
+        &[0.0, 0.5, 1.0],
+        &[0.2, 0.9, 0.4],
+        "score by strength",
+        "strength",
+        "score",
+    )
+    .unwrap();
+    app.on_msg(Msg::Out(hyperlora::script::Out::Plot(p)));
+    let s = screen(&app, 120, 40);
+    assert!(s.contains("plot: score by strength (3 points)"), "{s}");
+    assert!(s.contains("0.900") && s.contains("0.200") && s.contains("strength"), "axis labels missing:\n{s}");
+    assert!(s.chars().any(|c| ('\u{2800}'..='\u{28ff}').contains(&c)), "no braille line drawn:\n{s}");
+    // showing an image replaces the plot
+    app.on_msg(Msg::Out(hyperlora::script::Out::Image(image(Some("/out/b.png")))));
+    assert!(screen(&app, 120, 40).contains("saved: /out/b.png"));
+}
