@@ -1,38 +1,44 @@
 //! hyperlora: tuning-free portrait personalisation with HyperLoRA, in Rust.
 //!
-//! Data flows one way: photo → encoders → [`hyper`] (hypernetwork) → [`Identity`] → [`LoraMix`] → LoRA weights
-//! ([`lora`]) → SDXL. The session owns the models; scripts, the TUI and the CLI are thin shells over it.
-pub mod cli;
-pub mod clip;
-pub mod download;
-pub mod encode;
+//! Data flows one way: photo → [`face`] + [`vision`] ([`encode`]) → [`hyper`] (hypernetwork) → [`Identity`]
+//! ([`identity`]: algebra, coefficient space, libraries, [`LoraMix`]) → LoRA weights ([`lora`]) → [`sdxl`] → image
+//! → [`render`] / [`term`]. The [`session`] owns the models and caches; [`script`], [`tui`] and [`cli`] (through
+//! [`front`]) are thin shells over it. [`models`] finds the files, [`files`] reads and writes them, [`weights`]
+//! loads safetensors strictly, [`synthetic`] writes models from code for the demo, tests and benchmarks.
+
+// basics
 pub mod error;
-pub mod face;
-pub mod features;
-pub mod front;
-pub mod hyper;
-pub mod identity;
-pub mod library;
-pub mod lora;
-pub mod mix;
-pub mod models;
-pub mod output;
-pub mod png_meta;
-pub mod provenance;
-pub mod render;
+pub mod files;
 pub mod rng;
-pub mod script;
-pub mod sdxl;
-pub mod session;
-pub mod space;
-pub mod synthetic;
-pub mod tui;
-pub use synthetic::demo;
-pub mod term;
-pub mod vision;
 pub mod weights;
 
+// the data flow
+pub mod clip;
+pub mod encode;
+pub mod face;
+pub mod hyper;
+pub mod identity;
+pub mod lora;
+pub mod render;
+pub mod sdxl;
+pub mod term;
+pub mod vision;
+
+// the session and its front ends
+pub mod cli;
+pub mod front;
+pub mod models;
+pub mod script;
+pub mod session;
+pub mod tui;
+
+// models written from code
+pub mod synthetic;
+
+pub use encode::features;
 pub use error::{Error, Result};
+pub use files::{download, output, png_meta, provenance};
 pub use hyper::HyperLora;
-pub use identity::Identity;
+pub use identity::{library, mix, space, Identity};
 pub use mix::LoraMix;
+pub use synthetic::demo;

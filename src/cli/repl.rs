@@ -1,7 +1,7 @@
 //! The line REPL (rustyline): history, completion of API names and variables, multi-line input while brackets
 //! are open, Ctrl-C cancels the running job, Ctrl-D exits.
 use super::session_args::{install_ctrl_c, output, session, ModelArgs};
-use crate::front::input::{candidates, is_function, open_brackets, word_start};
+use crate::front::input::{candidates, command, is_function, open_brackets, rss, word_start, Command, COMMANDS};
 use crate::script::{api, describe, Limits, Script};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -110,23 +110,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         let _ = rl.add_history_entry(code);
         let _ = rl.append_history(&hist);
-        match code {
-            ":quit" | ":q" | ":exit" => break,
-            ":help" => println!("{}", api::help(None)),
-            ":models" => match script.eval("models()") {
-                Ok(v) => println!("{v}"),
-                Err(e) => eprintln!("{}", e.located("models")),
-            },
-            ":vars" => {
+        let report = |r: Result<rhai::Dynamic, crate::script::ScriptError>, source: &str| match r {
+            Ok(v) if v.is_unit() => {}
+            Ok(v) => println!("{}", describe(&v)),
+            Err(e) => eprintln!("{}", e.located(source)),
+        };
+        match command(code) {
+            Ok(None) => report(script.eval(code), "input"),
+            Ok(Some(Command::Quit)) => break,
+            Ok(Some(Command::Help)) => println!("{}\ncommands: {COMMANDS}", api::help(None)),
+            Ok(Some(Command::Models)) => report(script.eval("models()"), "models"),
+            Ok(Some(Command::Unload(n))) => report(script.eval(&format!("unload({n:?})")), "unload"),
+            Ok(Some(Command::Vars)) => {
                 for (n, v) in script.variables() {
                     println!("{n} = {}", describe(&v));
                 }
             }
-            _ => match script.eval(code) {
-                Ok(v) if v.is_unit() => {}
-                Ok(v) => println!("{}", describe(&v)),
-                Err(e) => eprintln!("{}", e.located("input")),
+            Ok(Some(Command::Mem)) => println!("resident memory {}", rss().unwrap_or_else(|| "unknown".into())),
+            Ok(Some(Command::LoadSession(f))) => match std::fs::read_to_string(&f) {
+                Ok(t) => report(script.eval(&t), &f.display().to_string()),
+                Err(e) => eprintln!("{}: cannot read: {e}", f.display()),
             },
+            Ok(Some(c @ (Command::Preview(_) | Command::SaveSession(_)))) => {
+                eprintln!("{c:?}: a TUI command (the line REPL keeps its history in {})", hist.display())
+            }
+            Err(e) => eprintln!("{e}"),
         }
         if let Ok(mut v) = vars.lock() {
             *v = script.variables().into_iter().map(|(n, _)| n).collect();

@@ -51,3 +51,76 @@ pub fn candidates(word: &str, variables: &[String]) -> Vec<String> {
 pub fn is_function(name: &str) -> bool {
     crate::script::api::API.iter().any(|(n, ..)| *n == name)
 }
+
+/// A `:` command, as the line REPL and the TUI both read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Quit,
+    Help,
+    Models,
+    Vars,
+    Mem,
+    Unload(String),
+    Preview(bool),
+    SaveSession(std::path::PathBuf),
+    LoadSession(std::path::PathBuf),
+}
+
+/// The commands and what they do, for help texts.
+pub const COMMANDS: &str =
+    ":models  :vars  :mem  :unload NAME  :preview on|off  :save-session FILE  :load-session FILE  :help  :quit";
+
+/// `Ok(None)`: not a command (script code); `Err`: an unknown command or a missing argument, said plainly.
+pub fn command(line: &str) -> Result<Option<Command>, String> {
+    let line = line.trim();
+    if !line.starts_with(':') {
+        return Ok(None);
+    }
+    let (name, arg) = match line.split_once(char::is_whitespace) {
+        Some((n, a)) => (n, Some(a.trim()).filter(|a| !a.is_empty())),
+        None => (line, None),
+    };
+    let need = |what: &str| arg.map(str::to_string).ok_or_else(|| format!("{name}: missing {what} (see :help)"));
+    Ok(Some(match name {
+        ":quit" | ":q" | ":exit" => Command::Quit,
+        ":help" => Command::Help,
+        ":models" => Command::Models,
+        ":vars" => Command::Vars,
+        ":mem" => Command::Mem,
+        ":unload" => Command::Unload(need("a model name (sdxl, hyperlora, clip, antelopev2, encoders, all)")?),
+        ":preview" => match arg {
+            Some("on") => Command::Preview(true),
+            Some("off") => Command::Preview(false),
+            _ => return Err(":preview: expected on or off".into()),
+        },
+        ":save-session" => Command::SaveSession(need("a file name")?.into()),
+        ":load-session" => Command::LoadSession(need("a file name")?.into()),
+        other => return Err(format!("unknown command {other} (commands: {COMMANDS})")),
+    }))
+}
+
+/// Resident memory (VmRSS) in GB, where /proc tells it.
+pub fn rss() -> Option<String> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|kb| format!("{:.2} GB", kb / 1e6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_the_same_everywhere() {
+        assert_eq!(command("1 + 1"), Ok(None));
+        assert_eq!(command(":q"), Ok(Some(Command::Quit)));
+        assert_eq!(command(":unload  sdxl "), Ok(Some(Command::Unload("sdxl".into()))));
+        assert_eq!(command(":preview off"), Ok(Some(Command::Preview(false))));
+        assert!(command(":unload").unwrap_err().contains("missing"));
+        assert!(command(":frobnicate").unwrap_err().contains("unknown command :frobnicate"));
+    }
+}

@@ -28,18 +28,25 @@ pub fn values(script: &Script) -> Vec<Value> {
         .collect()
 }
 
-/// Evaluate one input on the worker (`:load-session FILE` runs a saved session script).
+/// Evaluate one input on the worker: script code, or a `:` command the worker answers (`:models`, `:unload`,
+/// `:load-session`, `:vars`).
 fn eval(script: &mut Script, code: &str) -> (Result<String, String>, bool) {
-    let (source, text) = match code.strip_prefix(":load-session ") {
-        Some(f) => match std::fs::read_to_string(f.trim()) {
-            Ok(t) => (f.trim().to_string(), t),
-            Err(e) => return (Err(format!("{}: cannot read: {e}", f.trim())), false),
+    use crate::front::input::{command, Command};
+    let (source, text) = match command(code) {
+        Ok(Some(Command::LoadSession(f))) => match std::fs::read_to_string(&f) {
+            Ok(t) => (f.display().to_string(), t),
+            Err(e) => return (Err(format!("{}: cannot read: {e}", f.display())), false),
         },
-        None => match code {
-            ":models" => ("input".into(), "models()".into()),
-            c if c.starts_with(":unload ") => ("input".into(), format!("unload({:?})", c[8..].trim())),
-            c => ("input".into(), c.to_string()),
-        },
+        Ok(Some(Command::Models)) => ("input".into(), "models()".into()),
+        Ok(Some(Command::Unload(n))) => ("input".into(), format!("unload({n:?})")),
+        Ok(Some(Command::Vars)) => {
+            let vars: Vec<String> =
+                script.variables().into_iter().map(|(n, v)| format!("{n} = {}", describe(&v))).collect();
+            return (Ok(vars.join("\n")), false);
+        }
+        Ok(Some(c)) => return (Err(format!("{c:?} is answered by the UI")), false),
+        Err(e) => return (Err(e), false),
+        Ok(None) => ("input".into(), code.to_string()),
     };
     match script.eval(&text) {
         Ok(v) if v.is_unit() => (Ok(String::new()), false),
@@ -48,12 +55,17 @@ fn eval(script: &mut Script, code: &str) -> (Result<String, String>, bool) {
     }
 }
 
-/// Commands the UI answers itself; `None` when the worker must run it.
-fn ui_command(app: &mut App, code: &str) -> Option<()> {
-    let mut parts = code.splitn(2, ' ');
-    match (parts.next()?, parts.next().map(str::trim)) {
-        (":help", _) => app.help = true,
-        (":mem", _) => {
+/// Commands the UI answers itself; `None` when the worker must run it (script code or a worker command).
+fn ui_command(app: &mut App, code: &str) -> Option<Action> {
+    use crate::front::input::{command, Command};
+    match command(code) {
+        Ok(None) | Ok(Some(Command::Models | Command::Unload(_) | Command::LoadSession(_) | Command::Vars)) => {
+            return None
+        }
+        Err(e) => app.info(e),
+        Ok(Some(Command::Quit)) => return Some(Action::Quit),
+        Ok(Some(Command::Help)) => app.help = true,
+        Ok(Some(Command::Mem)) => {
             let line = format!(
                 "resident memory {} · last frame drawn in {:.1} ms",
                 rss().unwrap_or_else(|| "unknown".into()),
@@ -61,41 +73,27 @@ fn ui_command(app: &mut App, code: &str) -> Option<()> {
             );
             app.info(line);
         }
-        (":preview", Some("on")) => app.preview = true,
-        (":preview", Some("off")) => app.preview = false,
-        (":save-session", Some(f)) => {
+        Ok(Some(Command::Preview(on))) => app.preview = on,
+        Ok(Some(Command::SaveSession(f))) => {
             let text = format!(
                 "// hyperlora session: the inputs that ran without error, in order\n{}\n",
                 app.succeeded.join("\n")
             );
-            match crate::output::write_file(std::path::Path::new(f), text.as_bytes(), false) {
-                Ok(()) => {
-                    app.info(format!("saved {} inputs to {f} (replay with :load-session {f})", app.succeeded.len()))
-                }
+            match crate::output::write_file(&f, text.as_bytes(), false) {
+                Ok(()) => app.info(format!(
+                    "saved {} inputs to {} (replay with :load-session {})",
+                    app.succeeded.len(),
+                    f.display(),
+                    f.display()
+                )),
                 Err(e) => app.info(e.to_string()),
             }
         }
-        (":save-session", None) | (":load-session", None) | (":unload", None) | (":preview", _) => {
-            app.info(format!("{code}: missing argument (see :help)"))
-        }
-        (c, _) if c.starts_with(':') && ![":models", ":unload", ":load-session"].contains(&c) => {
-            app.info(format!("unknown command {c} (see :help)"))
-        }
-        _ => return None,
     }
-    Some(())
+    Some(Action::None)
 }
 
-/// Resident memory (VmRSS) in GB, where /proc tells it.
-pub fn rss() -> Option<String> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map(|kb| format!("{:.2} GB", kb / 1e6))
-}
+pub use crate::front::input::rss;
 
 /// The preview's graphics: `HYPERLORA_GRAPHICS` = kitty | sixel | iterm2 | halfblocks, or the terminal's
 /// answers to one query on the controlling terminal (`term::detect`, read with poll on this thread, so no key
@@ -327,7 +325,11 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                         app.info("cancelling …");
                     }
                     Action::Submit(code) => {
-                        if ui_command(&mut app, &code).is_none() {
+                        let answered = ui_command(&mut app, &code);
+                        if answered == Some(Action::Quit) {
+                            return Ok(());
+                        }
+                        if answered.is_none() {
                             if app.job.is_some() {
                                 app.info("a job is running: wait, or Ctrl-C to stop it");
                             } else {

@@ -201,7 +201,8 @@ pub fn draw(f: &mut Frame, app: &App) {
         // keys and commands first: the API list below may run past the bottom of a small terminal
         let text = format!(
             "keys: Enter run · Alt/Shift-Enter newline · Tab complete · ↑/↓ history · Alt-↑/↓ select a value · PgUp/PgDn scroll · Ctrl-C stop the job · Ctrl-D quit · Esc closes this help\n\
-             commands: :models  :mem  :unload NAME  :preview on|off  :save-session FILE  :load-session FILE  :help\n\n{}",
+             commands: {}\n\n{}",
+            crate::front::input::COMMANDS,
             crate::script::api::help(None)
         );
         f.render_widget(Clear, r);

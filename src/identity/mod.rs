@@ -1,6 +1,10 @@
 //! `Identity`: what HyperLoRA saw in a person's photos — the resampler's raw coefficient tokens [Q, K], averaged
 //! over the photos (spec §2.3: fusion is a mean *before* normalisation), plus where they came from. Algebra runs
 //! in this raw space; the normalised coefficients that drive the LoRA are derived on use.
+pub mod library;
+pub mod mix;
+pub mod space;
+
 use crate::error::{Error, Result};
 use crate::output::{safetensors_bytes, write_file, RawTensor};
 use crate::weights::StFile;

@@ -1,6 +1,8 @@
 //! Photo → encoder features (spec §3.2): the face stack gives the ID cutout, the landmarks and the ArcFace
 //! embedding; the CLIP vision tower encodes the cutout's crop. The result is a features file row, the hand-off
 //! to the hypernetwork.
+pub mod features;
+
 use crate::error::{Error, Result};
 use crate::face::analyser::{Antelope, FaceAnalysis, FaceOptions};
 use crate::features::FeatureSet;
