@@ -22,9 +22,24 @@ pub enum Error {
     /// A file that parses but whose content is wrong (bad JSON, dimensions that disagree, wrong format).
     #[error("{file}: {message}")]
     Invalid { file: PathBuf, message: String },
-    /// Two values that cannot be combined (identities of different variants, a Base weight without Base files…).
+    /// Dimensions or contents that disagree inside or between model files and requests (a shape, a size, a
+    /// missing branch).
     #[error("{0}")]
     Mismatch(String),
+    /// Two values that cannot be combined: identities or coefficients of different variants, raw with
+    /// normalised coefficients, different token sets. Fix: use values made with the same model and form.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A value the user gave (an option, a number, a name, an index) is out of range or of the wrong kind. Fix: the
+    /// message says what was expected.
+    #[error("{0}")]
+    InvalidValue(String),
+    /// A model the command needs was not configured. Fix: give `flag` (or a config file, a ComfyUI tree, --demo).
+    #[error("no {what} configured: give {flag} (or use --demo for the tiny demo set)")]
+    NotConfigured { what: String, flag: String },
+    /// A download failed (network, server, checksum).
+    #[error("{0}")]
+    Network(String),
     #[error("{path}: already exists; refusing to overwrite it (use --force / overwrite: true)")]
     Exists { path: PathBuf },
     /// The user stopped a long job (Ctrl-C); the session and its values are intact.

@@ -18,7 +18,7 @@ pub const CLIP_REPO: &str = "openai/clip-vit-large-patch14";
 /// The HyperLoRA variant folder (fidelity or edit), CLIP ViT-L/14, and optionally an SDXL diffusers repo (fp16).
 pub fn plans(variant: &str, clip: bool, sdxl: Option<&str>) -> Result<Vec<Plan>> {
     if !["fidelity", "edit"].contains(&variant) {
-        return Err(Error::Mismatch(format!("--variant {variant}: the release has `fidelity` and `edit`")));
+        return Err(Error::Network(format!("--variant {variant}: the release has `fidelity` and `edit`")));
     }
     let folder = format!("sdxl_hyper_id_lora_v1_{variant}");
     let mut out = vec![Plan {
@@ -95,13 +95,13 @@ pub fn download(plans: &[Plan], cache: &Path, endpoint: &str, progress: bool) ->
         .with_progress(progress)
         .with_retries(5)
         .build()
-        .map_err(|e| Error::Mismatch(format!("cannot set up the hub client: {e}")))?;
+        .map_err(|e| Error::Network(format!("cannot set up the hub client: {e}")))?;
     let mut out = Vec::new();
     for p in plans {
         let repo = api.model(p.repo.clone());
         let mut snapshot = None;
         for f in &p.files {
-            let path = repo.get(f).map_err(|e| Error::Mismatch(format!("{}/{f}: download failed: {e}", p.repo)))?;
+            let path = repo.get(f).map_err(|e| Error::Network(format!("{}/{f}: download failed: {e}", p.repo)))?;
             verify(&path)?;
             // snapshots/<commit>/<f>: strip f's components to get the snapshot folder
             snapshot = path.ancestors().nth(Path::new(f).components().count()).map(Path::to_path_buf);

@@ -67,33 +67,30 @@ pub enum Preview {
     Never,
 }
 
+impl ModelArgs {
+    /// The model paths the flags (and their environment variables) name.
+    pub fn paths(&self) -> ModelPaths {
+        ModelPaths {
+            sdxl: self.sdxl.clone(),
+            sdxl_config: self.sdxl_config.clone(),
+            hyperlora: self.hyperlora.clone(),
+            clip: self.clip.clone(),
+            antelopev2: self.antelopev2.clone(),
+        }
+    }
+}
+
 /// Model paths: flags and environment first, then the config file, then a ComfyUI tree (flag, env or config),
 /// then the Hugging Face hub cache. Returns the paths and the hints the searches left.
 pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)> {
-    let mut paths = ModelPaths {
-        sdxl: a.sdxl.clone(),
-        sdxl_config: a.sdxl_config.clone(),
-        hyperlora: a.hyperlora.clone(),
-        clip: a.clip.clone(),
-        antelopev2: a.antelopev2.clone(),
-    };
+    let mut paths = a.paths();
     let mut hints = Vec::new();
     if a.demo {
         // the demo set stands in for everything not named explicitly; no config file or searches
         return Ok((paths, hints));
     }
     let cfg = crate::models::load_config(&crate::models::config_path())?.unwrap_or_default();
-    for (slot, v) in [
-        (&mut paths.sdxl, &cfg.sdxl),
-        (&mut paths.sdxl_config, &cfg.sdxl_config),
-        (&mut paths.hyperlora, &cfg.hyperlora),
-        (&mut paths.clip, &cfg.clip),
-        (&mut paths.antelopev2, &cfg.antelopev2),
-    ] {
-        if slot.is_none() {
-            *slot = v.clone();
-        }
-    }
+    paths.or_from(&cfg.paths());
     if let Some(root) = a.comfyui.clone().or(cfg.comfyui.clone()) {
         let d = crate::models::discover_comfyui(&root);
         d.fill(&mut paths);

@@ -335,7 +335,7 @@ impl HyperLora {
     /// An identity must come from this variant.
     pub fn check_identity(&self, id: &Identity) -> Result<()> {
         if id.variant().hash != self.variant.hash {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "identity {} was made with HyperLoRA variant `{}` ({}), but the loaded variant is `{}` ({}); re-create it from its photos with this variant",
                 id.short_hash(),
                 id.variant().label,

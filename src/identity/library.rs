@@ -48,7 +48,7 @@ fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Mismatch(format!(
+        Err(Error::InvalidValue(format!(
             "library name `{name}`: expected 1–128 letters, digits, `_`, `-` or `.` (not starting with `.`)"
         )))
     }
@@ -88,7 +88,7 @@ impl Library {
     }
 
     fn write_index(&self, i: &Index) -> Result<()> {
-        let text = serde_json::to_string_pretty(i).map_err(|e| Error::Mismatch(format!("library index: {e}")))?;
+        let text = serde_json::to_string_pretty(i).map_err(|e| Error::InvalidValue(format!("library index: {e}")))?;
         crate::output::write_file(&self.dir.join(INDEX), text.as_bytes(), true)
     }
 
@@ -104,7 +104,7 @@ impl Library {
         let mut index = self.index()?;
         if let Some(v) = &index.variant {
             if v.hash != id.variant().hash {
-                return Err(Error::Mismatch(format!(
+                return Err(Error::Incompatible(format!(
                     "library {}: holds identities of variant {} ({}), this identity is of {} ({})",
                     self.dir.display(),
                     v.label,
@@ -115,7 +115,7 @@ impl Library {
             }
         }
         if index.entries.contains_key(name) && !overwrite {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 "library {}: `{name}` already exists; save with overwrite: true to replace it",
                 self.dir.display()
             )));
@@ -123,7 +123,7 @@ impl Library {
         let dtype_name = match dtype {
             DType::F16 => "f16",
             DType::F32 => "f32",
-            d => return Err(Error::Mismatch(format!("library: store identities as f32 or f16, not {d:?}"))),
+            d => return Err(Error::InvalidValue(format!("library: store identities as f32 or f16, not {d:?}"))),
         };
         let file = format!("{name}.id.safetensors");
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
@@ -170,7 +170,7 @@ impl Library {
 
     fn unknown(&self, name: &str, index: &Index) -> Error {
         let names: Vec<&String> = index.entries.keys().take(8).collect();
-        Error::Mismatch(format!(
+        Error::InvalidValue(format!(
             "library {}: no identity `{name}` (it holds {}{names:?})",
             self.dir.display(),
             if index.entries.len() > 8 { "e.g. " } else { "" }

@@ -129,7 +129,7 @@ impl Identity {
 
     fn check_compatible(&self, other: &Identity) -> Result<()> {
         if self.variant.hash != other.variant.hash {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "cannot combine identities of different HyperLoRA variants: {} ({}) and {} ({})",
                 self.variant.label,
                 &self.variant.hash[..12.min(self.variant.hash.len())],
@@ -138,7 +138,7 @@ impl Identity {
             )));
         }
         if self.raw.dims() != other.raw.dims() {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "identity shapes differ: {:?} vs {:?}",
                 self.raw.dims(),
                 other.raw.dims()
@@ -149,13 +149,13 @@ impl Identity {
 
     /// Σ wᵢ · idᵢ / Σ wᵢ. With weights equal to the photo counts this equals fusing all photos together.
     pub fn weighted_mean(ids: &[&Identity], weights: &[f64]) -> Result<Identity> {
-        let first = *ids.first().ok_or_else(|| Error::Mismatch("mean of no identities".into()))?;
+        let first = *ids.first().ok_or_else(|| Error::InvalidValue("mean of no identities".into()))?;
         if ids.len() != weights.len() {
-            return Err(Error::Mismatch(format!("{} identities but {} weights", ids.len(), weights.len())));
+            return Err(Error::InvalidValue(format!("{} identities but {} weights", ids.len(), weights.len())));
         }
         let total: f64 = weights.iter().sum();
         if total.abs() < 1e-12 || weights.iter().any(|w| !w.is_finite()) {
-            return Err(Error::Mismatch(format!("weights {weights:?} must be finite and must not sum to zero")));
+            return Err(Error::InvalidValue(format!("weights {weights:?} must be finite and must not sum to zero")));
         }
         let normed: Vec<f64> = weights.iter().map(|w| w / total).collect();
         Self::combine(first, ids, &normed)

@@ -100,7 +100,7 @@ impl Coeffs {
     /// Row `i` of this view (K numbers).
     pub fn token(&self, i: usize) -> Result<Vec<f32>> {
         if i >= self.rows() {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 "token {i}: this value has {} token(s) (0..{})",
                 self.rows(),
                 self.rows()
@@ -113,7 +113,7 @@ impl Coeffs {
         let mut data = Vec::with_capacity(global.len() * self.k);
         for g in global {
             let Some(r) = self.tokens.iter().position(|t| t == g) else {
-                return Err(Error::Mismatch(format!(
+                return Err(Error::InvalidValue(format!(
                     "{what}: token {g} is not part of this value (it holds {})",
                     self.describe_tokens()
                 )));
@@ -131,14 +131,14 @@ impl Coeffs {
             return if i < n {
                 Ok(i)
             } else {
-                Err(Error::Mismatch(format!("module {i}: this variant has {n} modules (0..{n})")))
+                Err(Error::InvalidValue(format!("module {i}: this variant has {n} modules (0..{n})")))
             };
         }
         let canon = |s: &str| s.trim_start_matches("lora_unet_").replace('.', "_");
         let want = canon(name);
         self.modules.iter().position(|m| canon(m) == want).ok_or_else(|| {
             let near: Vec<&String> = self.modules.iter().filter(|m| canon(m).contains(&want) || want.contains(&canon(m))).take(3).collect();
-            Error::Mismatch(format!(
+            Error::InvalidValue(format!(
                 "no module `{name}` in this variant (expected a name from hyper_lora_modules.json such as `{}`, or a number 0..{n}){}",
                 self.modules.first().map(String::as_str).unwrap_or("lora_unet_…"),
                 if near.is_empty() { String::new() } else { format!("; close: {near:?}") }
@@ -157,9 +157,9 @@ impl Coeffs {
         let j = PROJECTIONS
             .iter()
             .position(|x| *x == p)
-            .ok_or_else(|| Error::Mismatch(format!("projection `{p}`: expected one of {PROJECTIONS:?}")))?;
+            .ok_or_else(|| Error::InvalidValue(format!("projection `{p}`: expected one of {PROJECTIONS:?}")))?;
         let m = self.single_module().ok_or_else(|| {
-            Error::Mismatch(format!(
+            Error::InvalidValue(format!(
                 ".proj(\"{p}\") needs one module's tokens (use .of_module(name) first); this value holds {}",
                 self.describe_tokens()
             ))
@@ -170,7 +170,7 @@ impl Coeffs {
     /// The down (`up = false`) or up factor's token of a one-projection view.
     pub fn factor(&self, up: bool) -> Result<Coeffs> {
         if self.rows() != 2 || !self.tokens[0].is_multiple_of(2) || self.tokens[1] != self.tokens[0] + 1 {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 ".{} needs one projection's two tokens (use .proj(\"to_q\") first); this value holds {}",
                 if up { "up" } else { "down" },
                 self.describe_tokens()
@@ -205,18 +205,18 @@ impl Coeffs {
     /// Both values must be of one variant, one space and the same tokens.
     pub fn check_same(&self, o: &Coeffs, what: &str) -> Result<()> {
         if self.variant.hash != o.variant.hash {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "{what}: coefficients of two variants ({} and {})",
                 self.variant.label, o.variant.label
             )));
         }
         if self.space != o.space {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "{what}: one value is raw and the other normalised; use .normalized on both or on neither"
             )));
         }
         if self.tokens != o.tokens || self.k != o.k {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "{what}: shapes differ ({} vs {}; expected the same tokens)",
                 self.describe_tokens(),
                 o.describe_tokens()
@@ -257,7 +257,7 @@ impl Coeffs {
     fn along(&self, d: &Coeffs, what: &str) -> Result<f64> {
         let dd = d.dot(d)?;
         if dd <= 0.0 {
-            return Err(Error::Mismatch(format!("{what}: the direction is zero")));
+            return Err(Error::InvalidValue(format!("{what}: the direction is zero")));
         }
         Ok(self.dot(d)? / dd)
     }
@@ -274,14 +274,14 @@ impl Coeffs {
     /// Back to `[Q, K]` raw tokens for an identity: only a whole, raw value can become one.
     pub fn to_tensor(&self) -> Result<Tensor> {
         if !self.is_whole() {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 "an identity needs all {} tokens; this value holds {}",
                 self.q,
                 self.describe_tokens()
             )));
         }
         if self.space != Space::Raw {
-            return Err(Error::Mismatch(
+            return Err(Error::InvalidValue(
                 "an identity is made from raw tokens; this value is normalised (its scale is lost)".into(),
             ));
         }
@@ -291,7 +291,7 @@ impl Coeffs {
     /// A value of `like`'s shape, space and variant from numbers (rows × K).
     pub fn from_rows(rows: &[Vec<f64>], like: &Coeffs) -> Result<Coeffs> {
         if rows.len() != like.rows() {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 "coeffs_from: {} rows given, expected {} ({} × {})",
                 rows.len(),
                 like.rows(),
@@ -302,14 +302,14 @@ impl Coeffs {
         let mut data = Vec::with_capacity(rows.len() * like.k);
         for (i, r) in rows.iter().enumerate() {
             if r.len() != like.k {
-                return Err(Error::Mismatch(format!(
+                return Err(Error::InvalidValue(format!(
                     "coeffs_from: row {i} has {} numbers, expected {}",
                     r.len(),
                     like.k
                 )));
             }
             if let Some(v) = r.iter().find(|v| !v.is_finite()) {
-                return Err(Error::Mismatch(format!("coeffs_from: row {i} holds {v}; only finite numbers")));
+                return Err(Error::InvalidValue(format!("coeffs_from: row {i} holds {v}; only finite numbers")));
             }
             data.extend(r.iter().map(|v| *v as f32));
         }
@@ -319,7 +319,7 @@ impl Coeffs {
     /// An identity from whole raw tokens, keeping `like`'s variant and photo count; its source says how it was made.
     pub fn to_identity(&self, like: &Identity, how: &str) -> Result<Identity> {
         if like.variant().hash != self.variant.hash {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::Incompatible(format!(
                 "identity_from: coefficients of {} but `like` is of {}",
                 self.variant.label,
                 like.variant().label
@@ -401,10 +401,10 @@ pub struct Pca {
 pub fn pca(xs: &[Coeffs], k: usize) -> Result<Pca> {
     let n = xs.len();
     if n < 2 {
-        return Err(Error::Mismatch(format!("pca: needs at least 2 identities, got {n}")));
+        return Err(Error::InvalidValue(format!("pca: needs at least 2 identities, got {n}")));
     }
     if k == 0 {
-        return Err(Error::Mismatch("pca: k must be at least 1".into()));
+        return Err(Error::InvalidValue("pca: k must be at least 1".into()));
     }
     for x in xs {
         xs[0].check_same(x, "pca")?;
@@ -531,7 +531,7 @@ pub fn block_of(module: &str) -> String {
 pub fn similarity_by_module(a: &Coeffs, b: &Coeffs) -> Result<Vec<(usize, String, f64)>> {
     a.check_same(b, "similarity_by_module")?;
     if !a.is_whole() {
-        return Err(Error::Mismatch("similarity_by_module: needs whole identities' coefficients".into()));
+        return Err(Error::InvalidValue("similarity_by_module: needs whole identities' coefficients".into()));
     }
     let k = a.k;
     let cos = |x: &[f32], y: &[f32]| dot(x, y) / (dot(x, x).sqrt() * dot(y, y).sqrt()).max(1e-30);

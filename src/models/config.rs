@@ -51,3 +51,16 @@ pub fn load_config(path: &Path) -> Result<Option<FileConfig>> {
     }
     Ok(Some(c))
 }
+
+impl FileConfig {
+    /// The model paths this file names.
+    pub fn paths(&self) -> crate::models::ModelPaths {
+        crate::models::ModelPaths {
+            sdxl: self.sdxl.clone(),
+            sdxl_config: self.sdxl_config.clone(),
+            hyperlora: self.hyperlora.clone(),
+            clip: self.clip.clone(),
+            antelopev2: self.antelopev2.clone(),
+        }
+    }
+}

@@ -27,17 +27,8 @@ impl Discovered {
 
     /// Fill what `paths` lacks from what was found.
     pub fn fill(&self, paths: &mut ModelPaths) {
-        let d = &self.paths;
-        for (slot, found) in [
-            (&mut paths.sdxl, &d.sdxl),
-            (&mut paths.hyperlora, &d.hyperlora),
-            (&mut paths.clip, &d.clip),
-            (&mut paths.antelopev2, &d.antelopev2),
-        ] {
-            if slot.is_none() {
-                *slot = found.clone();
-            }
-        }
+        // a search finds no config folders: those come only from flags and the config file
+        paths.or_from(&ModelPaths { sdxl_config: None, ..self.paths.clone() });
     }
 }
 

@@ -26,6 +26,23 @@ pub struct ModelPaths {
     pub antelopev2: Option<PathBuf>,
 }
 
+impl ModelPaths {
+    /// Fill every entry still missing from `other` (earlier sources win).
+    pub fn or_from(&mut self, other: &ModelPaths) {
+        for (slot, v) in [
+            (&mut self.sdxl, &other.sdxl),
+            (&mut self.sdxl_config, &other.sdxl_config),
+            (&mut self.hyperlora, &other.hyperlora),
+            (&mut self.clip, &other.clip),
+            (&mut self.antelopev2, &other.antelopev2),
+        ] {
+            if slot.is_none() {
+                slot.clone_from(v);
+            }
+        }
+    }
+}
+
 /// The entries of `dir`, sorted by name.
 pub(crate) fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> =

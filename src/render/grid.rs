@@ -32,7 +32,7 @@ pub const MAX_PIXELS: usize = 256 * 1024 * 1024 / 3;
 /// a cell as large as the largest image.
 pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<Sheet> {
     if cells.is_empty() {
-        return Err(Error::Mismatch("grid: no images".into()));
+        return Err(Error::InvalidValue("grid: no images".into()));
     }
     let n = cells.len();
     let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil() as usize).clamp(1, n);
@@ -45,7 +45,7 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
     let width = cols * (cw + PAD) + PAD;
     let height = title_h + rows * (ch + line) + PAD;
     if width.checked_mul(height).is_none_or(|p| p > MAX_PIXELS) {
-        return Err(Error::Mismatch(format!(
+        return Err(Error::InvalidValue(format!(
             "grid: a {width}×{height} sheet is larger than the {MAX_PIXELS}-pixel limit; use fewer or smaller images"
         )));
     }
@@ -57,7 +57,7 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
     let mut json_cells = Vec::new();
     for (i, c) in cells.iter().enumerate() {
         if c.rgb.len() != c.width * c.height * 3 {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 "grid: image {i} has {} bytes for {}×{} RGB",
                 c.rgb.len(),
                 c.width,

@@ -14,13 +14,13 @@ impl Plot {
     /// Pairs `xs` with `ys`; every number must be finite.
     pub fn new(xs: &[f64], ys: &[f64], title: &str, x: &str, y: &str) -> Result<Plot> {
         if xs.len() != ys.len() {
-            return Err(Error::Mismatch(format!("plot: {} x values but {} y values", xs.len(), ys.len())));
+            return Err(Error::InvalidValue(format!("plot: {} x values but {} y values", xs.len(), ys.len())));
         }
         if xs.is_empty() {
-            return Err(Error::Mismatch("plot: no points".into()));
+            return Err(Error::InvalidValue("plot: no points".into()));
         }
         if let Some(i) = xs.iter().zip(ys).position(|(a, b)| !a.is_finite() || !b.is_finite()) {
-            return Err(Error::Mismatch(format!(
+            return Err(Error::InvalidValue(format!(
                 "plot: point {i} is ({}, {}): only finite numbers can be drawn",
                 xs[i], ys[i]
             )));

@@ -110,9 +110,7 @@ pub struct Session {
 
 /// The configured path of a model, or an error naming the flag that gives it.
 fn configured<'a>(p: &'a Option<PathBuf>, what: &str, flag: &str) -> Result<&'a Path> {
-    p.as_deref().ok_or_else(|| {
-        Error::Mismatch(format!("no {what} configured: give {flag} (or use --demo for the tiny demo set)"))
-    })
+    p.as_deref().ok_or_else(|| Error::NotConfigured { what: what.into(), flag: flag.into() })
 }
 
 impl Session {

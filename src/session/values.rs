@@ -5,7 +5,7 @@ use super::*;
 /// A number a user gave: finite and at most 1e6 in size.
 pub fn finite(v: f64, what: &str) -> Result<f64> {
     if !v.is_finite() || v.abs() > 1e6 {
-        return Err(Error::Mismatch(format!("{what} is {v}: expected a finite number of at most 1e6 in size")));
+        return Err(Error::InvalidValue(format!("{what} is {v}: expected a finite number of at most 1e6 in size")));
     }
     Ok(v)
 }
