@@ -210,6 +210,13 @@ fn tui_case(a: Answer, status: &str) {
 /// from the first moment all run, nothing of an answer reaches the input, the prompt comes within 1 s.
 fn tui_case_with(a: Answer, status: Option<&str>, extra: &[(&str, &str)]) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = typed_lines_run(a, status, extra);
+    t.type_text("\x04");
+}
+
+/// Start on a terminal answering as `a`, type five lines from the first moment, check they all ran, that no
+/// answer reached the input and that the prompt came within 1 s; the terminal stays open for more checks.
+fn typed_lines_run(a: Answer, status: Option<&str>, extra: &[(&str, &str)]) -> FakeTerm {
     let demo = crate::common::demo_dir();
     let mut env = demo_env(&demo);
     let hist = tempfile::tempdir().unwrap();
@@ -241,7 +248,7 @@ fn tui_case_with(a: Answer, status: Option<&str>, extra: &[(&str, &str)]) {
     );
     assert!(prompt < Duration::from_secs(1), "{a:?} {extra:?}: the prompt took {prompt:?}");
     eprintln!("{a:?} {extra:?}: prompt after {prompt:?}");
-    t.type_text("\x04");
+    t
 }
 
 #[test]
@@ -283,20 +290,7 @@ fn tui_silent_terminal() {
 fn tui_slow_terminal() {
     // the answers come after the timeout: halfblocks first, no answer bytes in the input, then kitty
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let demo = crate::common::demo_dir();
-    let env = demo_env(&demo);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut t = FakeTerm::spawn(Answer::Slow, &["--demo"], &env);
-    t.type_text("40000 + 1\r");
-    let prompt = t.wait_for("hl>", 20);
-    assert!(prompt < Duration::from_secs(1), "the prompt took {prompt:?}");
-    for i in 2..=5 {
-        std::thread::sleep(Duration::from_millis(300));
-        t.type_text(&format!("40000 + {i}\r"));
-    }
-    for i in 1..=5 {
-        t.wait_for(&format!("{}", 40000 + i), 20);
-    }
+    let mut t = typed_lines_run(Answer::Slow, None, &[]);
     t.wait_for("preview kitty", 10);
     let screen = t.screen();
     assert!(!screen.contains("Gi=31"), "the late answer leaked into the input:\n{screen}");
