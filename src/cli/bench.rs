@@ -1,4 +1,6 @@
-//! `hyperlora bench`: the hypernetwork's speed on real-size shapes, printed as a table.
+//! `hyperlora bench`: the hypernetwork's speed on real-size shapes, printed as a table. The benchmarks call the
+//! model code directly, not through the `Session`, on purpose: they time the model code itself, without the
+//! session's caches.
 use super::load_hyper;
 use crate::hyper::config::HyperConfig;
 use crate::hyper::modules;

@@ -1,4 +1,5 @@
-//! `hyperlora bench sdxl` and `hyperlora bench lora`.
+//! `hyperlora bench sdxl` and `hyperlora bench lora` (direct model calls on purpose: they time the engine, not
+//! the session's caches).
 use super::bench::{median, Args, Table};
 use crate::hyper::modules::{sdxl_release_modules, Proj};
 use crate::sdxl::model::{sdxl_base_unet_config, GenerateRequest, Sdxl, SdxlOptions};

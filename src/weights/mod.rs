@@ -38,8 +38,10 @@ impl StFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        // SAFETY: the map is read-only; a file changed underneath us would give wrong numbers, not UB in safe code
-        // that only reads bytes.
+        // SAFETY: the map is read-only and only read as bytes. It is not safe against another process truncating
+        // or replacing the file while it is mapped: the next read of a vanished page raises SIGBUS. Most files are
+        // mapped only while loading (their tensors are copied into the model); the HyperLoRA bases stay mapped for
+        // the session — the hardening issue tracks making that mapping safe.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         Self::from_bytes(path, Bytes::Mapped(mmap))
     }
