@@ -73,6 +73,17 @@ fn json_or<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Largest image side and batch `generate` accepts (sizes past them could not be held in memory anyway).
+pub const MAX_SIDE: usize = 8192;
+pub const MAX_BATCH: usize = 64;
+
+/// Memory the OS says is available (MemAvailable), where /proc tells it.
+fn available_memory() -> Option<u128> {
+    let t = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u128 = t.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Build a diffusers component strictly from `dir/config.json` and its weights file (`.fp16` accepted).
 pub(crate) fn load_component<C, M>(
     dir: &Path,
@@ -106,6 +117,34 @@ fn tokenizer_or_embedded(dir: Option<&Path>, sub: &str, second: bool) -> Result<
 }
 
 impl Sdxl {
+    /// Refuse a request whose attention scores alone would not fit in the memory available (CPU), before any
+    /// allocation: the error says how much is needed and how much there is.
+    fn check_memory(&self, req: &GenerateRequest) -> Result<()> {
+        if !self.options.device.is_cpu() {
+            return Ok(());
+        }
+        let elem = match self.options.dtype {
+            DType::F16 | DType::BF16 => 2,
+            _ => 4,
+        };
+        // the scores of both CFG halves of the batch, plus their softmax
+        let need = self.unet.config().attention_scores(req.height, req.width) * 2 * req.batch as u128 * elem * 2;
+        if let Some(avail) = available_memory() {
+            if need > avail {
+                let gb = |b: u128| b as f64 / 1e9;
+                return Err(Error::InvalidValue(format!(
+                    "a batch of {} at {}×{} needs about {:.1} GB for the UNet's attention scores alone; {:.1} GB are available: use a smaller size or batch",
+                    req.batch,
+                    req.width,
+                    req.height,
+                    gb(need),
+                    gb(avail)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `path`: a diffusers folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/) or a
     /// single-file checkpoint. For a single file, `config` names a diffusers-layout folder whose configs and
     /// tokenizers to use (weights there are not read); without it SDXL base's configs and the embedded CLIP
@@ -316,9 +355,16 @@ impl Sdxl {
                 req.width, req.height
             )));
         }
-        if req.batch == 0 {
-            return Err(Error::Mismatch("batch must be at least 1".into()));
+        if req.batch == 0 || req.batch > MAX_BATCH {
+            return Err(Error::InvalidValue(format!("batch must be 1 to {MAX_BATCH}, got {}", req.batch)));
         }
+        if req.width > MAX_SIDE || req.height > MAX_SIDE {
+            return Err(Error::InvalidValue(format!(
+                "{}×{} is larger than {MAX_SIDE} pixels a side (SDXL works at about 1024²)",
+                req.width, req.height
+            )));
+        }
+        self.check_memory(req)?;
         let dev = &self.options.device;
         let shape = [req.batch, self.vae.config().latent_channels, req.height / 8, req.width / 8];
         // item i of a batch is seeded with seed + i: it equals the image made alone with that seed

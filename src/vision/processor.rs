@@ -155,9 +155,14 @@ pub fn clip_pixel_values(img: &Rgb8, size: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (1, 3, size, size), &Device::Cpu)?)
 }
 
+/// The largest photo side and decoder allocation accepted: a header that claims more (a decompression bomb, a
+/// corrupt file) is refused before anything is allocated.
+pub const MAX_PHOTO_SIDE: u32 = 16_384;
+pub const MAX_PHOTO_BYTES: u64 = 1 << 30;
+
 /// Read a photo (JPEG, PNG or WebP; the format is sniffed from the bytes) as 8-bit RGB: EXIF orientation applied,
-/// grey and 16-bit converted, alpha dropped (as PIL's `convert("RGB")`). A file that cannot be decoded is an
-/// error naming it.
+/// grey and 16-bit converted, alpha dropped (as PIL's `convert("RGB")`). A file that cannot be decoded, or whose
+/// header claims more than `MAX_PHOTO_SIDE` pixels a side, is an error naming it.
 pub fn load_photo(path: &std::path::Path) -> Result<Rgb8> {
     use image::ImageDecoder;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -167,6 +172,27 @@ pub fn load_photo(path: &std::path::Path) -> Result<Rgb8> {
     if reader.format().is_none() {
         return Err(Error::invalid(path, "not a readable photo (unknown format; JPEG, PNG and WebP are supported)"));
     }
+    // the header's size first (no pixels are read), then the decoder with the same limits as a backstop
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .into_dimensions()
+        .map_err(bad)?;
+    if w > MAX_PHOTO_SIDE || h > MAX_PHOTO_SIDE || (w as u64) * (h as u64) * 4 > MAX_PHOTO_BYTES {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "the header claims {w}×{h} pixels; photos up to {MAX_PHOTO_SIDE} pixels a side and {} MB decoded are read",
+                MAX_PHOTO_BYTES >> 20
+            ),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_PHOTO_SIDE);
+    limits.max_image_height = Some(MAX_PHOTO_SIDE);
+    limits.max_alloc = Some(MAX_PHOTO_BYTES);
+    let mut reader = reader;
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(bad)?;
     let orientation = decoder.orientation().map_err(bad)?;
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;

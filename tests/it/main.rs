@@ -7,6 +7,7 @@ mod encode;
 mod face;
 mod generate;
 mod identity_algebra;
+mod limits;
 mod models;
 mod onnx;
 mod parity_hyper;

@@ -110,6 +110,20 @@ impl UNetConfig {
     fn heads(&self, i: usize) -> usize {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(i)
     }
+    /// The largest attention-score tensor of one UNet pass, in elements per image: heads × tokens² at the
+    /// highest-resolution attention level (the scores are materialised, one image and head after another at most).
+    pub fn attention_scores(&self, height: usize, width: usize) -> u128 {
+        let (mut h, mut w) = (height / 8, width / 8);
+        let mut worst = 0u128;
+        for (i, t) in self.down_block_types.iter().enumerate() {
+            if t.starts_with("CrossAttn") {
+                let seq = (h * w) as u128;
+                worst = worst.max(self.heads(i) as u128 * seq * seq);
+            }
+            (h, w) = (h.div_ceil(2), w.div_ceil(2));
+        }
+        worst
+    }
     fn heads_last(&self) -> usize {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).last()
     }

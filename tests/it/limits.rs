@@ -1,0 +1,99 @@
+//! Sizes nobody could allocate are refused before allocating, with an error that says what is needed (part of the
+//! hardening issue): decompression bombs, generation sizes and batches.
+use crate::common::*;
+use std::process::Command;
+
+/// A PNG whose header claims `w` × `h` pixels, with almost no data.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        // CRC-32 (IEEE) over type + data
+        let mut crc = 0xffff_ffffu32;
+        for b in &c {
+            crc ^= *b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        out.extend_from_slice(&(!crc).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+#[test]
+fn a_photo_claiming_gigapixels_is_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bomb.png");
+    std::fs::write(&p, png_claiming(65_500, 65_500)).unwrap();
+    let e = hyperlora::vision::processor::load_photo(&p).unwrap_err().to_string();
+    assert!(e.contains("bomb.png") && e.contains("65500×65500") && e.contains("16384"), "{e}");
+    // an ordinary photo still loads
+    assert!(hyperlora::vision::processor::load_photo(&fixture("photo.png")).is_ok());
+}
+
+#[test]
+fn impossible_generation_sizes_are_errors_and_the_session_goes_on() {
+    let demo = demo_dir();
+    let run = |code: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+            .args(["repl", "--demo"])
+            .env("HYPERLORA_DEMO_DIR", &demo)
+            .env("HYPERLORA_HISTORY", demo.join("history-limits"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(code.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap()
+    };
+    let o = run("generate(\"x\", #{ width: 4096, height: 4096, steps: 1 })\n40000 + 2\n");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(err.contains("GB") && err.contains("available") && err.contains("4096×4096"), "{err}");
+    assert!(out.contains("40002"), "the REPL did not go on after the refusal:\n{out}\n{err}");
+    let o = run("generate(\"x\", #{ width: 1000000, height: 64, steps: 1 })\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("8192 pixels a side"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // the one-shot command: an error and exit status 1, never an abort
+    let out = tempfile::tempdir().unwrap();
+    for (flag, value, want) in
+        [("--batch", "100000", "batch must be 1 to 64"), ("--width", "18446744073709551608", "8192 pixels a side")]
+    {
+        let o = Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+            .args([
+                "generate",
+                "--model",
+                fixture("sdxl-tiny").to_str().unwrap(),
+                "--prompt",
+                "x",
+                "--steps",
+                "1",
+                flag,
+                value,
+            ])
+            .arg("--out")
+            .arg(out.path().join("x.png"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+}
