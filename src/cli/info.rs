@@ -22,7 +22,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let id = crate::Identity::load(&a.file)?;
         println!("{}: {}", a.file.display(), id.summary());
         for s in id.sources() {
-            println!("  source {} {}", &s.hash[..12.min(s.hash.len())], s.label);
+            println!("  source {} {}", crate::provenance::short(&s.hash), s.label);
         }
         return Ok(());
     }

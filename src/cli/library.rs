@@ -46,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 println!(
                     "{name:<24} {:>3} photo(s)  {}  {}  {}",
                     e.photos,
-                    &e.hash[..12.min(e.hash.len())],
+                    crate::provenance::short(&e.hash),
                     e.dtype,
                     date(e.saved)
                 );

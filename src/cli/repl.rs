@@ -99,8 +99,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } else {
             match rl.readline_with_initial("hl> ", (&std::mem::take(&mut initial), "")) {
                 Ok(l) => l,
-                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Interrupted) | Err(ReadlineError::Signal(_)) => continue,
                 Err(ReadlineError::Eof) => break,
+                // a line that is not UTF-8 is dropped with a message; the session and its values stay
+                Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    eprintln!("input: the line is not valid UTF-8 and was not run ({e})");
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         };

@@ -20,3 +20,22 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
+
+/// The first 12 characters of a hash (or any text), cut on a character boundary: hashes read from files may be
+/// anything, and slicing bytes would panic inside a multi-byte character.
+pub fn short(hash: &str) -> &str {
+    match hash.char_indices().nth(12) {
+        Some((i, _)) => &hash[..i],
+        None => hash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_never_splits_a_character() {
+        assert_eq!(super::short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(super::short("ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(super::short("abc"), "abc");
+    }
+}

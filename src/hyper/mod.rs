@@ -339,9 +339,9 @@ impl HyperLora {
                 "identity {} was made with HyperLoRA variant `{}` ({}), but the loaded variant is `{}` ({}); re-create it from its photos with this variant",
                 id.short_hash(),
                 id.variant().label,
-                &id.variant().hash[..12.min(id.variant().hash.len())],
+                crate::provenance::short(&id.variant().hash),
                 self.variant.label,
-                &self.variant.hash[..12]
+                crate::provenance::short(&self.variant.hash)
             )));
         }
         let q = self.config.resampler.num_queries;

@@ -108,9 +108,9 @@ impl Library {
                     "library {}: holds identities of variant {} ({}), this identity is of {} ({})",
                     self.dir.display(),
                     v.label,
-                    &v.hash[..12.min(v.hash.len())],
+                    crate::provenance::short(&v.hash),
                     id.variant().label,
-                    &id.variant().hash[..12.min(id.variant().hash.len())]
+                    crate::provenance::short(&id.variant().hash)
                 )));
             }
         }

@@ -156,7 +156,7 @@ impl LoraMix {
                     "{}:{}:{}",
                     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
                     t.weight,
-                    &hash[..12.min(hash.len())]
+                    crate::provenance::short(hash)
                 ),
                 TermSource::Identity(id) => {
                     let base = if t.base_weight != 0.0 { format!(":base {}", t.base_weight) } else { String::new() };

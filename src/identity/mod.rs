@@ -124,7 +124,7 @@ impl Identity {
     }
 
     pub fn short_hash(&self) -> String {
-        self.hash()[..12].to_string()
+        crate::provenance::short(&self.hash()).to_string()
     }
 
     fn check_compatible(&self, other: &Identity) -> Result<()> {
@@ -132,9 +132,9 @@ impl Identity {
             return Err(Error::Incompatible(format!(
                 "cannot combine identities of different HyperLoRA variants: {} ({}) and {} ({})",
                 self.variant.label,
-                &self.variant.hash[..12.min(self.variant.hash.len())],
+                crate::provenance::short(&self.variant.hash),
                 other.variant.label,
-                &other.variant.hash[..12.min(other.variant.hash.len())]
+                crate::provenance::short(&other.variant.hash)
             )));
         }
         if self.raw.dims() != other.raw.dims() {
@@ -194,8 +194,9 @@ impl Identity {
                 }
             }
         }
-        let photos = ids.iter().map(|i| i.photos).sum();
-        let base_photos = ids.iter().map(|i| i.base_photos).sum();
+        // saturating: photo counts come from files and may be anything
+        let photos = ids.iter().fold(0usize, |a, i| a.saturating_add(i.photos));
+        let base_photos = ids.iter().fold(0usize, |a, i| a.saturating_add(i.base_photos));
         Identity::new(raw, photos, base.map(|b| (b, base_photos)), sources, first.variant.clone())
     }
 

@@ -213,7 +213,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         };
         from_lib(lock(&s)?.check_identity(&id))?;
         let e = from_lib(l.save(name, &id, dtype, ow))?;
-        Ok(format!("{name} → {} ({}, {})", l.dir().join(&e.file).display(), e.dtype, &e.hash[..12.min(e.hash.len())]))
+        Ok(format!("{name} → {} ({}, {})", l.dir().join(&e.file).display(), e.dtype, crate::provenance::short(&e.hash)))
     };
     let f = save.clone();
     engine.register_fn("save", move |l: &mut Library, name: ImmutableString, id: Identity| f(l, &name, id, Map::new()));

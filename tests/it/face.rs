@@ -34,7 +34,14 @@ fn arcface_alignment_matches_insightface() {
     let photo = png("photo.png");
     let float = warp_affine_f32(&photo, &m, 112, 112);
     let want = f.to_f32_vec("arcface_aligned_float_bilinear").unwrap();
-    let worst = float.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    // (f32::max would skip a NaN: this fold keeps it, so a NaN fails the comparison)
+    let worst = float.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| {
+        if d.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(d)
+        }
+    });
     assert!(worst <= 1e-3, "float bilinear differs by {worst}");
     let (crop, _) = norm_crop(&photo, &kps5());
     let ocv = png("face/arcface_aligned_112.png");

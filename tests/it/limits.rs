@@ -97,3 +97,24 @@ fn impossible_generation_sizes_are_errors_and_the_session_goes_on() {
         assert!(err.contains(want), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn a_line_that_is_not_utf8_does_not_end_the_repl() {
+    use std::io::Write;
+    let demo = demo_dir();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["repl", "--demo"])
+        .env("HYPERLORA_DEMO_DIR", &demo)
+        .env("HYPERLORA_HISTORY", demo.join("history-utf8"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"let kept = 7;\n\xff\xfe bad\nkept + 40000\n").unwrap();
+    let o = c.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(err.contains("not valid UTF-8"), "{err}");
+    assert!(out.contains("40007"), "the REPL ended or lost its variables:\n{out}\n{err}");
+    assert!(o.status.success());
+}

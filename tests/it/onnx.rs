@@ -7,12 +7,21 @@ use hyperlora::weights::StFile;
 
 fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
-    let (i, d) =
-        got.iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .enumerate()
-            .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    let (i, d) = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        // NaN beats every number, so a NaN anywhere fails the comparison
+        .fold((0, 0f32), |m, (i, d)| {
+            if m.1.is_nan() {
+                m
+            } else if d.is_nan() || d > m.1 {
+                (i, d)
+            } else {
+                m
+            }
+        });
     assert!(d <= tol, "{name}: max |Δ| {d:.3e} at {i} > {tol:.0e}");
 }
 
