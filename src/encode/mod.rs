@@ -53,7 +53,10 @@ pub fn encode_image(
 pub fn encode_photo(face: &Antelope, clip: &ClipVision, path: &Path, opts: &FaceOptions) -> Result<Encoded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let img = load_photo(path)?;
-    let source = Source { hash: sha256_hex(&bytes), label: path.display().to_string() };
+    // the label names the options too: two encodings of one photo (another crop, grayscale) are two sources
+    let how = opts.describe();
+    let label = if how.is_empty() { path.display().to_string() } else { format!("{} ({how})", path.display()) };
+    let source = Source { hash: sha256_hex(&bytes), label };
     encode_image(face, clip, &img, source, opts)
 }
 

@@ -83,6 +83,26 @@ impl Default for FaceOptions {
     }
 }
 
+impl FaceOptions {
+    /// What differs from the defaults, for a source label (`""` for the defaults): `face 1`, `box 10,20,90,120`,
+    /// `grayscale`, `background kept`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match self.pick {
+            FacePick::Best => {}
+            FacePick::Index(i) => parts.push(format!("face {i}")),
+            FacePick::Box(b) => parts.push(format!("box {},{},{},{}", b[0], b[1], b[2], b[3])),
+        }
+        if self.grayscale {
+            parts.push("grayscale".into());
+        }
+        if !self.remove_background {
+            parts.push("background kept".into());
+        }
+        parts.join("; ")
+    }
+}
+
 /// Where the five ArcFace alignment points came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KpsFrom {

@@ -22,6 +22,10 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
     let o = output.clone();
     engine.register_fn("show", move |img: Image| o(Out::Image(img)));
     let s = session.clone();
+    engine.register_fn("load_image", move |p: ImmutableString| -> RResult<Image> {
+        from_lib(lock(&s)?.load_image(Path::new(p.as_str())))
+    });
+    let s = session.clone();
     let grid = move |images: Array, m: Map| -> RResult<Image> {
         check_keys(&m, &["cols", "labels", "title"], "grid")?;
         let images: Vec<Image> = images

@@ -112,6 +112,11 @@ impl Session {
         })
     }
 
+    /// An image file as a value (a PNG keeps its settings).
+    pub fn load_image(&self, path: &Path) -> Result<Image> {
+        Image::load(path)
+    }
+
     /// Write an image as PNG with its settings (never over an existing file unless `overwrite`).
     pub fn save_image(&self, img: &mut Image, path: &Path, overwrite: bool) -> Result<()> {
         let png = crate::png_meta::encode_png(&img.rgb, img.width, img.height, &img.settings)?;
@@ -123,7 +128,11 @@ impl Session {
     /// ArcFace cosine between the face in `img` and the identity's photos (mean over the photos this session
     /// encoded). `pick` chooses the face in the image (a box skips detection).
     pub fn face_score(&mut self, img: &Image, id: &Identity, pick: FacePick) -> Result<f64> {
-        let refs: Vec<Vec<f32>> = id.sources().iter().filter_map(|s| self.embeddings.get(&s.hash).cloned()).collect();
+        let refs: Vec<Vec<f32>> = id
+            .sources()
+            .iter()
+            .filter_map(|s| self.embeddings.get(&(s.hash.clone(), s.label.clone())).cloned())
+            .collect();
         if refs.is_empty() {
             return Err(Error::Mismatch(format!(
                 "face_score: identity {} was not made from photos encoded in this session (its ArcFace embeddings are not known)",

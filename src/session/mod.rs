@@ -98,8 +98,9 @@ pub struct Session {
     face: Option<Antelope>,
     clip: Option<ClipVision>,
     photos: HashMap<String, Arc<PhotoFeatures>>,
-    /// ArcFace embeddings by photo content hash, for `face_score`.
-    embeddings: HashMap<String, Vec<f32>>,
+    /// ArcFace embeddings by source (photo content hash and label, which names the face options), for
+    /// `face_score`.
+    embeddings: HashMap<(String, String), Vec<f32>>,
     text: HashMap<String, (Conditioning, Option<String>)>,
     synthesized: HashMap<String, Arc<LoraWeights>>,
     applied: Option<LoraMix>,

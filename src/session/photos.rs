@@ -45,7 +45,7 @@ impl Session {
         let (face, clip) = (self.face.as_ref().expect("loaded"), self.clip.as_ref().expect("loaded"));
         let e = encode_photo(face, clip, &spec.path, &spec.options)?;
         let key = format!("{}:{:?}", e.source.hash, spec.options);
-        self.embeddings.insert(e.source.hash.clone(), e.face.embedding.clone());
+        self.embeddings.insert((e.source.hash.clone(), e.source.label.clone()), e.face.embedding.clone());
         self.photos.insert(
             key,
             Arc::new(PhotoFeatures {

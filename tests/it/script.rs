@@ -325,3 +325,34 @@ fn bracket_counting_for_multi_line_input() {
     assert_eq!(open_brackets("f(#{ a: [1, 2] })"), 0);
     assert_eq!(open_brackets("// comment {\nlet x = (1"), 1);
 }
+
+#[test]
+fn face_score_ranks_the_own_identity_first() {
+    // the identity's own photo against it and against an identity of another crop: the order must hold
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("score.rhai");
+    std::fs::write(
+        &f,
+        "let me = identity(#{ path: demo_photo, box: demo_box });\n\
+         let b = demo_box;\n\
+         let other = identity(#{ path: demo_photo, box: [b[0] + 40, b[1] + 60, b[2] + 40, b[3] + 60] });\n\
+         let photo = load_image(demo_photo);\n\
+         let own = face_score(photo, me, #{ box: demo_box });\n\
+         let theirs = face_score(photo, other, #{ box: demo_box });\n\
+         print(`own ${own} other ${theirs}`);\n",
+    )
+    .unwrap();
+    let r = hyperlora(&["run", f.to_str().unwrap(), "--demo"], None);
+    let o = text(&r);
+    assert!(r.status.success(), "{o}");
+    let nums: Vec<f64> = o
+        .lines()
+        .find(|l| l.starts_with("own "))
+        .unwrap_or_else(|| panic!("{o}"))
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (own, other) = (nums[0], nums[1]);
+    assert!((own - 1.0).abs() < 1e-4, "own photo scores {own} against its identity");
+    assert!(other < own - 1e-3, "another crop's identity scores {other}, not below {own}");
+}
