@@ -14,10 +14,19 @@ pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// Write `bytes` to `path`. Without `overwrite`, an existing `path` is an error and is left untouched.
+/// Write `bytes` to `path`. Without `overwrite`, an existing `path` is an error and is left untouched; even with
+/// it, only a regular file is ever replaced (never a folder, a device, a FIFO or a socket).
 pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     if !overwrite && path.exists() {
         return Err(Error::Exists { path: path.to_path_buf() });
+    }
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() {
+            return Err(Error::invalid(
+                path,
+                "exists and is not a regular file (a folder, device, FIFO or socket): not replaced",
+            ));
+        }
     }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

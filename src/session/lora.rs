@@ -36,6 +36,10 @@ impl Session {
 
     /// A LoRA file (kohya, diffusers or PEFT names) as a mix term at strength `weight`.
     pub fn lora_file(&mut self, path: &Path, weight: f64) -> Result<LoraMix> {
+        if path.is_dir() {
+            return Err(Error::invalid(path, "is a folder; a LoRA is one .safetensors file"));
+        }
+        let weight = super::finite(weight, "lora weight")?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let imp = crate::lora::file::import(path)?;
         if imp.weights.layers.is_empty() {

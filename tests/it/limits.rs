@@ -118,3 +118,29 @@ fn a_line_that_is_not_utf8_does_not_end_the_repl() {
     assert!(out.contains("40007"), "the REPL ended or lost its variables:\n{out}\n{err}");
     assert!(o.status.success());
 }
+
+#[test]
+fn writes_never_replace_what_is_not_a_regular_file_and_folders_are_not_loras() {
+    let dir = tempfile::tempdir().unwrap();
+    // a folder where a file would go, even with overwrite
+    let target = dir.path().join("out.png");
+    std::fs::create_dir(&target).unwrap();
+    let e = hyperlora::output::write_file(&target, b"x", true).unwrap_err().to_string();
+    assert!(e.contains("not a regular file") && e.contains("out.png"), "{e}");
+    assert!(target.is_dir());
+    // a character device
+    let e = hyperlora::output::write_file(std::path::Path::new("/dev/null"), b"x", true).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    // a folder given as a LoRA, from the CLI
+    let o = Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["generate", "--model", fixture("sdxl-tiny").to_str().unwrap(), "--prompt", "x", "--steps", "1"])
+        .arg("--lora")
+        .arg(format!("{}:0.5", dir.path().display()))
+        .arg("--out")
+        .arg(dir.path().join("y.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a folder; a LoRA is one .safetensors file"), "{err}");
+}
