@@ -73,27 +73,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // the one-shot command is a session like every front end: same loading, LoRA import, sampling, PNG settings
     let paths =
         crate::session::ModelPaths { sdxl: Some(a.model.clone()), sdxl_config: a.config.clone(), ..Default::default() };
-    let bar: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
-    let listener = std::sync::Arc::new(move |e: &crate::session::Event| match e {
-        crate::session::Event::Loading { component, path } => {
-            eprintln!("loading {component} from {} …", path.display())
-        }
-        crate::session::Event::Note(n) => eprintln!("{n}"),
-        crate::session::Event::Step { step, total, .. } => {
-            if let Ok(mut b) = bar.lock() {
-                let pb = b.get_or_insert_with(|| super::session_args::step_bar(*total));
-                pb.set_position(*step as u64);
-                if step >= total {
-                    pb.finish_and_clear();
-                    *b = None;
-                }
-            }
-        }
-        _ => {}
-    });
     let opts =
         crate::session::SessionOptions { paths, device: crate::front::device(&a.device)?, dtype: a.dtype.dtype() };
-    let mut session = crate::session::Session::new(opts, listener);
+    // the progress every command shows: loads, notes, a step bar
+    let mut session = crate::session::Session::new(opts, super::session_args::listener());
     let mut mix = crate::LoraMix::empty();
     for spec in &a.loras {
         let (path, w) = match spec.rsplit_once(':') {

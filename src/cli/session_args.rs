@@ -17,7 +17,7 @@ pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<cra
 }
 
 /// Progress on stderr: loads, encodes, a step bar while sampling, notes.
-fn listener() -> crate::session::Listener {
+pub(super) fn listener() -> crate::session::Listener {
     let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
     Arc::new(move |e: &Event| match e {
         Event::Loading { component, path } => {

@@ -79,6 +79,14 @@ pub fn load_image(path: &Path, width: usize, height: usize) -> Result<Tensor> {
             format!("image is {w}×{h}; this run is {width}×{height} (resize it or change --width/--height)"),
         ));
     }
-    let t = Tensor::from_vec(rgb, (h, w, 3), &candle_core::Device::Cpu)?.permute((2, 0, 1))?.to_dtype(DType::F32)?;
-    Ok(((t / 127.5)? - 1.0)?.unsqueeze(0)?)
+    rgb8_to_tensor(&rgb, w, h)
+}
+
+/// RGB8 pixels (h × w × 3) as a [1, 3, H, W] tensor in [-1, 1], the VAE's input: x / 127.5 − 1.
+pub fn rgb8_to_tensor(rgb: &[u8], width: usize, height: usize) -> Result<Tensor> {
+    let v: Vec<f32> = rgb.iter().map(|p| *p as f32 / 127.5 - 1.0).collect();
+    Ok(Tensor::from_vec(v, (height, width, 3), &candle_core::Device::Cpu)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .contiguous()?)
 }

@@ -464,8 +464,13 @@ fn centre_block(rows: &[&[f32]], j0: usize, w: usize, scratch: &mut [f32], mean:
         mean.iter_mut().zip(&r[j0..j0 + w]).for_each(|(m, v)| *m += v);
     }
     mean.iter_mut().for_each(|m| *m *= inv);
+    centre_with(rows, j0, w, scratch, mean);
+}
+
+/// The block `j0..j0+w` of every row minus the block's `mean`, into `scratch` (n × w).
+fn centre_with(rows: &[&[f32]], j0: usize, w: usize, scratch: &mut [f32], mean: &[f32]) {
     for (c, r) in scratch.chunks_mut(w).zip(rows) {
-        c.iter_mut().zip(r[j0..j0 + w].iter().zip(mean.iter())).for_each(|(c, (v, m))| *c = v - m);
+        c.iter_mut().zip(r[j0..j0 + w].iter().zip(mean)).for_each(|(c, (v, m))| *c = v - m);
     }
 }
 
@@ -569,11 +574,10 @@ fn combine_block_best(c: &[f32], w: &[f32], n: usize, k: usize, bw: usize, out: 
     combine_block(c, w, n, k, bw, out)
 }
 
-/// The k rows of W · Xc (W: k × n), one pass over column blocks in parallel.
+/// The k rows of W · Xc (W: k × n; Xc: the rows minus `mean`), one pass over column blocks in parallel.
 fn directions_centred(rows: &[&[f32]], mean: &[f32], w: &[f32], k: usize) -> Vec<Vec<f32>> {
     use rayon::prelude::*;
     let (n, d) = (rows.len(), mean.len());
-    let _ = mean; // the block means are recomputed with the centred block
     let blocks: Vec<usize> = (0..d).step_by(BLOCK).collect();
     let parts: Vec<(usize, Vec<f32>)> = blocks
         .par_iter()
@@ -581,8 +585,8 @@ fn directions_centred(rows: &[&[f32]], mean: &[f32], w: &[f32], k: usize) -> Vec
             let bw = BLOCK.min(d - j0);
             let mut out = vec![0f32; k * bw];
             let mut scratch = vec![0f32; n * bw];
-            let mut mu = vec![0f32; bw];
-            centre_block(rows, j0, bw, &mut scratch, &mut mu);
+            // the means of the first pass: not summed again
+            centre_with(rows, j0, bw, &mut scratch, &mean[j0..j0 + bw]);
             combine_block_best(&scratch, w, n, k, bw, &mut out);
             (j0, out)
         })

@@ -18,11 +18,7 @@ pub struct Image {
 impl Image {
     /// Pixels as [1, 3, H, W] in [-1, 1] (the VAE's input).
     pub fn to_tensor(&self) -> Result<Tensor> {
-        let v: Vec<f32> = self.rgb.iter().map(|p| *p as f32 / 127.5 - 1.0).collect();
-        Ok(Tensor::from_vec(v, (self.height, self.width, 3), &Device::Cpu)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .contiguous()?)
+        crate::png_meta::rgb8_to_tensor(&self.rgb, self.width, self.height)
     }
 
     /// This image at `width` × `height` (Catmull-Rom), or itself when it already has that size.

@@ -6,6 +6,56 @@ pub mod show;
 
 use std::time::Duration;
 
+/// Bytes typed while the terminal was being asked, as key events: printable characters, Enter, Backspace, Tab,
+/// Ctrl-C/Ctrl-D, arrows, Home/End; other escape sequences (CSI, SS3) are skipped whole. The TUI replays these;
+/// the line REPL folds them into lines.
+pub fn keys_from_bytes(bytes: &[u8]) -> Vec<crossterm::event::KeyEvent> {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    let mut out = Vec::new();
+    let text = String::from_utf8_lossy(bytes);
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        match c {
+            '\r' | '\n' => out.push(key(KeyCode::Enter)),
+            '\x7f' | '\x08' => out.push(key(KeyCode::Backspace)),
+            '\t' => out.push(key(KeyCode::Tab)),
+            '\x03' => out.push(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            '\x04' => out.push(KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL)),
+            '\x1b' => match (it.next(), it.peek().copied()) {
+                (Some('[') | Some('O'), Some(f @ ('A' | 'B' | 'C' | 'D' | 'H' | 'F'))) => {
+                    it.next();
+                    out.push(key(match f {
+                        'A' => KeyCode::Up,
+                        'B' => KeyCode::Down,
+                        'C' => KeyCode::Right,
+                        'D' => KeyCode::Left,
+                        'H' => KeyCode::Home,
+                        _ => KeyCode::End,
+                    }));
+                }
+                (Some('['), _) => {
+                    // another CSI sequence: skip to its final byte
+                    for n in it.by_ref() {
+                        if ('\x40'..='\x7e').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+                (Some('O'), _) => {
+                    // another SS3 sequence (F1–F4 …): three bytes
+                    it.next();
+                }
+                (None, _) => out.push(key(KeyCode::Esc)),
+                _ => {}
+            },
+            c if c.is_control() => {}
+            c => out.push(key(KeyCode::Char(c))),
+        }
+    }
+    out
+}
+
 /// How images reach the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

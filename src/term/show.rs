@@ -16,38 +16,20 @@ pub fn take_typed() -> Vec<u8> {
     TYPED.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default()
 }
 
-/// Typed bytes as the lines they complete and the unfinished rest (Backspace applied, escape sequences such as
-/// arrow keys dropped).
+/// Typed bytes as the lines they complete and the unfinished rest (Backspace applied, Tab as a space, other keys
+/// such as arrows dropped), from the same key parser the TUI replays.
 pub fn lines_from_typed(bytes: &[u8]) -> (Vec<String>, String) {
+    use crossterm::event::KeyCode;
     let (mut lines, mut cur) = (Vec::new(), String::new());
-    let text = String::from_utf8_lossy(bytes);
-    let mut it = text.chars().peekable();
-    while let Some(c) = it.next() {
-        match c {
-            '\r' | '\n' => lines.push(std::mem::take(&mut cur)),
-            '\x7f' | '\x08' => {
+    for k in super::keys_from_bytes(bytes) {
+        match k.code {
+            KeyCode::Enter => lines.push(std::mem::take(&mut cur)),
+            KeyCode::Backspace => {
                 cur.pop();
             }
-            '\x1b' => {
-                // ESC [ params final, or ESC O x, or ESC x
-                match it.next() {
-                    Some('[') => {
-                        while let Some(&n) = it.peek() {
-                            it.next();
-                            if ('\x40'..='\x7e').contains(&n) {
-                                break;
-                            }
-                        }
-                    }
-                    Some('O') => {
-                        it.next();
-                    }
-                    _ => {}
-                }
-            }
-            '\t' => cur.push(' '),
-            c if c.is_control() => {}
-            c => cur.push(c),
+            KeyCode::Tab => cur.push(' '),
+            KeyCode::Char(c) if k.modifiers.is_empty() => cur.push(c),
+            _ => {}
         }
     }
     (lines, cur)

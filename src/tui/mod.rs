@@ -135,50 +135,6 @@ fn picker_for(p: crate::term::Protocol, cell: Option<(u16, u16)>) -> Option<app:
     Some(app::Graphics::new(picker))
 }
 
-/// Keys typed before the event loop ran (read by the terminal query), as key events.
-pub fn keys_from_bytes(bytes: &[u8]) -> Vec<crossterm::event::KeyEvent> {
-    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-    let mut out = Vec::new();
-    let text = String::from_utf8_lossy(bytes);
-    let mut it = text.chars().peekable();
-    while let Some(c) = it.next() {
-        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
-        match c {
-            '\r' | '\n' => out.push(key(KeyCode::Enter)),
-            '\x7f' | '\x08' => out.push(key(KeyCode::Backspace)),
-            '\t' => out.push(key(KeyCode::Tab)),
-            '\x03' => out.push(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
-            '\x04' => out.push(KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL)),
-            '\x1b' => match (it.next(), it.peek().copied()) {
-                (Some('[') | Some('O'), Some(f @ ('A' | 'B' | 'C' | 'D' | 'H' | 'F'))) => {
-                    it.next();
-                    out.push(key(match f {
-                        'A' => KeyCode::Up,
-                        'B' => KeyCode::Down,
-                        'C' => KeyCode::Right,
-                        'D' => KeyCode::Left,
-                        'H' => KeyCode::Home,
-                        _ => KeyCode::End,
-                    }));
-                }
-                (Some('['), _) => {
-                    // another CSI sequence: skip to its final byte
-                    for n in it.by_ref() {
-                        if ('\x40'..='\x7e').contains(&n) {
-                            break;
-                        }
-                    }
-                }
-                (None, _) => out.push(key(KeyCode::Esc)),
-                _ => {}
-            },
-            c if c.is_control() => {}
-            c => out.push(key(KeyCode::Char(c))),
-        }
-    }
-    out
-}
-
 /// Answers that arrive after the query gave up: crossterm drops DA1, status and cell-size answers itself, but
 /// reads the kitty answer `ESC _ G…;OK ESC \` as Alt-_, characters and Alt-\. For a while after start-up those
 /// are swallowed here instead of reaching the input; a late kitty OK switches the preview to kitty.
@@ -276,7 +232,8 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     let mut late = (!detected.answers.complete && detected.elapsed > Duration::ZERO)
         .then(|| LateAnswers::new(Duration::from_secs(30)));
     // keys typed while the terminal was asked: replayed in order; lines wait while a job runs
-    let mut typed: std::collections::VecDeque<crossterm::event::KeyEvent> = keys_from_bytes(&detected.typed).into();
+    let mut typed: std::collections::VecDeque<crossterm::event::KeyEvent> =
+        crate::term::keys_from_bytes(&detected.typed).into();
     let mut memory_at = Instant::now() - Duration::from_secs(10);
     let result = (|| -> anyhow::Result<()> {
         loop {
@@ -299,14 +256,10 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                                 None
                             }
                             Some(false) => None,
-                            None if app.job.is_some() || !typed.is_empty() => {
+                            None if !typed.is_empty() => {
                                 // typed-ahead keys still waiting keep their place in the queue
-                                if !typed.is_empty() {
-                                    typed.push_back(k);
-                                    None
-                                } else {
-                                    Some(k)
-                                }
+                                typed.push_back(k);
+                                None
                             }
                             None => Some(k),
                         }
