@@ -30,6 +30,7 @@ pub mod front;
 pub mod models;
 pub mod script;
 pub mod session;
+pub mod sweep;
 pub mod tui;
 
 // models written from code

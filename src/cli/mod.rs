@@ -7,6 +7,7 @@ mod doctor;
 mod download;
 mod encode;
 mod export;
+mod gather;
 mod generate;
 mod identity;
 mod info;
@@ -64,6 +65,8 @@ pub enum Cmd {
     ExportLora(export::Args),
     /// Generate images with SDXL (diffusers folder or single-file checkpoint), optionally with LoRA files.
     Generate(generate::Args),
+    /// After a sweep (from every shard): index.csv of the generated images' settings and a contact sheet per recipe.
+    Gather(gather::Args),
     /// Show what a file is: a generated PNG's settings, an identity, a LoRA.
     Info(info::Args),
     /// An identity library folder: list it, show one entry, remove one.
@@ -122,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::ExportLora(a) => export::run(a),
         Cmd::Generate(a) => generate::run(a),
         Cmd::Info(a) => info::run(a),
+        Cmd::Gather(a) => gather::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Library(a) => library::run(a),
     }

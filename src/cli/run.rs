@@ -1,5 +1,6 @@
 use super::session_args::{install_ctrl_c, output, session, ModelArgs};
-use crate::script::{parse_value, Limits, Script};
+use crate::script::{parse_value, Limits, RunContext, Script};
+use crate::sweep::{Shard, ShardSource};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -10,6 +11,19 @@ pub struct Args {
     /// Define a script variable: a number, true/false, or text (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// Run share INDEX of COUNT (0-based, e.g. 2/8) of what the recipe passes through `shard(items)`. Without it,
+    /// the share comes from a Slurm array (SLURM_ARRAY_TASK_*) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX
+    /// with --shards); sources that disagree are an error.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<String>,
+    /// The number of shards for a Kubernetes Indexed Job's JOB_COMPLETION_INDEX (its `completions`).
+    #[arg(long, env = "HYPERLORA_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    /// Skip items whose output is already there and complete (`pending(path)` is false, `save` keeps the file), and
+    /// make broken ones again: for a requeued Slurm task or a restarted pod. Without it an existing output is an
+    /// error.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub models: ModelArgs,
 }
@@ -17,9 +31,23 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let code =
         std::fs::read_to_string(&a.recipe).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.recipe.display()))?;
+    let flag = a.shard.as_deref().map(Shard::parse).transpose()?;
+    // HYPERLORA_SHARDS reaches `a.shards` through clap; the resolver reads the rest of the environment
+    let (shard, source) = crate::sweep::shard::resolve(flag, a.shards, &|k| {
+        if k == "HYPERLORA_SHARDS" {
+            None
+        } else {
+            std::env::var(k).ok()
+        }
+    })?;
+    if source != ShardSource::None {
+        eprintln!("shard {shard} (from {source})");
+    }
     let (sess, demo) = session(&a.models)?;
     let mut script = Script::new(sess, output(a.models.preview), Limits::default());
     install_ctrl_c(script.cancel_flag());
+    let recipe = a.recipe.file_stem().map(|s| s.to_string_lossy().into_owned());
+    script.set_run(RunContext { shard, resume: a.resume, recipe });
     if let Some(d) = &demo {
         crate::front::args::define_demo(&mut script, d);
     }

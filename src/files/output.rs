@@ -33,14 +33,13 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let (tmp, mut f) = temp_file(&dir, path)?;
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         Ok::<(), std::io::Error>(())
     })();
+    drop(f);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
@@ -61,6 +60,64 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
             Error::io(path, e)
         }
     })
+}
+
+/// A new temporary file beside `path` (hidden, `.NAME.PID.N.tmp`), created exclusively: two writers (threads, or
+/// processes on hosts sharing the folder) never write into the same temporary file.
+fn temp_file(dir: &Path, path: &Path) -> Result<(std::path::PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    // keep the temporary name within the usual 255-byte limit
+    let short: String = name.chars().take(120).collect();
+    let mut last = None;
+    for _ in 0..64 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{short}.{}.{n}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Err(Error::io(path, last.unwrap_or_else(|| std::io::Error::other("no free temporary name"))))
+}
+
+/// What is at an output path, for `--resume`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputState {
+    Missing,
+    /// A whole file: a PNG that decodes, a safetensors file whose header and data check out, any other non-empty
+    /// regular file.
+    Complete,
+    /// Something is there but it is not a finished output (why).
+    Incomplete(String),
+}
+
+/// Look at an output path: missing, complete, or there but broken (a truncated copy, a file of zero bytes, a
+/// folder).
+pub fn output_state(path: &Path) -> OutputState {
+    let m = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return OutputState::Missing,
+        Err(e) => return OutputState::Incomplete(format!("cannot be read: {e}")),
+        Ok(m) => m,
+    };
+    if !m.is_file() {
+        return OutputState::Incomplete("not a regular file".into());
+    }
+    if m.len() == 0 {
+        return OutputState::Incomplete("empty".into());
+    }
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let checked = match ext.as_str() {
+        "png" => crate::png_meta::read_png(path).map(|_| ()),
+        "safetensors" => crate::weights::StFile::open(path).map(|_| ()),
+        _ => Ok(()),
+    };
+    match checked {
+        Ok(()) => OutputState::Complete,
+        Err(e) => OutputState::Incomplete(e.to_string()),
+    }
 }
 
 /// A tensor ready to be written: dtype, shape, little-endian bytes.

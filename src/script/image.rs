@@ -1,7 +1,7 @@
 //! Images: generation, previews, contact sheets and plots, PNG output, the face score.
 use super::*;
 
-pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, output: &Output) {
+pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, output: &Output, run: &Run) {
     // images
     let s = session.clone();
     engine.register_fn("generate", move |prompt: ImmutableString, m: Map| -> RResult<Dynamic> {
@@ -75,21 +75,50 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
     engine.register_fn("plot", move |xs: Array, ys: Array| f(xs, ys, Map::new()));
     engine.register_fn("plot", move |xs: Array, ys: Array, m: Map| plot(xs, ys, m));
     let s = session.clone();
-    let save = move |img: &mut Image, p: &str, o: Map| -> RResult<Image> {
-        let ow = overwrite(&o, "save")?;
-        from_lib(lock(&s)?.save_image(img, Path::new(p), ow))?;
+    let (r, o) = (run.clone(), output.clone());
+    let save = move |img: &mut Image, p: &str, opts: Map| -> RResult<Image> {
+        let mut ow = overwrite(&opts, "save")?;
+        let path = Path::new(p);
+        let (recipe, shard) = {
+            let mut run = r.lock().or_else(|_| err("the run state is unusable after an earlier crash"))?;
+            if run.replace.remove(path) {
+                // `pending` found a broken file here under --resume: it is made again
+                ow = true;
+            } else if run.ctx.resume && !ow {
+                if let crate::output::OutputState::Complete = crate::output::output_state(path) {
+                    o(Out::Text(format!("resume: {p} is already done; kept")));
+                    img.path = Some(path.to_path_buf());
+                    return Ok(img.clone());
+                }
+            }
+            (run.ctx.recipe.clone(), run.ctx.shard)
+        };
+        // a run's images say which recipe and shard made them (for `hyperlora gather`); the pixels do not change
+        let mut tagged = img.clone();
+        if let Some(name) = recipe {
+            tagged.settings.retain(|(k, _)| k != "recipe" && k != "shard");
+            tagged.settings.push(("recipe".into(), name));
+            tagged.settings.push(("shard".into(), shard.to_string()));
+        }
+        from_lib(lock(&s)?.save_image(&mut tagged, path, ow))?;
+        *img = tagged;
         Ok(img.clone())
     };
     let f = save.clone();
     engine.register_fn("save", move |img: &mut Image, p: ImmutableString| f(img, &p, Map::new()));
     engine.register_fn("save", move |img: &mut Image, p: ImmutableString, o: Map| save(img, &p, o));
     let s = session.clone();
-    let score = move |img: Image, id: Identity, m: Map| -> RResult<f64> {
+    let score = move |img: &mut Image, id: Identity, m: Map| -> RResult<f64> {
         check_keys(&m, &["box", "face"], "face_score")?;
         let p = pick(&m)?;
-        from_lib(lock(&s)?.face_score(&img, &id, p))
+        let v = from_lib(lock(&s)?.face_score(img, &id, p))?;
+        // recorded in the image, so a later `save` writes it into the PNG (and `gather` lists it)
+        img.settings.retain(|(k, _)| k != "face_score" && k != "face_score_identity");
+        img.settings.push(("face_score".into(), format!("{v:.6}")));
+        img.settings.push(("face_score_identity".into(), id.short_hash()));
+        Ok(v)
     };
     let f = score.clone();
-    engine.register_fn("face_score", move |img: Image, id: Identity| f(img, id, Map::new()));
-    engine.register_fn("face_score", move |img: Image, id: Identity, m: Map| score(img, id, m));
+    engine.register_fn("face_score", move |img: &mut Image, id: Identity| f(img, id, Map::new()));
+    engine.register_fn("face_score", move |img: &mut Image, id: Identity, m: Map| score(img, id, m));
 }

@@ -6,6 +6,7 @@ mod image;
 mod lora;
 mod session_fns;
 mod space;
+mod sweep;
 
 use crate::session::{FaceOptions, FacePick, Generate, Image, PhotoSpec, SamplerKind, Session};
 use crate::{Identity, LoraMix};
@@ -25,6 +26,24 @@ pub enum Out {
 }
 
 pub type Output = Arc<dyn Fn(Out) + Send + Sync>;
+
+/// What a headless run adds: this process's shard of the sweep, whether finished outputs are skipped
+/// (`--resume`), and the recipe's name (recorded in saved images, for `hyperlora gather`).
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    pub shard: crate::sweep::Shard,
+    pub resume: bool,
+    pub recipe: Option<String>,
+}
+
+/// The run context and the broken outputs `pending` allowed to be written again.
+#[derive(Debug, Default)]
+struct RunState {
+    ctx: RunContext,
+    replace: std::collections::HashSet<std::path::PathBuf>,
+}
+
+type Run = Arc<Mutex<RunState>>;
 
 /// Sandbox limits (defaults suit recipes; a runaway loop stops at `max_operations`).
 #[derive(Debug, Clone, Copy)]
@@ -257,6 +276,7 @@ pub struct Script {
     scope: Scope<'static>,
     functions: AST,
     cancel: Arc<AtomicBool>,
+    run: Run,
 }
 
 impl Script {
@@ -275,8 +295,9 @@ impl Script {
         engine.on_print(move |s| o(Out::Text(s.to_string())));
         let o = output.clone();
         engine.on_debug(move |s, _, pos| o(Out::Text(format!("[{pos}] {s}"))));
-        register(&mut engine, session, output);
-        Script { engine, scope: Scope::new(), functions: AST::empty(), cancel }
+        let run = Run::default();
+        register(&mut engine, session, output, &run);
+        Script { engine, scope: Scope::new(), functions: AST::empty(), cancel, run }
     }
 
     /// Evaluate code in the persistent scope: variables and functions stay defined for later calls.
@@ -310,6 +331,13 @@ impl Script {
             v.push((name.to_string(), value));
         }
         v
+    }
+
+    /// Set the shard, `--resume` and the recipe's name for `shard()`, `shard_info()`, `pending()` and `save`.
+    pub fn set_run(&mut self, ctx: RunContext) {
+        if let Ok(mut r) = self.run.lock() {
+            r.ctx = ctx;
+        }
     }
 
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
@@ -446,7 +474,7 @@ fn register_scale<T: Clone + Send + Sync + 'static>(
     engine.register_fn("*", move |k: i64, a: T| f(a, k as f64));
 }
 
-fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {
+fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output, run: &Run) {
     engine.register_type_with_name::<Identity>("identity");
     engine.register_type_with_name::<LoraMix>("lora mix");
     engine.register_type_with_name::<Image>("image");
@@ -471,7 +499,8 @@ fn register(engine: &mut Engine, session: Arc<Mutex<Session>>, output: Output) {
     });
     identity::register(engine, &session);
     lora::register(engine, &session);
-    image::register(engine, &session, &output);
+    image::register(engine, &session, &output, run);
+    sweep::register(engine, &output, run);
     session_fns::register(engine, &session);
     space::register(engine, &session);
 }

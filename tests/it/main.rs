@@ -2,6 +2,7 @@
 mod bad_files;
 mod cli;
 mod common;
+mod deploy;
 mod download;
 mod encode;
 mod face;
@@ -24,4 +25,5 @@ mod script;
 mod session;
 mod single_file;
 mod space;
+mod sweep;
 mod tui;
