@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     let opts = SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 };
     let mut session = Session::new(opts, listener);
 
-    let me = session.identity(&[PhotoSpec { path: photo, options: FaceOptions { pick, ..Default::default() } }])?;
+    let me = session.identity(&[PhotoSpec::with_options(photo, FaceOptions { pick, ..Default::default() })])?;
     println!("identity {}", me.summary());
     let look = session.lora(&me, 0.85, 0.0)?;
     std::fs::create_dir_all(&out)?;

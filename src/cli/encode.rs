@@ -31,6 +31,10 @@ pub struct Args {
     /// Keep the photo's background around the face (the official node's `remove_background=False`).
     #[arg(long)]
     pub keep_background: bool,
+    /// Also encode each photo's Base condition (the face blurred out; spec §3.3) as `clip_base`, for a HyperLoRA
+    /// variant with the Base branch. The released variants have none: `hyperlora identity` then refuses the file.
+    #[arg(long)]
+    pub base: bool,
     /// Also save each photo's cutout, CLIP crop, ArcFace crop and aligned face as PNGs here.
     #[arg(long, value_name = "DIR")]
     pub debug_dir: Option<PathBuf>,
@@ -79,7 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         let opts = FaceOptions { pick, remove_background: !a.keep_background, grayscale: a.grayscale };
         let e = session
-            .encode_photo(&crate::session::PhotoSpec { path: photo.clone(), options: opts })
+            .encode_photo(&crate::session::PhotoSpec { path: photo.clone(), options: opts, base: a.base })
             .with_context(|| format!("encoding {}", photo.display()))?;
         let times: Vec<String> =
             e.timings().iter().map(|(k, d)| format!("{k} {:.0} ms", d.as_secs_f64() * 1e3)).collect();

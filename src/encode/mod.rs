@@ -21,6 +21,8 @@ pub struct Encoded {
     /// CLIP `hidden_states[-2]` of the crop, [1, 257, D] f32 on the CPU.
     pub clip: Tensor,
     pub clip_time: Duration,
+    /// With `base`: CLIP `hidden_states[-2]` of the photo's Base condition (spec §3.3), [1, 257, D].
+    pub base_clip: Option<Tensor>,
 }
 
 impl Encoded {
@@ -32,32 +34,52 @@ impl Encoded {
     }
 }
 
-/// Encode a decoded photo; `source` names it (content hash + label).
+/// CLIP `hidden_states[-2]` of one image, [1, 257, D] f32 on the CPU.
+fn clip_hidden(clip: &ClipVision, img: &Rgb8) -> Result<Tensor> {
+    let pixels = clip_pixel_values(img, clip.config().image_size)?;
+    let hidden = clip.penultimate(&pixels.to_device(clip.device())?.to_dtype(clip.dtype())?)?;
+    Ok(hidden.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+}
+
+/// The Base condition of a photo (spec §3.3 with the official node's defaults: crop, LRTB 1,1,1,1, safe crop —
+/// the face blurred out so that only the rest of the picture is seen) through CLIP: [1, 257, D].
+pub fn base_features(clip: &ClipVision, img: &Rgb8, landmarks: &[[f64; 2]]) -> Result<Tensor> {
+    let cond = crate::face::cutout::base_condition(img, landmarks, true, [1.0; 4], true)?;
+    clip_hidden(clip, &cond.image)
+}
+
+/// Encode a decoded photo; `source` names it (content hash + label). With `base`, the photo's Base condition
+/// is encoded too.
 pub fn encode_image(
     face: &Antelope,
     clip: &ClipVision,
     img: &Rgb8,
     source: Source,
     opts: &FaceOptions,
+    base: bool,
 ) -> Result<Encoded> {
     let analysis = face.analyse(img, &source.label, opts)?;
     let t = Instant::now();
-    let pixels = clip_pixel_values(&analysis.cond.clip_crop, clip.config().image_size)?;
-    let dtype = clip.dtype();
-    let hidden = clip.penultimate(&pixels.to_device(clip.device())?.to_dtype(dtype)?)?;
-    let hidden = hidden.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-    Ok(Encoded { source, face: analysis, clip: hidden, clip_time: t.elapsed() })
+    let hidden = clip_hidden(clip, &analysis.cond.clip_crop)?;
+    let base_clip = if base { Some(base_features(clip, img, &analysis.landmarks)?) } else { None };
+    Ok(Encoded { source, face: analysis, clip: hidden, clip_time: t.elapsed(), base_clip })
 }
 
-/// Read and encode one photo file (its content hash becomes its provenance).
-pub fn encode_photo(face: &Antelope, clip: &ClipVision, path: &Path, opts: &FaceOptions) -> Result<Encoded> {
+/// Read and encode one photo file (its content hash becomes its provenance); with `base`, its Base condition too.
+pub fn encode_photo(
+    face: &Antelope,
+    clip: &ClipVision,
+    path: &Path,
+    opts: &FaceOptions,
+    base: bool,
+) -> Result<Encoded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let img = load_photo(path)?;
     // the label names the options too: two encodings of one photo (another crop, grayscale) are two sources
     let how = opts.describe();
     let label = if how.is_empty() { path.display().to_string() } else { format!("{} ({how})", path.display()) };
     let source = Source { hash: sha256_hex(&bytes), label };
-    encode_image(face, clip, &img, source, opts)
+    encode_image(face, clip, &img, source, opts, base)
 }
 
 /// The photos' features as one set.
@@ -69,7 +91,10 @@ pub fn feature_set(photos: &[Encoded]) -> Result<FeatureSet> {
     let arcface: Vec<f32> = photos.iter().flat_map(|p| p.face.embedding.iter().copied()).collect();
     let arcface = Tensor::from_vec(arcface, (photos.len(), e), &Device::Cpu)?;
     let clip = Tensor::cat(&photos.iter().map(|p| &p.clip).collect::<Vec<_>>(), 0)?;
-    FeatureSet::new(arcface, clip, None, photos.iter().map(|p| p.source.clone()).collect())
+    // the Base branch fuses its own images: those encoded with their Base condition
+    let bases: Vec<&Tensor> = photos.iter().filter_map(|p| p.base_clip.as_ref()).collect();
+    let clip_base = if bases.is_empty() { None } else { Some(Tensor::cat(&bases, 0)?) };
+    FeatureSet::new(arcface, clip, clip_base, photos.iter().map(|p| p.source.clone()).collect())
 }
 
 /// Write a features file: `arcface` [N, E], `clip` [N, 257, D], plus `face_box` [N, 4], `landmarks`

@@ -27,12 +27,15 @@ pub fn decode(raw: &[f32], m: &Affine) -> Result<Vec<[f64; 2]>> {
         return Err(Error::Mismatch(format!("the 106-landmark model returns 212 values, got {}", raw.len())));
     }
     let inv = invert(m);
-    let half = INPUT as f64 / 2.0;
+    // as insightface computes it: `(pred + 1) * (input_size // 2)` in float32, the inverse transform in float64,
+    // the points stored as float32 again (the analyser returns float32 landmarks); the Base condition's crop box
+    // sits on .5 boundaries for the fixture face, so these roundings decide whole pixels there
+    let half = (INPUT / 2) as f32;
     Ok(raw
         .chunks(2)
         .map(|p| {
-            let (x, y) = apply(&inv, (p[0] as f64 + 1.0) * half, (p[1] as f64 + 1.0) * half);
-            [x, y]
+            let (x, y) = apply(&inv, ((p[0] + 1.0) * half) as f64, ((p[1] + 1.0) * half) as f64);
+            [x as f32 as f64, y as f32 as f64]
         })
         .collect())
 }

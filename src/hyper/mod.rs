@@ -311,7 +311,7 @@ impl HyperLora {
     pub fn raw_base(&self, clip_base: &Tensor) -> Result<Tensor> {
         let br = self.base_resampler.as_ref().ok_or_else(|| {
             Error::Mismatch(format!(
-                "{} has no Base branch (no {BASE_RESAMPLER_FILE}); Base features cannot be used",
+                "{} has no Base branch (no {BASE_RESAMPLER_FILE}; the released variants have none), so Base features (clip_base, from `encode --base`) cannot be used: encode the photos without --base",
                 self.dir.display()
             ))
         })?;

@@ -2,7 +2,7 @@
 
 /// (name, signature, what it does)
 pub const API: &[(&str, &str, &str)] = &[
-    ("identity", "identity(path) | identity([paths]) | identity(#{ path, face, box, grayscale, keep_background })", "encode photos of one person into an identity (several photos are averaged the HyperLoRA way); `box: [x1, y1, x2, y2]` skips face detection, `face: n` picks the n-th face by score"),
+    ("identity", "identity(path) | identity([paths]) | identity(#{ path, face, box, grayscale, keep_background, base })", "encode photos of one person into an identity (several photos are averaged the HyperLoRA way); `box: [x1, y1, x2, y2]` skips face detection, `face: n` picks the n-th face by score, `base: true` also feeds the Base branch (variants with Base weights only; the released ones have none)"),
     ("load_identity", "load_identity(path)", "read an identity saved with save_identity (it must belong to the loaded HyperLoRA variant)"),
     ("save_identity", "save_identity(id, path) | save_identity(id, path, #{ overwrite: true })", "write an identity (.safetensors); never replaces a file unless overwrite is true"),
     ("mean", "mean([ids]) | mean([ids], [weights])", "the (weighted) mean of identities, as if their photos had been encoded together"),

@@ -191,7 +191,8 @@ fn photo_specs(d: &Dynamic) -> RResult<Vec<PhotoSpec>> {
         return Ok(vec![PhotoSpec::new(string(d, "identity")?)]);
     }
     if let Some(m) = d.clone().try_cast::<Map>() {
-        check_keys(&m, &["path", "paths", "face", "box", "grayscale", "keep_background"], "identity")?;
+        check_keys(&m, &["path", "paths", "face", "box", "grayscale", "keep_background", "base"], "identity")?;
+        let base = m.get("base").map(|v| flag(v, "base")).transpose()?.unwrap_or(false);
         let options = FaceOptions {
             pick: pick(&m)?,
             remove_background: !m
@@ -212,7 +213,7 @@ fn photo_specs(d: &Dynamic) -> RResult<Vec<PhotoSpec>> {
                 .collect::<RResult<_>>()?,
             _ => return err("identity(#{...}): give `path` or `paths`"),
         };
-        return Ok(paths.into_iter().map(|p| PhotoSpec { path: p.into(), options }).collect());
+        return Ok(paths.into_iter().map(|p| PhotoSpec { path: p.into(), options, base }).collect());
     }
     if let Some(a) = d.clone().try_cast::<Array>() {
         let mut out = Vec::new();

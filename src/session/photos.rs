@@ -6,11 +6,17 @@ use super::*;
 pub struct PhotoSpec {
     pub path: PathBuf,
     pub options: FaceOptions,
+    /// Also encode the photo's Base condition (spec §3.3) for the Base branch (variants with Base weights only).
+    pub base: bool,
 }
 
 impl PhotoSpec {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        PhotoSpec { path: path.into(), options: FaceOptions::default() }
+        PhotoSpec { path: path.into(), options: FaceOptions::default(), base: false }
+    }
+
+    pub fn with_options(path: impl Into<PathBuf>, options: FaceOptions) -> Self {
+        PhotoSpec { path: path.into(), options, base: false }
     }
 }
 
@@ -18,13 +24,14 @@ impl PhotoSpec {
 pub(super) struct PhotoFeatures {
     pub(super) arcface: Vec<f32>,
     pub(super) clip: Tensor,
+    pub(super) base_clip: Option<Tensor>,
     pub(super) source: crate::identity::Source,
 }
 
 impl Session {
     pub(super) fn encode_one(&mut self, spec: &PhotoSpec) -> Result<Arc<PhotoFeatures>> {
         let bytes = std::fs::read(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
-        let key = format!("{}:{:?}", sha256_hex(&bytes), spec.options);
+        let key = format!("{}:{:?}:{}", sha256_hex(&bytes), spec.options, spec.base);
         if let Some(f) = self.photos.get(&key) {
             self.emit(Event::Encoded {
                 photo: spec.path.display().to_string(),
@@ -43,14 +50,15 @@ impl Session {
     pub fn encode_photo(&mut self, spec: &PhotoSpec) -> Result<Encoded> {
         self.encoders()?;
         let (face, clip) = (self.face.as_ref().expect("loaded"), self.clip.as_ref().expect("loaded"));
-        let e = encode_photo(face, clip, &spec.path, &spec.options)?;
-        let key = format!("{}:{:?}", e.source.hash, spec.options);
+        let e = encode_photo(face, clip, &spec.path, &spec.options, spec.base)?;
+        let key = format!("{}:{:?}:{}", e.source.hash, spec.options, spec.base);
         self.embeddings.insert((e.source.hash.clone(), e.source.label.clone()), e.face.embedding.clone());
         self.photos.insert(
             key,
             Arc::new(PhotoFeatures {
                 arcface: e.face.embedding.clone(),
                 clip: e.clip.clone(),
+                base_clip: e.base_clip.clone(),
                 source: e.source.clone(),
             }),
         );
@@ -69,6 +77,16 @@ impl Session {
         if photos.is_empty() {
             return Err(Error::Mismatch("identity([]): give at least one photo".into()));
         }
+        if photos.iter().any(|p| p.base) && !self.hyper()?.has_base() {
+            let h = self.hyper()?;
+            return Err(Error::Incompatible(format!(
+                "`base: true` needs a HyperLoRA variant with the Base branch, but `{}` has none (no {}). The released \
+                 variants have no Base weights (the 0.25× Base LoRA was distilled into their ID LoRA): leave `base` \
+                 out",
+                h.variant().label,
+                crate::hyper::BASE_RESAMPLER_FILE
+            )));
+        }
         let mut feats = Vec::new();
         for p in photos {
             self.cancelled()?;
@@ -81,7 +99,9 @@ impl Session {
             &Device::Cpu,
         )?;
         let clip = Tensor::cat(&feats.iter().map(|f| &f.clip).collect::<Vec<_>>(), 0)?;
-        let set = FeatureSet::new(arcface, clip, None, feats.iter().map(|f| f.source.clone()).collect())?;
+        let bases: Vec<&Tensor> = feats.iter().filter_map(|f| f.base_clip.as_ref()).collect();
+        let clip_base = if bases.is_empty() { None } else { Some(Tensor::cat(&bases, 0)?) };
+        let set = FeatureSet::new(arcface, clip, clip_base, feats.iter().map(|f| f.source.clone()).collect())?;
         self.hyper()?.identity(&set)
     }
 

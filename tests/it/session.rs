@@ -37,6 +37,7 @@ fn photo() -> PhotoSpec {
     PhotoSpec {
         path: demo_set().photo,
         options: FaceOptions { pick: FacePick::Box(demo::PHOTO_FACE_BOX), ..Default::default() },
+        base: false,
     }
 }
 
