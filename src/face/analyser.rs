@@ -240,6 +240,32 @@ impl Antelope {
     /// The ArcFace embedding of one face in `img` as insightface's `FaceAnalysis.get` gives it (detect, the
     /// face's 5 keypoints, `norm_crop`, recognizer), or with a given box, aligned on the landmarks' points.
     /// Returns the embedding and the face box.
+    /// The box of the face `pick` chooses in `img` (detection at every size, as for photos; a given box is
+    /// checked to lie on the image). No face is an error naming `what`.
+    pub fn find_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<[f64; 4]> {
+        match pick {
+            FacePick::Box(b) => {
+                let (w, h) = (img.width as f64, img.height as f64);
+                let ok = b.iter().all(|v| v.is_finite()) && b[0] < b[2] && b[1] < b[3];
+                if !ok || b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= w || b[1] >= h {
+                    return Err(Error::InvalidValue(format!(
+                        "{what}: box {b:?} is not a face box on this {}×{} image (x1 < x2, y1 < y2, overlapping it)",
+                        img.width, img.height
+                    )));
+                }
+                Ok(b)
+            }
+            FacePick::Best | FacePick::Index(_) => {
+                let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
+                let i = if let FacePick::Index(i) = pick { i } else { 0 };
+                let f = d.faces.get(i).ok_or_else(|| {
+                    Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found", d.faces.len()))
+                })?;
+                Ok(f.bbox.map(|v| v as f64))
+            }
+        }
+    }
+
     pub fn embed_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<(Vec<f32>, [f64; 4])> {
         let (kps, bbox) = match pick {
             FacePick::Box(b) => (kps_from_landmarks(&self.landmarks.landmarks(img, b)?), b),

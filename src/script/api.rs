@@ -26,6 +26,7 @@ pub const API: &[(&str, &str, &str)] = &[
     ("lora", "lora(id) | lora(id, weight) | lora(id, #{ weight, base_weight }) | lora(\"file.safetensors\", weight)", "a LoRA mix term: an identity's LoRA at a strength, or a LoRA file (kohya/diffusers/PEFT)"),
     ("slider", "slider(a, b)", "lora(b) − lora(a): the direction from a to b; scale it with * and add it to a look"),
     ("generate", "generate(prompt) | generate(prompt, #{ lora, negative, seed, steps, cfg, sampler, width, height, base_weight })", "generate an image; the trigger words are prefixed when the LoRA has an identity and the prompt lacks them"),
+    ("refine_face", "refine_face(img) | refine_face(img, #{ lora, prompt, negative, strength: 0.4, padding: 0.3, size: 1024, face, box, seed, steps, cfg, sampler })", "the face-detail pass: find the face (or use box), crop it with padding, upscale to size, img2img it with the LoRA at strength, paste it back through a feathered ellipse; the settings record both passes"),
     ("load_image", "load_image(path)", "an image value from a PNG/JPEG/WebP file (a PNG keeps its settings)"),
     ("show", "show(img)", "preview an image in the terminal (and print where it was saved)"),
     ("grid", "grid([images]) | grid([images], #{ cols, labels, title })", "a labelled contact sheet as one image (show it, save it: its PNG keeps every cell's settings)"),

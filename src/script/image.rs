@@ -19,6 +19,49 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
     engine.register_fn("generate", move |prompt: ImmutableString| -> RResult<Image> {
         from_lib(lock(&s)?.generate(&Generate::new(prompt.as_str())))
     });
+    let s = session.clone();
+    let refine = move |img: Image, m: Map| -> RResult<Image> {
+        check_keys(
+            &m,
+            &[
+                "lora", "prompt", "negative", "strength", "padding", "size", "face", "box", "seed", "steps", "cfg",
+                "sampler",
+            ],
+            "refine_face",
+        )?;
+        let mut r = crate::session::RefineFace { pick: pick(&m)?, ..Default::default() };
+        if let Some(l) = m.get("lora") {
+            r.lora = Some(mix_of(l, "refine_face")?);
+        }
+        let text = |k: &str| m.get(k).map(|v| string(v, k)).transpose();
+        r.prompt = text("prompt")?;
+        r.negative = text("negative")?;
+        if let Some(v) = m.get("strength") {
+            r.strength = num(v, "strength")?;
+        }
+        if let Some(v) = m.get("padding") {
+            r.padding = num(v, "padding")?;
+        }
+        if let Some(v) = m.get("size") {
+            r.size = int(v, "size")?.max(0) as usize;
+        }
+        if let Some(v) = m.get("seed") {
+            r.seed = Some(int(v, "seed")?.max(0) as u64);
+        }
+        if let Some(v) = m.get("steps") {
+            r.steps = Some(int(v, "steps")?.max(1) as usize);
+        }
+        if let Some(v) = m.get("cfg") {
+            r.cfg = Some(num(v, "cfg")?);
+        }
+        if let Some(v) = m.get("sampler") {
+            r.sampler = Some(from_lib(SamplerKind::parse(&string(v, "sampler")?))?);
+        }
+        from_lib(lock(&s)?.refine_face(&img, &r))
+    };
+    let f = refine.clone();
+    engine.register_fn("refine_face", move |img: Image| f(img, Map::new()));
+    engine.register_fn("refine_face", move |img: Image, m: Map| refine(img, m));
     let o = output.clone();
     engine.register_fn("show", move |img: Image| o(Out::Image(img)));
     let s = session.clone();

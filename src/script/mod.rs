@@ -363,6 +363,19 @@ fn lock(s: &Arc<Mutex<Session>>) -> RResult<std::sync::MutexGuard<'_, Session>> 
     s.lock().or_else(|_| err("the session is unusable after an earlier crash"))
 }
 
+/// A `lora` option: a mix, an identity (at strength 1), or `()` for none.
+fn mix_of(l: &Dynamic, what: &str) -> RResult<LoraMix> {
+    if let Some(mix) = l.clone().try_cast::<LoraMix>() {
+        Ok(mix)
+    } else if let Some(id) = l.clone().try_cast::<Identity>() {
+        Ok(LoraMix::lora(&id, 1.0))
+    } else if l.is_unit() {
+        Ok(LoraMix::empty())
+    } else {
+        err(format!("{what}: `lora` must be a LoRA mix (lora(id, w)) or an identity, got {}", l.type_name()))
+    }
+}
+
 fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
     check_keys(
         m,
@@ -409,18 +422,7 @@ fn generate_opts(prompt: &str, m: &Map) -> RResult<Generate> {
         };
     }
     if let Some(l) = m.get("lora") {
-        g.lora = Some(if let Some(mix) = l.clone().try_cast::<LoraMix>() {
-            mix
-        } else if let Some(id) = l.clone().try_cast::<Identity>() {
-            LoraMix::lora(&id, 1.0)
-        } else if l.is_unit() {
-            LoraMix::empty()
-        } else {
-            return err(format!(
-                "generate: `lora` must be a LoRA mix (lora(id, w)) or an identity, got {}",
-                l.type_name()
-            ));
-        });
+        g.lora = Some(mix_of(l, "generate")?);
     }
     if let Some(b) = m.get("base_weight") {
         let b = num(b, "base_weight")?;

@@ -113,10 +113,18 @@ pub fn batch_noise(seeds: &[u64], item_shape: &[usize], device: &Device) -> Resu
     Ok(Tensor::cat(&items, 0)?)
 }
 
-/// Where img2img starts: diffusers' `get_timesteps` — `round(steps · strength)` steps are run (at least one), the
-/// last ones of the schedule; the image is noised to the first of them.
-pub fn img2img_start(total: usize, strength: f64) -> usize {
-    total - ((total as f64 * strength).round() as usize).clamp(1, total)
+/// Where img2img starts, as diffusers' `get_timesteps`: `int(steps · strength)` steps are run (the product truncated,
+/// as Python's `int`), the last ones of the schedule; the image is noised to the first of them. None are run when
+/// the product is below 1 — an error, as in diffusers' SDXL img2img pipeline (not a silent single step).
+pub fn img2img_start(total: usize, strength: f64) -> Result<usize> {
+    let run = ((total as f64 * strength) as usize).min(total);
+    if run == 0 {
+        return Err(Error::InvalidValue(format!(
+            "img2img with strength {strength} of {total} steps runs int({total} × {strength}) = 0 steps; raise the \
+             steps or the strength"
+        )));
+    }
+    Ok(total - run)
 }
 
 /// txt2img from given initial noise (unit Gaussian, [B, 4, h/8, w/8]): scales by the sampler's init σ and
@@ -136,7 +144,7 @@ pub fn sample(
     }
     let mut sampler = Sampler::new(spec.sampler, scheduler, spec.steps)?;
     let total = sampler.timesteps().len();
-    let start = img2img_start(total, spec.strength);
+    let start = img2img_start(total, spec.strength)?;
     let x = match init_latents {
         None => (noise * sampler.init_noise_sigma())?,
         Some(z) => sampler.add_noise(z, noise, start)?,

@@ -28,12 +28,14 @@ pub use generate::Generate;
 pub use image::Image;
 use photos::PhotoFeatures;
 pub use photos::PhotoSpec;
+pub use refine::{detail_square, feather, RefineFace};
 
 mod generate;
 mod image;
 mod lora;
 mod models;
 mod photos;
+mod refine;
 mod space;
 mod values;
 

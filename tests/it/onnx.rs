@@ -49,10 +49,20 @@ fn scrfd_tiny_matches_onnxruntime_and_insightface() {
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("onnx-tiny/scrfd_tiny_expected.json")).unwrap()).unwrap();
     let want = exp["detections_xyxy_score"].as_array().unwrap();
+    let want_kps = exp["detections_kps"].as_array().unwrap();
     assert_eq!(faces.len(), want.len());
-    for (f, w) in faces.iter().zip(want) {
+    for (i, (f, w)) in faces.iter().zip(want).enumerate() {
         for j in 0..4 {
             assert!((f.bbox[j] - w[j].as_f64().unwrap() as f32).abs() < 1e-2, "{:?} vs {w}", f.bbox);
+        }
+        // the scores too (they order the faces and decide the threshold), and the five keypoints
+        let score = w[4].as_f64().unwrap() as f32;
+        assert!((f.score - score).abs() < 1e-4, "face {i}: score {} vs {score}", f.score);
+        for (k, p) in want_kps[i].as_array().unwrap().iter().enumerate() {
+            for c in 0..2 {
+                let v = p[c].as_f64().unwrap() as f32;
+                assert!((f.kps[k][c] - v).abs() < 1e-2, "face {i} keypoint {k}: {:?} vs {p}", f.kps[k]);
+            }
         }
     }
 }

@@ -99,3 +99,52 @@ fn bad_sampler_settings_are_errors() {
     let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
     assert!(s.step(&x, 0, &x, None).unwrap_err().to_string().contains("noise"));
 }
+
+/// img2img's start as diffusers' `get_timesteps` for the four samplers: `int(steps · strength)` steps run, the last
+/// ones of the same schedule txt2img uses; the latents are noised to the first of them with the sampler's
+/// `add_noise` (z + σ·n for Euler, √ᾱ·z + √(1 − ᾱ)·n for DDIM, the same in σ terms for DPM++). Strength 1.0 runs every step but, as in
+/// diffusers, still starts from the image: z + σ₀·n, not txt2img's n·init_noise_sigma.
+#[test]
+fn img2img_start_step_and_noise_follow_diffusers() {
+    use hyperlora::sdxl::pipeline::img2img_start;
+    for (steps, strength, run) in
+        [(10, 0.3, 3), (10, 0.45, 4), (10, 0.5, 5), (20, 0.999, 19), (20, 1.0, 20), (8, 0.25, 2), (30, 0.6, 18)]
+    {
+        assert_eq!(img2img_start(steps, strength).unwrap(), steps - run, "{steps} steps at strength {strength}");
+    }
+    let e = img2img_start(10, 0.05).unwrap_err().to_string();
+    assert!(e.contains("0 steps") && e.contains("strength 0.05"), "{e}");
+    let z = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &Device::Cpu).unwrap();
+    let n = Tensor::new(&[[1.0f32, 0.5], [-0.5, -2.0]], &Device::Cpu).unwrap();
+    let acp = cfg().alphas_cumprod();
+    for kind in [SamplerKind::Euler, SamplerKind::EulerA, SamplerKind::Ddim, SamplerKind::DpmPp2mKarras] {
+        let s = Sampler::new(kind, &cfg(), 10).unwrap();
+        assert_eq!(s.timesteps().len(), 10, "{kind:?}");
+        for strength in [0.3, 0.5, 1.0] {
+            let start = img2img_start(10, strength).unwrap();
+            let got = s.add_noise(&z, &n, start).unwrap().to_dtype(DType::F64).unwrap();
+            let sigma = s.sigmas().get(start).copied().unwrap_or(f64::NAN); // DDIM has no σ table
+            let (a, b) = match kind {
+                SamplerKind::Ddim => {
+                    let ab = acp[s.timesteps()[start] as usize];
+                    (ab.sqrt(), (1.0 - ab).sqrt())
+                }
+                // DPM++ works on unscaled (variance-preserving) latents: α = 1/√(σ²+1), σ·α
+                SamplerKind::DpmPp2mKarras => {
+                    (1.0 / (sigma * sigma + 1.0).sqrt(), sigma / (sigma * sigma + 1.0).sqrt())
+                }
+                _ => (1.0, sigma),
+            };
+            let want = ((z.to_dtype(DType::F64).unwrap() * a).unwrap()
+                + (n.to_dtype(DType::F64).unwrap() * b).unwrap())
+            .unwrap();
+            assert_max_abs(&format!("{kind:?} add_noise at strength {strength}"), &got, &want, 1e-5);
+        }
+        // strength 1.0 starts at the first timestep of txt2img's schedule, but from the image plus noise
+        let start = img2img_start(10, 1.0).unwrap();
+        assert_eq!(start, 0);
+        let txt2img = (n.to_dtype(DType::F64).unwrap() * s.init_noise_sigma()).unwrap();
+        let img2img = s.add_noise(&z, &n, 0).unwrap().to_dtype(DType::F64).unwrap();
+        assert!(max_abs(&img2img, &txt2img).0 > 0.05, "{kind:?}: the image is still in the start latents");
+    }
+}

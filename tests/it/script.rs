@@ -171,6 +171,7 @@ fn shipped_recipes_run_on_the_demo_set() {
         ("strength_sweep.rhai", "strength  seed 1  seed 2  seed 3   mean"),
         ("identity_space.rhai", "PC1 explains"),
         ("orthogonal_slider.rhai", "cosine(orthogonal, me) = "),
+        ("face_detail.rhai", "saved as"),
     ] {
         let dir = out.path().join(recipe);
         let r = hyperlora(
@@ -200,6 +201,7 @@ fn shipped_recipes_run_on_the_demo_set() {
         ("strength_sweep.rhai", 12),
         ("identity_space.rhai", 5),
         ("orthogonal_slider.rhai", 10),
+        ("face_detail.rhai", 4),
     ] {
         let sheet = out.path().join(recipe).join("sheet.png");
         let (_, w, h, text) = hyperlora::png_meta::read_png(&sheet).unwrap_or_else(|e| panic!("{recipe}: {e}"));

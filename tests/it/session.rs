@@ -201,7 +201,8 @@ fn img2img_runs_the_strength_share_of_the_schedule() {
     let mut g = Generate::new("astronaut portrait");
     (g.width, g.height, g.steps, g.seed) = (64, 64, 10, 3);
     let start = s.generate(&g).unwrap();
-    for (strength, ran) in [(0.3, 3), (0.45, 5), (1.0, 10)] {
+    // int(10 × 0.45) = 4, as diffusers truncates (not rounds)
+    for (strength, ran) in [(0.3, 3), (0.45, 4), (0.99, 9), (1.0, 10)] {
         events.lock().unwrap().clear();
         let mut h = g.clone();
         h.init = Some((start.clone(), strength));
@@ -212,7 +213,7 @@ fn img2img_runs_the_strength_share_of_the_schedule() {
             .iter()
             .filter_map(|e| if let Event::Step { step, .. } = e { Some(*step) } else { None })
             .collect();
-        // diffusers: round(steps · strength) steps run, the last ones of the schedule
+        // diffusers: int(steps · strength) steps run, the last ones of the schedule
         assert_eq!(steps.len(), ran, "strength {strength}: steps reported {steps:?}");
         assert_eq!(*steps.last().unwrap(), 10);
         assert!(out.settings.iter().any(|(k, v)| k == "strength" && *v == strength.to_string()));
@@ -222,4 +223,72 @@ fn img2img_runs_the_strength_share_of_the_schedule() {
     let mut h = g.clone();
     h.init = Some((start.resized(48, 80).unwrap(), 0.5));
     assert_eq!(s.generate(&h).unwrap().width, 64);
+}
+
+/// The face-detail pass: the refined crop lands where the face is (pixels in the ellipse's core are the img2img
+/// output of the upscaled crop, scaled back), nothing outside the padded square changes, both passes are in the
+/// settings, and an image without a face is an error naming it.
+#[test]
+fn refine_face_pastes_the_refined_crop_back_over_the_face() {
+    use hyperlora::session::{detail_square, feather, RefineFace};
+    let mut s = session(Arc::new(Mutex::new(Vec::new())));
+    let id = s.identity(&[photo()]).unwrap();
+    let mix = LoraMix::lora(&id, 0.85);
+    let mut g = Generate::new("astronaut portrait");
+    (g.width, g.height, g.steps, g.seed, g.lora) = (96, 64, 4, 5, Some(mix.clone()));
+    let img = s.generate(&g).unwrap();
+    let face = [30.0, 20.0, 62.0, 56.0];
+    let r = RefineFace { lora: Some(mix.clone()), pick: FacePick::Box(face), size: 64, ..Default::default() };
+    let out = s.refine_face(&img, &r).unwrap();
+    assert_eq!((out.width, out.height), (96, 64));
+
+    // what the pass must have done, step by step
+    let [x0, y0, side] = detail_square(face, 0.3, 96, 64);
+    assert!(x0 + side <= 96 && y0 + side <= 64 && side >= 36);
+    let mut crop = Vec::new();
+    for y in y0..y0 + side {
+        crop.extend_from_slice(&img.rgb[(y * 96 + x0) * 3..(y * 96 + x0 + side) * 3]);
+    }
+    let crop = hyperlora::session::Image { rgb: Arc::new(crop), width: side, height: side, ..img.clone() };
+    let mut h = g.clone();
+    (h.width, h.height, h.init) = (64, 64, Some((crop.resized(64, 64).unwrap(), 0.4)));
+    let refined = s.generate(&h).unwrap().resized(side, side).unwrap();
+    let (mut core, mut changed) = (0, 0);
+    for y in 0..64 {
+        for x in 0..96 {
+            let at = (y * 96 + x) * 3;
+            let inside = x >= x0 && x < x0 + side && y >= y0 && y < y0 + side;
+            let a = if inside { feather(x - x0, y - y0, side) } else { 0.0 };
+            if a == 0.0 {
+                assert_eq!(out.rgb[at..at + 3], img.rgb[at..at + 3], "({x}, {y}) outside the mask changed");
+            } else if a == 1.0 {
+                let src = ((y - y0) * side + (x - x0)) * 3;
+                assert_eq!(out.rgb[at..at + 3], refined.rgb[src..src + 3], "({x}, {y}) is not the refined crop");
+                core += 1;
+                changed += (out.rgb[at..at + 3] != img.rgb[at..at + 3]) as usize;
+            }
+        }
+    }
+    assert!(core > 100 && changed > core / 2, "core {core}, changed {changed}");
+    let get = |k: &str| out.settings.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!(get("seed"), "5", "the first pass's settings stay");
+    assert_eq!(get("face_detail_strength"), "0.4");
+    assert_eq!(get("face_detail_size"), "64x64");
+    assert!(
+        get("face_detail").contains(&format!("crop {x0},{y0},{},{}", x0 + side, y0 + side)),
+        "{}",
+        get("face_detail")
+    );
+    assert!(get("face_detail_loras").starts_with("identity:"));
+
+    // the demo's random detector finds no face in a generated image: an error that names the image
+    let e = s.refine_face(&img, &RefineFace { size: 64, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("image 96×64 seed 5") && e.contains("no face"), "{e}");
+    let e = s
+        .refine_face(&img, &RefineFace { strength: 0.0, pick: FacePick::Box(face), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("strength"), "{e}");
+    let e = s.refine_face(&img, &RefineFace { pick: FacePick::Box([200.0, 0.0, 300.0, 50.0]), ..Default::default() });
+    assert!(e.unwrap_err().to_string().contains("not a face box"));
 }
