@@ -76,3 +76,38 @@ fn progress_can_cancel() {
     assert!(r.is_none());
     assert_eq!(seen, 2);
 }
+
+/// The same run through `Sdxl::generate` from the prompt text: both tokenizers and text encoders, the sampling
+/// and the decode in one call, from the reference's noise (prompt 0, negative prompt 2 of `prompts.json`).
+#[test]
+fn generate_from_prompt_text_matches_the_pipeline() {
+    use hyperlora::sdxl::model::{GenerateRequest, Sdxl, SdxlOptions};
+    let m = Sdxl::load(&fixture("sdxl-tiny"), None, &SdxlOptions::default()).unwrap();
+    let prompts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sdxl-tiny/reference/prompts.json")).unwrap()).unwrap();
+    let text = |i: usize| prompts["prompts"][i].as_str().unwrap().to_string();
+    let req = GenerateRequest {
+        negative: Some(text(2)),
+        steps: 3,
+        cfg: 5.0,
+        sampler: SamplerKind::DpmPp2mKarras,
+        width: 128,
+        height: 128,
+        init_noise: Some(load(R, "noise")),
+        ..GenerateRequest::new(text(0))
+    };
+    let mut steps = 0;
+    let out = m
+        .generate(&req, &mut |p, tr| {
+            let i = p.step - 1;
+            let tr = tr.unwrap();
+            assert_max_abs(&format!("step{i}.x_after"), &tr.x_after, &load(R, &format!("step{i}.x_after")), 1e-3);
+            steps += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(steps, 3);
+    assert_max_abs("final_latents", &out.latents, &load(R, "final_latents"), 1e-3);
+    assert_max_abs("decoded", &out.images[0].unsqueeze(0).unwrap(), &load(R, "decoded"), 1e-3);
+}
