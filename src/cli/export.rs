@@ -34,7 +34,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..Default::default()
     });
     session.check_identity(&id).with_context(|| format!("{} with {}", a.identity.display(), dir.display()))?;
-    let mix = LoraMix::lora_with_base(&id, a.weight, a.base_weight);
+    let weight = crate::session::finite(a.weight, "--weight")?;
+    let base_weight = crate::session::finite(a.base_weight, "--base-weight")?;
+    let mix = LoraMix::lora_with_base(&id, weight, base_weight);
     let s = session.export_lora(&mix, &a.out, a.dtype.dtype(), a.force)?;
     println!(
         "{} → {} ({} tensors, {} layers, rank {}, {:.1} MB, {:?})",

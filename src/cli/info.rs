@@ -9,11 +9,26 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let ext = a.file.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if ext == "png" {
-        let (_, w, h, text) = crate::png_meta::read_png(&a.file)?;
+        // the settings are text chunks: read without decoding the pixels
+        let (w, h, text) = crate::png_meta::read_png_text(&a.file)?;
         println!("{}: {w}×{h} PNG", a.file.display());
+        if text.is_empty() {
+            println!("  no generation settings (not made by hyperlora, or its text chunks were stripped)");
+        }
         for (k, v) in text {
             println!("  {k}: {v}");
         }
+        return Ok(());
+    }
+    if matches!(ext.as_str(), "jpg" | "jpeg" | "webp") {
+        let f = crate::files::open_regular(&a.file)?;
+        let r = image::ImageReader::new(std::io::BufReader::new(f))
+            .with_guessed_format()
+            .map_err(|e| crate::Error::io(&a.file, e))?;
+        let format = r.format().map(|f| format!("{f:?}")).unwrap_or_else(|| "unknown".into());
+        let (w, h) =
+            r.into_dimensions().map_err(|e| crate::Error::invalid(&a.file, format!("not a readable image ({e})")))?;
+        println!("{}: {w}×{h} {format} image (a photo: no generation settings)", a.file.display());
         return Ok(());
     }
     let f = crate::weights::StFile::open(&a.file)?;

@@ -73,7 +73,7 @@ pub fn encode_photo(
     opts: &FaceOptions,
     base: bool,
 ) -> Result<Encoded> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::read_regular(path)?;
     let img = load_photo(path)?;
     // the label names the options too: two encodings of one photo (another crop, grayscale) are two sources
     let how = opts.describe();

@@ -33,6 +33,7 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    clean_stale_temps(&dir);
     let (tmp, mut f) = temp_file(&dir, path)?;
     let result = (|| {
         f.write_all(bytes)?;
@@ -81,6 +82,44 @@ fn temp_file(dir: &Path, path: &Path) -> Result<(std::path::PathBuf, std::fs::Fi
         }
     }
     Err(Error::io(path, last.unwrap_or_else(|| std::io::Error::other("no free temporary name"))))
+}
+
+/// Whether a file name is one of our temporary names: `.NAME.PID.N.tmp`.
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else { return false };
+    let mut parts = rest.rsplitn(3, '.');
+    let digits = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_some_and(|n| !n.is_empty())
+}
+
+/// Temporary files older than this are left over from a killed writer (a write takes seconds); they are removed.
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Remove our stale temporary files from `dir`, once per folder and process (a kill -9 during a write leaves one
+/// behind). Only names of our own pattern, and only when older than [`STALE_TEMP`]: a temporary file of a live
+/// writer — on this host or another sharing the folder — is never touched.
+fn clean_stale_temps(dir: &Path) {
+    use std::sync::Mutex;
+    static DONE: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+    {
+        let Ok(mut done) = DONE.lock() else { return };
+        if done.iter().any(|d| d == dir) {
+            return;
+        }
+        done.push(dir.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !is_temp_name(&name.to_string_lossy()) {
+            continue;
+        }
+        let old =
+            e.metadata().ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if old.is_some_and(|age| age > STALE_TEMP) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// What is at an output path, for `--resume`.

@@ -40,18 +40,10 @@ pub fn write_png(path: &Path, img: &Tensor, text: &[(String, String)], overwrite
     crate::output::write_file(path, &encode_png(&rgb, w, h, text)?, overwrite)
 }
 
-/// A PNG's pixels (RGB8) and all its text chunks (tEXt, zTXt, iTXt) in file order.
-pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, String)>)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: png::DecodingError| Error::invalid(path, format!("not a readable PNG: {e}"));
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
-    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = dec.read_info().map_err(bad)?;
-    let size = reader.output_buffer_size().ok_or_else(|| Error::invalid(path, "PNG too large to decode"))?;
-    let mut buf = vec![0; size];
-    let frame = reader.next_frame(&mut buf).map_err(bad)?;
-    buf.truncate(frame.buffer_size());
-    let info = reader.info();
+/// The largest PNG side decoded (a header can claim 2³¹ pixels; a few kilobytes must not ask for gigabytes).
+pub const MAX_PNG_SIDE: usize = 16384;
+
+fn text_chunks(info: &png::Info) -> Vec<(String, String)> {
     let mut text: Vec<(String, String)> =
         info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
     for z in &info.compressed_latin1_text {
@@ -60,6 +52,41 @@ pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, Stri
     for i in &info.utf8_text {
         text.push((i.keyword.clone(), i.get_text().unwrap_or_default()));
     }
+    text
+}
+
+fn png_reader(path: &Path) -> Result<png::Reader<std::io::BufReader<std::fs::File>>> {
+    let file = crate::files::open_regular(path)?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let reader = dec.read_info().map_err(|e| Error::invalid(path, format!("not a readable PNG: {e}")))?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    if w > MAX_PNG_SIDE || h > MAX_PNG_SIDE {
+        return Err(Error::invalid(
+            path,
+            format!("PNG of {w}×{h} pixels: larger than the {MAX_PNG_SIDE}-pixel side this tool decodes"),
+        ));
+    }
+    Ok(reader)
+}
+
+/// A PNG's size and the text chunks before its image data (where generated PNGs keep their settings), without
+/// decoding the pixels.
+pub fn read_png_text(path: &Path) -> Result<(usize, usize, Vec<(String, String)>)> {
+    let reader = png_reader(path)?;
+    let info = reader.info();
+    Ok((info.width as usize, info.height as usize, text_chunks(info)))
+}
+
+/// A PNG's pixels (RGB8) and all its text chunks (tEXt, zTXt, iTXt) in file order.
+pub fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, Vec<(String, String)>)> {
+    let bad = |e: png::DecodingError| Error::invalid(path, format!("not a readable PNG: {e}"));
+    let mut reader = png_reader(path)?;
+    let size = reader.output_buffer_size().ok_or_else(|| Error::invalid(path, "PNG too large to decode"))?;
+    let mut buf = vec![0; size];
+    let frame = reader.next_frame(&mut buf).map_err(bad)?;
+    buf.truncate(frame.buffer_size());
+    let text = text_chunks(reader.info());
     let rgb = match frame.color_type {
         png::ColorType::Rgb => buf,
         png::ColorType::Rgba => buf.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),

@@ -107,7 +107,9 @@ impl HyperLora {
         let (modules, json_bytes) = modules::load(&dir.join(MODULES_JSON))?;
         let idp_file = StFile::open(dir.join(ID_PROJECTOR_FILE))?;
         let res_file = StFile::open(dir.join(RESAMPLER_FILE))?;
-        let bases_file = StFile::open(dir.join(BASES_FILE))?;
+        // the bases are read for every synthesis for as long as the session lives: held in memory, not mapped, so a
+        // file replaced or truncated meanwhile cannot kill the session with SIGBUS
+        let bases_file = StFile::read(dir.join(BASES_FILE))?;
         let file_cfg = VariantConfigJson::load(&dir.join(CONFIG_FILE))?;
         let base_res_path = dir.join(BASE_RESAMPLER_FILE);
         let has_base = file_cfg.as_ref().and_then(|c| c.has_base_lora).unwrap_or_else(|| base_res_path.exists());

@@ -97,7 +97,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ModuleSpec>> {
 }
 
 pub fn load(path: &Path) -> Result<(Vec<ModuleSpec>, Vec<u8>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::read_regular(path)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| Error::invalid(path, "not UTF-8 text"))?;
     Ok((parse(path, text)?, bytes))
 }

@@ -181,7 +181,10 @@ fn pick(m: &Map) -> RResult<FacePick> {
     match (m.get("box"), m.get("face")) {
         (Some(_), Some(_)) => err("give either `box` or `face`, not both"),
         (Some(b), None) => Ok(FacePick::Box(bbox(b)?)),
-        (None, Some(f)) => Ok(FacePick::Index(int(f, "face")?.max(0) as usize)),
+        (None, Some(f)) => match int(f, "face")? {
+            n if n >= 0 => Ok(FacePick::Index(n as usize)),
+            n => err(format!("face: expected 0 (the best face) or more, got {n}")),
+        },
         (None, None) => Ok(FacePick::Best),
     }
 }
@@ -314,7 +317,26 @@ impl Script {
             }
         })?;
         let merged = self.functions.merge(&ast);
-        let r = self.engine.eval_ast_with_scope::<Dynamic>(&mut self.scope, &merged).map_err(|e| from_eval(*e));
+        // a panic anywhere below (a bug) becomes an error: the REPL or TUI keeps running with its variables
+        let (engine, scope) = (&self.engine, &mut self.scope);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.eval_ast_with_scope::<Dynamic>(scope, &merged).map_err(|e| from_eval(*e))
+        }))
+        .unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(ScriptError {
+                message: format!(
+                    "internal error (a bug in hyperlora, please report it): {what}; the session and its variables are kept"
+                ),
+                line: None,
+                column: None,
+                cancelled: false,
+            })
+        });
         self.functions = merged.clone_functions_only();
         r
     }
@@ -359,8 +381,12 @@ pub fn parse_value(s: &str) -> Dynamic {
     }
 }
 
+/// The session, also after a panic while it was held (caught by `Script::eval`): its models and caches stay usable.
 fn lock(s: &Arc<Mutex<Session>>) -> RResult<std::sync::MutexGuard<'_, Session>> {
-    s.lock().or_else(|_| err("the session is unusable after an earlier crash"))
+    Ok(s.lock().unwrap_or_else(|poisoned| {
+        s.clear_poison();
+        poisoned.into_inner()
+    }))
 }
 
 /// A `lora` option: a mix, an identity (at strength 1), or `()` for none.

@@ -22,6 +22,19 @@ pub fn sdxl_base_vae_config() -> VaeConfig {
     serde_json::from_str(SDXL_VAE).expect("built-in config")
 }
 
+/// An error naming the stage when `t` holds NaN or ±∞ (one pass over the values: negligible next to the stage).
+fn all_finite(t: &Tensor, stage: &str, cause: &str) -> Result<()> {
+    let v = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidValue(format!(
+            "{stage} produced a non-finite value ({} at index {i} of {:?}); likely cause: {cause}",
+            v[i],
+            t.dims()
+        )));
+    }
+    Ok(())
+}
+
 /// SDXL base 1.0's text encoder configurations (CLIP ViT-L, OpenCLIP bigG).
 pub fn sdxl_base_text_configs() -> (ClipTextConfig, ClipTextConfig) {
     (serde_json::from_str(SDXL_TE1).expect("built-in config"), serde_json::from_str(SDXL_TE2).expect("built-in config"))
@@ -410,7 +423,17 @@ impl Sdxl {
         let Some(latents) = sample(&self.unet, &self.scheduler, &spec, &noise, init.as_ref(), &seeds, progress)? else {
             return Ok(None);
         };
+        all_finite(
+            &latents,
+            "sampling",
+            "non-finite UNet or LoRA weights, a LoRA at an extreme strength, or an f16 overflow (try --dtype bf16)",
+        )?;
         let decoded = self.vae.decode(&latents.to_dtype(self.options.vae_dtype)?)?;
+        all_finite(
+            &decoded,
+            "the VAE decode",
+            "non-finite VAE weights, or SDXL's VAE in f16 (it overflows; the VAE runs in f32 unless told otherwise)",
+        )?;
         let images = (0..req.batch).map(|i| decoded.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Some(Generated { images, latents, truncated }))
     }

@@ -59,7 +59,33 @@ impl SchedulerConfig {
                 format!("timestep_spacing `{}` is not supported (SDXL uses leading)", c.timestep_spacing),
             ));
         }
+        c.validate().map_err(|why| Error::invalid(path, why))?;
         Ok(c)
+    }
+
+    /// The numbers a schedule needs: at least 2 training steps, betas in (0, 1) with start ≤ end, an offset that
+    /// stays inside the training steps.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_train_timesteps < 2 || self.num_train_timesteps > 100_000 {
+            return Err(format!(
+                "num_train_timesteps {} is out of range (2 to 100000; SDXL: 1000)",
+                self.num_train_timesteps
+            ));
+        }
+        let ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
+        if !ok(self.beta_start) || !ok(self.beta_end) || self.beta_start > self.beta_end {
+            return Err(format!(
+                "beta_start {} and beta_end {} must lie in (0, 1) with start ≤ end (SDXL: 0.00085, 0.012)",
+                self.beta_start, self.beta_end
+            ));
+        }
+        if self.steps_offset >= self.num_train_timesteps {
+            return Err(format!(
+                "steps_offset {} is not below num_train_timesteps {} (SDXL: 1)",
+                self.steps_offset, self.num_train_timesteps
+            ));
+        }
+        Ok(())
     }
 
     /// β as diffusers computes it in float32: torch.linspace(√start, √end, N)² (scaled_linear) or

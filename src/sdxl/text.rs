@@ -44,10 +44,13 @@ impl ClipTextConfig {
                 format!("hidden_act `{}` is not supported (quick_gelu or gelu)", c.hidden_act),
             ));
         }
-        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+        if c.num_attention_heads == 0 || c.hidden_size == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::invalid(
                 path,
-                format!("hidden_size {} is not divisible by {} heads", c.hidden_size, c.num_attention_heads),
+                format!(
+                    "hidden_size {} is not a positive multiple of num_attention_heads {}",
+                    c.hidden_size, c.num_attention_heads
+                ),
             ));
         }
         Ok(c)

@@ -31,7 +31,42 @@ fn yes() -> bool {
 impl VaeConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a VAE config: {e}")))
+        let c: Self =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a VAE config: {e}")))?;
+        c.validate().map_err(|why| Error::invalid(path, why))?;
+        Ok(c)
+    }
+
+    /// No empty lists, no zero sizes, channels that the group norms divide, a usable scaling factor.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.block_out_channels.is_empty() || self.block_out_channels.len() > 8 {
+            return Err(format!("block_out_channels has {} entries (1 to 8; SDXL: 4)", self.block_out_channels.len()));
+        }
+        let sizes = [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("latent_channels", self.latent_channels),
+            ("layers_per_block", self.layers_per_block),
+            ("norm_num_groups", self.norm_num_groups),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0"));
+        }
+        if let Some((i, ch)) =
+            self.block_out_channels.iter().enumerate().find(|(_, c)| **c == 0 || **c % self.norm_num_groups != 0)
+        {
+            return Err(format!(
+                "block_out_channels[{i}] = {ch} is not a positive multiple of norm_num_groups {}",
+                self.norm_num_groups
+            ));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err(format!("scaling_factor {} is not a positive number (SDXL: 0.13025)", self.scaling_factor));
+        }
+        if self.shift_factor.is_some_and(|s| !s.is_finite()) {
+            return Err("shift_factor is not a finite number".into());
+        }
+        Ok(())
     }
 }
 

@@ -97,6 +97,12 @@ impl Session {
     /// with that seed.
     pub fn generate_batch(&mut self, g: &Generate) -> Result<Vec<Image>> {
         self.cancel.store(false, Ordering::Relaxed);
+        finite(g.cfg, "cfg")?;
+        if let Some((_, s)) = &g.init {
+            if !(*s > 0.0 && *s <= 1.0) {
+                return Err(Error::InvalidValue(format!("img2img strength must be in (0, 1], got {s}")));
+            }
+        }
         self.apply(g.lora.as_ref())?;
         let has_identity =
             g.lora.as_ref().is_some_and(|m| m.terms().iter().any(|t| matches!(t.source, TermSource::Identity(_))));

@@ -46,7 +46,7 @@ impl Image {
     /// A PNG (or JPEG/WebP) file as an image value, with its PNG text as settings.
     pub fn load(path: &Path) -> Result<Image> {
         let rgb8 = crate::vision::processor::load_photo(path)?;
-        let settings = crate::png_meta::read_png(path).map(|(_, _, _, t)| t).unwrap_or_default();
+        let settings = crate::png_meta::read_png_text(path).map(|(_, _, t)| t).unwrap_or_default();
         let prompt = settings.iter().find(|(k, _)| k == "prompt").map(|(_, v)| v.clone()).unwrap_or_default();
         let seed = settings.iter().find(|(k, _)| k == "seed").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         Ok(Image {

@@ -40,7 +40,7 @@ impl Session {
             return Err(Error::invalid(path, "is a folder; a LoRA is one .safetensors file"));
         }
         let weight = super::finite(weight, "lora weight")?;
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::read_regular(path)?;
         let imp = crate::lora::file::import(path)?;
         if imp.weights.layers.is_empty() {
             return Err(Error::invalid(path, "no UNet LoRA layers found (text-encoder-only or not a LoRA file)"));

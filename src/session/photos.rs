@@ -30,7 +30,7 @@ pub(super) struct PhotoFeatures {
 
 impl Session {
     pub(super) fn encode_one(&mut self, spec: &PhotoSpec) -> Result<Arc<PhotoFeatures>> {
-        let bytes = std::fs::read(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
+        let bytes = crate::files::read_regular(&spec.path)?;
         let key = format!("{}:{:?}:{}", sha256_hex(&bytes), spec.options, spec.base);
         if let Some(f) = self.photos.get(&key) {
             self.emit(Event::Encoded {

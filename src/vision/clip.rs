@@ -51,6 +51,21 @@ impl ClipVisionConfig {
         }
         let c: Self =
             serde_json::from_value(vc).map_err(|e| Error::invalid(path, format!("not a CLIP vision config: {e}")))?;
+        if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(Error::invalid(
+                path,
+                format!("hidden_act `{}` is not supported (quick_gelu, as CLIP ViT-L/14, or gelu)", c.hidden_act),
+            ));
+        }
+        if c.patch_size == 0 || c.num_attention_heads == 0 || c.image_size == 0 || c.hidden_size == 0 {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "image_size {}, patch_size {}, hidden_size {} and num_attention_heads {} must all be positive",
+                    c.image_size, c.patch_size, c.hidden_size, c.num_attention_heads
+                ),
+            ));
+        }
         if !c.image_size.is_multiple_of(c.patch_size) || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::invalid(
                 path,

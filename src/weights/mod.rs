@@ -37,13 +37,21 @@ pub struct StFile {
 impl StFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::files::open_regular(&path)?;
         // SAFETY: the map is read-only and only read as bytes. It is not safe against another process truncating
-        // or replacing the file while it is mapped: the next read of a vanished page raises SIGBUS. Most files are
-        // mapped only while loading (their tensors are copied into the model); the HyperLoRA bases stay mapped for
-        // the session — the hardening issue tracks making that mapping safe.
+        // or replacing the file while it is mapped: the next read of a vanished page raises SIGBUS. Files opened
+        // this way are mapped only while loading (their tensors are copied into the model); what stays in use for
+        // the session (the HyperLoRA bases) is read into memory with `StFile::read` instead.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         Self::from_bytes(path, Bytes::Mapped(mmap))
+    }
+
+    /// Read the whole file into memory: for files used for the whole session (the HyperLoRA bases), which a
+    /// memory map would leave exposed to SIGBUS if the file were replaced or truncated meanwhile.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let data = crate::files::read_regular(&path)?;
+        Self::from_bytes(path, Bytes::Owned(data))
     }
 
     /// A file image held in memory (for synthesized models and tests); `path` is used in messages only.

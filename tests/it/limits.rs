@@ -4,7 +4,7 @@ use crate::common::*;
 use std::process::Command;
 
 /// A PNG whose header claims `w` × `h` pixels, with almost no data.
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
         let mut c = kind.to_vec();

@@ -7,6 +7,7 @@ mod download;
 mod encode;
 mod face;
 mod generate;
+mod hardening;
 mod identity_algebra;
 mod limits;
 mod models;

@@ -104,7 +104,57 @@ impl UNetConfig {
                 return Err(Error::invalid(path, format!("block type `{t}` is not supported")));
             }
         }
+        c.validate().map_err(|why| Error::invalid(path, why))?;
         Ok(c)
+    }
+
+    /// The numbers the model is built from: no empty lists, no zero sizes, heads that divide the channels.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || n > 8 {
+            return Err(format!("block_out_channels has {n} entries (1 to 8; SDXL: 3)"));
+        }
+        let per_block = |name: &str, p: &PerBlock| -> std::result::Result<(), String> {
+            match p {
+                PerBlock::One(0) => Err(format!("{name} is 0")),
+                PerBlock::Each(v) if v.is_empty() => Err(format!("{name} is an empty list")),
+                PerBlock::Each(v) if v.contains(&0) => Err(format!("{name} {v:?} contains 0")),
+                _ => Ok(()),
+            }
+        };
+        per_block("attention_head_dim", &self.attention_head_dim)?;
+        per_block("transformer_layers_per_block", &self.transformer_layers_per_block)?;
+        if let Some(h) = &self.num_attention_heads {
+            per_block("num_attention_heads", h)?;
+        }
+        let zero = [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("layers_per_block", self.layers_per_block),
+            ("cross_attention_dim", self.cross_attention_dim),
+            ("norm_num_groups", self.norm_num_groups),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0"));
+        }
+        for (i, &ch) in self.block_out_channels.iter().enumerate() {
+            if ch == 0 || ch % self.norm_num_groups != 0 {
+                return Err(format!(
+                    "block_out_channels[{i}] = {ch} is not a positive multiple of norm_num_groups {}",
+                    self.norm_num_groups
+                ));
+            }
+            if self.down_block_types[i].starts_with("CrossAttn") && ch % self.heads(i) != 0 {
+                return Err(format!(
+                    "block_out_channels[{i}] = {ch} is not divisible by its {} attention heads",
+                    self.heads(i)
+                ));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(format!("norm_eps {} is not a positive number", self.norm_eps));
+        }
+        Ok(())
     }
 
     fn heads(&self, i: usize) -> usize {
