@@ -28,6 +28,14 @@ impl FeatureSet {
     pub fn new(arcface: Tensor, clip: Tensor, clip_base: Option<Tensor>, sources: Vec<Source>) -> Result<Self> {
         let arcface = arcface.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let clip = clip.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        for (t, what) in [(&arcface, "ArcFace embeddings"), (&clip, "CLIP features")]
+            .into_iter()
+            .chain(clip_base.as_ref().map(|c| (c, "Base CLIP features")))
+        {
+            if t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+                return Err(Error::InvalidValue(format!("the {what} hold NaN or infinite values")));
+            }
+        }
         Ok(FeatureSet { arcface, clip, clip_base, sources })
     }
 
@@ -75,7 +83,7 @@ impl FeatureSet {
             .and_then(|s| serde_json::from_str(s).ok())
             .filter(|v: &Vec<Source>| v.len() == n);
         if let Some(sources) = recorded {
-            return FeatureSet::new(arcface, clip, clip_base, sources);
+            return FeatureSet::new(arcface, clip, clip_base, sources).map_err(|e| Error::invalid(path, e.to_string()));
         }
         let sources = (0..n)
             .map(|i| {
@@ -86,7 +94,7 @@ impl FeatureSet {
                 Ok(Source { hash: sha256_hex(&bytes), label: format!("{label}#{i}") })
             })
             .collect::<Result<Vec<_>>>()?;
-        FeatureSet::new(arcface, clip, clip_base, sources)
+        FeatureSet::new(arcface, clip, clip_base, sources).map_err(|e| Error::invalid(path, e.to_string()))
     }
 
     /// Several files' images as one set (all are fused into one identity).

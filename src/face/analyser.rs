@@ -155,6 +155,21 @@ impl FaceAnalysis {
 }
 
 /// Five alignment points from the 106 landmarks: eye centres 38 and 88, nose tip 86, mouth corners 52 and 61.
+/// A given face box must be finite, ordered, overlap the image and be no larger than 4× its larger side.
+fn check_box(img: &Rgb8, what: &str, b: [f64; 4]) -> Result<()> {
+    let (w, h) = (img.width as f64, img.height as f64);
+    let ok = b.iter().all(|v| v.is_finite()) && b[0] < b[2] && b[1] < b[3];
+    let huge = (b[2] - b[0]).max(b[3] - b[1]) > 4.0 * w.max(h);
+    if !ok || huge || b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= w || b[1] >= h {
+        return Err(Error::InvalidValue(format!(
+            "{what}: box {b:?} is not a face box on this {}×{} image (finite, x1 < x2, y1 < y2, overlapping it, \
+             at most 4× its size)",
+            img.width, img.height
+        )));
+    }
+    Ok(())
+}
+
 pub fn kps_from_landmarks(lm: &[[f64; 2]]) -> [[f64; 2]; 5] {
     [lm[38], lm[88], lm[86], lm[52], lm[61]]
 }
@@ -245,14 +260,7 @@ impl Antelope {
     pub fn find_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<[f64; 4]> {
         match pick {
             FacePick::Box(b) => {
-                let (w, h) = (img.width as f64, img.height as f64);
-                let ok = b.iter().all(|v| v.is_finite()) && b[0] < b[2] && b[1] < b[3];
-                if !ok || b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= w || b[1] >= h {
-                    return Err(Error::InvalidValue(format!(
-                        "{what}: box {b:?} is not a face box on this {}×{} image (x1 < x2, y1 < y2, overlapping it)",
-                        img.width, img.height
-                    )));
-                }
+                check_box(img, what, b)?;
                 Ok(b)
             }
             FacePick::Best | FacePick::Index(_) => {
@@ -268,7 +276,10 @@ impl Antelope {
 
     pub fn embed_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<(Vec<f32>, [f64; 4])> {
         let (kps, bbox) = match pick {
-            FacePick::Box(b) => (kps_from_landmarks(&self.landmarks.landmarks(img, b)?), b),
+            FacePick::Box(b) => {
+                check_box(img, what, b)?;
+                (kps_from_landmarks(&self.landmarks.landmarks(img, b)?), b)
+            }
             FacePick::Best | FacePick::Index(_) => {
                 let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
                 let i = if let FacePick::Index(i) = pick { i } else { 0 };

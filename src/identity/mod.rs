@@ -72,6 +72,15 @@ impl Identity {
             }
             None => (None, 0),
         };
+        for (t, what) in
+            std::iter::once((&raw, "coefficients")).chain(base_raw.as_ref().map(|b| (b, "Base coefficients")))
+        {
+            if t.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+                return Err(Error::InvalidValue(format!(
+                    "identity {what} hold NaN or infinite values (a corrupt identity file, or non-finite features)"
+                )));
+            }
+        }
         Ok(Identity { raw, base_raw, photos, base_photos, sources, variant, hash: std::sync::OnceLock::new() })
     }
 

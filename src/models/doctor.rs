@@ -63,6 +63,19 @@ fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
             .find(|f| f.is_file());
         let unet =
             unet.ok_or_else(|| Error::invalid(p.join("unet"), "no diffusion_pytorch_model(.fp16).safetensors"))?;
+        // the configs through the loaders' own checks (a config that would fail or panic at load fails here)
+        crate::sdxl::unet::UNetConfig::load(&p.join("unet/config.json"))?;
+        crate::sdxl::vae::VaeConfig::load(&p.join("vae/config.json"))?;
+        for te in ["text_encoder", "text_encoder_2"] {
+            let c = p.join(te).join("config.json");
+            if c.is_file() {
+                crate::sdxl::text::ClipTextConfig::load(&c)?;
+            }
+        }
+        let sched = p.join("scheduler/scheduler_config.json");
+        if sched.is_file() {
+            crate::sdxl::scheduler::SchedulerConfig::load(&sched)?;
+        }
         let f = StFile::open(&unet)?;
         Ok(format!(
             "diffusers folder, {}, UNet {} tensors, {}",
@@ -165,6 +178,8 @@ fn check_antelope(p: &Path) -> Result<String> {
         }
         parts.push(format!("{f} {}", human(n)));
     }
+    // the models as the session loads them: each must parse as ONNX and be the kind of model its name says
+    crate::face::analyser::Antelope::load(p)?;
     Ok(parts.join(", "))
 }
 

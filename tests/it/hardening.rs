@@ -283,3 +283,91 @@ fn stale_temporary_files_are_cleaned_and_long_names_write() {
     assert!(!stale.exists(), "the stale temporary file is removed");
     assert!(fresh.exists() && other.exists(), "a live writer's file and other files stay");
 }
+
+/// `face_score` with a box that cannot be a face on the image: an error, not a score.
+#[test]
+fn face_score_refuses_impossible_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (set, _) = hyperlora::demo::ensure(&dir.path().join("demo")).unwrap();
+    let mut s = hyperlora::session::Session::new(
+        hyperlora::session::SessionOptions {
+            paths: hyperlora::session::ModelPaths {
+                sdxl: Some(set.sdxl),
+                hyperlora: Some(set.hyperlora),
+                clip: Some(set.clip),
+                antelopev2: Some(set.antelopev2),
+                ..Default::default()
+            },
+            device: Device::Cpu,
+            dtype: DType::F32,
+        },
+        std::sync::Arc::new(|_: &hyperlora::session::Event| {}),
+    );
+    let spec = hyperlora::session::PhotoSpec::with_options(
+        set.photo,
+        hyperlora::face::analyser::FaceOptions {
+            pick: hyperlora::face::analyser::FacePick::Box(hyperlora::demo::PHOTO_FACE_BOX),
+            ..Default::default()
+        },
+    );
+    let id = s.identity(&[spec]).unwrap();
+    let mut g = hyperlora::session::Generate::new("x");
+    (g.width, g.height, g.steps) = (64, 64, 1);
+    let img = s.generate(&g).unwrap();
+    use hyperlora::face::analyser::FacePick::Box;
+    for b in [[f64::NAN, 0.0, 10.0, 10.0], [40.0, 40.0, 10.0, 10.0], [0.0, 0.0, 1e9, 1e9], [500.0, 500.0, 600.0, 600.0]]
+    {
+        let e = s.face_score(&img, &id, Box(b)).unwrap_err().to_string();
+        assert!(e.contains("not a face box"), "{b:?}: {e}");
+    }
+    let v = s.face_score(&img, &id, Box([10.0, 10.0, 50.0, 50.0])).unwrap();
+    assert!(v.is_finite() && v.abs() <= 1.0 + 1e-6);
+}
+
+/// NaN inside an identity file or a features file is refused where it enters, naming the file.
+#[test]
+fn non_finite_identities_and_features_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hyperlora::HyperLora::load(fixture("hyperlora-tiny"), &Default::default()).unwrap();
+    let set = hyperlora::features::FeatureSet::new(
+        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
+        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
+        None,
+        vec![],
+    )
+    .unwrap();
+    let good = dir.path().join("good.safetensors");
+    h.identity(&set).unwrap().save(&good, false).unwrap();
+    let bad = dir.path().join("nan.id.safetensors");
+    let meta = hyperlora::weights::StFile::open(&good).unwrap().metadata();
+    let raw = hyperlora::weights::StFile::open(&good).unwrap().to_f32_vec("raw").unwrap();
+    let shape = hyperlora::weights::StFile::open(&good).unwrap().shape("raw").unwrap().to_vec();
+    let mut v = raw.clone();
+    v[17] = f32::NAN;
+    let t = vec![("raw".to_string(), hyperlora::output::RawTensor::f32(&shape, &v))];
+    std::fs::write(&bad, hyperlora::output::safetensors_bytes(&t, meta).unwrap()).unwrap();
+    let e = hyperlora::Identity::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("nan.id.safetensors") && e.contains("NaN"), "{e}");
+
+    let features = dir.path().join("nan.features.safetensors");
+    let mut clip = load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    clip[5] = f32::INFINITY;
+    let t = vec![
+        (
+            "arcface".to_string(),
+            hyperlora::output::RawTensor::from_tensor(
+                &load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
+                DType::F32,
+            )
+            .unwrap(),
+        ),
+        ("clip".to_string(), hyperlora::output::RawTensor::f32(&[1, 257, 32], &clip)),
+    ];
+    std::fs::write(&features, hyperlora::output::safetensors_bytes(&t, Default::default()).unwrap()).unwrap();
+    let e = hyperlora::features::FeatureSet::load(&features).err().expect("a NaN features file loaded").to_string();
+    assert!(e.contains("nan.features.safetensors") && e.contains("CLIP features"), "{e}");
+}

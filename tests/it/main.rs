@@ -1,5 +1,6 @@
 //! All integration tests in one binary (one link, one debug binary instead of one per file).
 mod bad_files;
+mod bad_inputs;
 mod cli;
 mod common;
 mod deploy;

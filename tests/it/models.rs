@@ -152,6 +152,26 @@ fn doctor_names_corrupt_and_mismatched_files() {
     assert!(k.status == Status::Bad && k.detail.contains("768") && k.detail.contains("32"), "{k:?}");
     // nothing configured: missing
     assert!(c.iter().find(|c| c.component == "sdxl").unwrap().status == Status::Missing);
+    // doctor checks what loading checks: a random-bytes recognizer, a UNet config that cannot build
+    let ante = t.path().join("antelopev2");
+    std::fs::create_dir(&ante).unwrap();
+    antelope(&ante);
+    assert!(doctor(&ModelPaths { antelopev2: Some(ante.clone()), ..Default::default() })[0].status != Status::Bad);
+    let mut rng = hyperlora::rng::Rng::new(7);
+    let junk: Vec<u8> = (0..4096).map(|_| (rng.uniform() * 255.0) as u8).collect();
+    std::fs::write(ante.join("glintr100.onnx"), junk).unwrap();
+    let c = doctor(&ModelPaths { antelopev2: Some(ante), ..Default::default() });
+    let a = c.iter().find(|c| c.component == "antelopev2").unwrap();
+    assert!(a.status == Status::Bad && a.detail.contains("glintr100.onnx"), "{a:?}");
+    let sdxl = t.path().join("sdxl");
+    copy_tree(&fixture("sdxl-tiny"), &sdxl);
+    let cfg = std::fs::read_to_string(sdxl.join("unet/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["attention_head_dim"] = serde_json::json!([]);
+    std::fs::write(sdxl.join("unet/config.json"), v.to_string()).unwrap();
+    let c = doctor(&ModelPaths { sdxl: Some(sdxl), ..Default::default() });
+    let s = c.iter().find(|c| c.component == "sdxl").unwrap();
+    assert!(s.status == Status::Bad && s.detail.contains("attention_head_dim"), "{s:?}");
 }
 
 #[test]

@@ -106,3 +106,8 @@ pub fn cached_dir(key: &str, make: impl FnOnce(&Path)) -> PathBuf {
     }
     dir
 }
+
+/// An identity's sources as a script prints them (exercises the display of odd metadata).
+pub fn describe_sources(id: &hyperlora::Identity) -> String {
+    hyperlora::script::describe_identity(id)
+}
