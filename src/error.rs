@@ -9,6 +9,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{file}: cannot write: {source}")]
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{file}: not a valid safetensors file ({reason})")]
     Header { file: PathBuf, reason: String },
     #[error("{file}: missing tensor `{key}` (expected shape {expected:?}){hint}")]
@@ -57,5 +63,10 @@ impl Error {
     }
     pub fn io(file: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { file: file.into(), source }
+    }
+
+    /// A failure while writing (creating a folder, writing, placing the file): said as such, not as a read.
+    pub fn write(file: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Write { file: file.into(), source }
     }
 }

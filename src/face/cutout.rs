@@ -188,7 +188,22 @@ pub struct IdCondition {
 }
 
 /// Spec §3.2 A–C for one photo.
+/// Landmarks that span more than 4× the photo (or are not finite) are not a face on it: refused before crops of
+/// that size are allocated and filled.
+fn check_span(img: &Rgb8, lm: &[[f64; 2]]) -> Result<()> {
+    let limit = 4.0 * img.width.max(img.height) as f64;
+    let (lo, hi) = lm.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p[0].min(p[1])), hi.max(p[0].max(p[1]))));
+    if lm.iter().flatten().any(|v| !v.is_finite()) || hi - lo > limit || lo < -limit || hi > 2.0 * limit {
+        return Err(Error::InvalidValue(format!(
+            "the face's landmarks span [{lo:.0}, {hi:.0}] on a {}×{} photo: not a face on it (a wrong box?)",
+            img.width, img.height
+        )));
+    }
+    Ok(())
+}
+
 pub fn id_condition(img: &Rgb8, lm: &[[f64; 2]], remove_background: bool, grayscale: bool) -> Result<IdCondition> {
+    check_span(img, lm)?;
     if lm.len() != 106 {
         return Err(Error::Mismatch(format!("the ID condition needs the 106 landmarks, got {}", lm.len())));
     }
@@ -242,6 +257,7 @@ pub fn base_condition(
     if lm.len() != 106 {
         return Err(Error::Mismatch(format!("the Base condition needs the 106 landmarks, got {}", lm.len())));
     }
+    check_span(img, lm)?;
     let (pts, cx, cy, l) = outline(lm);
     let [a, b, c, d] = round_box([cx - l, cy - l, cx + l, cy + l]);
     // the mask polygon is scaled by 1.4 about the centre; the crop box is not

@@ -32,7 +32,7 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
     clean_stale_temps(&dir);
     let (tmp, mut f) = temp_file(&dir, path)?;
     let result = (|| {
@@ -43,7 +43,7 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     drop(f);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+        return Err(Error::write(path, e));
     }
     let placed = if overwrite {
         std::fs::rename(&tmp, path)
@@ -58,7 +58,7 @@ pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             Error::Exists { path: path.to_path_buf() }
         } else {
-            Error::io(path, e)
+            Error::write(path, e)
         }
     })
 }
@@ -78,10 +78,10 @@ fn temp_file(dir: &Path, path: &Path) -> Result<(std::path::PathBuf, std::fs::Fi
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(Error::write(path, e)),
         }
     }
-    Err(Error::io(path, last.unwrap_or_else(|| std::io::Error::other("no free temporary name"))))
+    Err(Error::write(path, last.unwrap_or_else(|| std::io::Error::other("no free temporary name"))))
 }
 
 /// Whether a file name is one of our temporary names: `.NAME.PID.N.tmp`.

@@ -129,6 +129,9 @@ fn dim(file: &StFile, key: &str, axis: usize, what: &str) -> Result<usize> {
 pub fn derive_resampler(file: &StFile, heads_dim_head: (usize, usize), num_queries: usize) -> Result<ResamplerConfig> {
     let dim_ = dim(file, "latents", 2, "resampler latents [1, Q, D]")?;
     let q = dim(file, "latents", 1, "resampler latents [1, Q, D]")?;
+    if dim_ == 0 || q == 0 {
+        return Err(Error::invalid(file.path(), format!("`latents` has a zero dimension ([1, {q}, {dim_}])")));
+    }
     if q != num_queries {
         return Err(Error::invalid(
             file.path(),
@@ -151,6 +154,12 @@ pub fn derive_resampler(file: &StFile, heads_dim_head: (usize, usize), num_queri
     }
     let inner = dim(file, "layers.0.attn1.to_q.weight", 0, "attention inner width")?;
     let (heads, dim_head) = heads_dim_head;
+    if heads == 0 || dim_head == 0 || heads.checked_mul(dim_head).is_none_or(|p| p > 1 << 20) {
+        return Err(Error::invalid(
+            file.path(),
+            format!("resampler heads {heads} × dim_head {dim_head} is not a usable attention width (config.json)"),
+        ));
+    }
     if heads * dim_head != inner {
         return Err(Error::invalid(
             file.path(),

@@ -371,3 +371,21 @@ fn non_finite_identities_and_features_are_refused() {
     let e = hyperlora::features::FeatureSet::load(&features).err().expect("a NaN features file loaded").to_string();
     assert!(e.contains("nan.features.safetensors") && e.contains("CLIP features"), "{e}");
 }
+
+/// A variant config whose heads × dim_head is zero or overflows: an error, not a panic.
+#[test]
+fn variant_attention_width_is_checked() {
+    for (heads, dim_head) in [(0u64, 16u64), (4_611_686_018_427_387_904, 4)] {
+        let d = copy_dir(&fixture("hyperlora-tiny"));
+        let p = d.path().join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["resampler"]["heads"] = serde_json::json!(heads);
+        v["resampler"]["dim_head"] = serde_json::json!(dim_head);
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = match hyperlora::HyperLora::load(d.path(), &Default::default()) {
+            Ok(_) => panic!("heads {heads} × dim_head {dim_head} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(&format!("heads {heads}")) && e.contains("resampler.safetensors"), "{e}");
+    }
+}
