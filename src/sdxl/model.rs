@@ -140,13 +140,28 @@ impl Sdxl {
             DType::F16 | DType::BF16 => 2,
             _ => 4,
         };
-        // the scores of both CFG halves of the batch, plus their softmax
-        let need = self.unet.config().attention_scores(req.height, req.width) * 2 * req.batch as u128 * elem * 2;
+        // attention scores of both CFG halves of the batch plus their softmax — one block of query rows at a time
+        // when they are large (`attention::ATTENTION_CHUNK`) — and the activations of the first level (about a
+        // dozen tensors of latent size × its channels alive at once)
+        let cfg = self.unet.config();
+        let scores = (cfg.attention_scores(req.height, req.width) * 2 * req.batch as u128)
+            .min(super::unet::attention::ATTENTION_CHUNK as u128);
+        let activations = 2
+            * req.batch as u128
+            * (req.height / 8 * (req.width / 8)) as u128
+            * cfg.block_out_channels.first().copied().unwrap_or(320) as u128
+            * 12;
+        // the VAE decodes each image in f32: a few full-resolution tensors of its first level's channels
+        let vae = (req.height * req.width) as u128
+            * self.vae.config().block_out_channels.first().copied().unwrap_or(128) as u128
+            * 4
+            * 4;
+        let need = (scores * 2 + activations) * elem + vae;
         if let Some(avail) = available_memory() {
             if need > avail {
                 let gb = |b: u128| b as f64 / 1e9;
                 return Err(Error::InvalidValue(format!(
-                    "a batch of {} at {}×{} needs about {:.1} GB for the UNet's attention scores alone; {:.1} GB are available: use a smaller size or batch",
+                    "a batch of {} at {}×{} needs about {:.1} GB for the UNet's attention and activations and the VAE decode; {:.1} GB are available: use a smaller size or batch",
                     req.batch,
                     req.width,
                     req.height,

@@ -95,8 +95,16 @@ impl SpatialAttention {
         let (b, c, h, w) = x.dims4()?;
         let t = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let (q, k, v) = (self.q.forward(&t)?, self.k.forward(&t)?, self.v.forward(&t)?);
-        let a = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?.contiguous()?)? * (1.0 / (c as f64).sqrt()))?)?;
-        let o = self.out.forward(&a.matmul(&v)?)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        // one head over all pixels: chunked by query rows like the UNet's attention when the scores are large
+        let a = super::unet::attention::attend(
+            &q.unsqueeze(1)?,
+            &k.unsqueeze(1)?,
+            &v.unsqueeze(1)?,
+            1.0 / (c as f64).sqrt(),
+            super::unet::attention::ATTENTION_CHUNK,
+        )?
+        .squeeze(1)?;
+        let o = self.out.forward(&a)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + o
     }
 }

@@ -71,6 +71,31 @@ pub(crate) struct Attention {
     pub(crate) heads: usize,
 }
 
+/// The most attention scores (elements) materialised at once; larger attentions run in blocks of query rows.
+pub const ATTENTION_CHUNK: usize = 1 << 26;
+
+/// softmax(q·kᵀ·scale)·v for [B, H, N, d] queries and [B, H, M, d] keys/values. When B·H·N·M exceeds `chunk`
+/// elements the queries are taken in blocks of rows (each row's softmax is its own, so the result is the same),
+/// so large images need memory for one block of scores instead of all N·M.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, chunk: usize) -> candle_core::Result<Tensor> {
+    let (b, h, n, _) = q.dims4()?;
+    let m = k.dim(2)?;
+    let kt = k.t()?.contiguous()?;
+    let per_row = (b * h * m).max(1);
+    let rows = (chunk / per_row).max(1);
+    if rows >= n {
+        let w = candle_nn::ops::softmax_last_dim(&(q.matmul(&kt)? * scale)?)?;
+        return w.matmul(v);
+    }
+    let mut out = Vec::with_capacity(n.div_ceil(rows));
+    for start in (0..n).step_by(rows) {
+        let qc = q.narrow(2, start, rows.min(n - start))?;
+        let w = candle_nn::ops::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
+        out.push(w.matmul(v)?);
+    }
+    Tensor::cat(&out, 2)
+}
+
 impl Attention {
     pub(crate) fn new(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
@@ -91,9 +116,8 @@ impl Attention {
         let q = split(self.to_q.forward(x)?)?;
         let k = split(self.to_k.forward(context)?)?;
         let v = split(self.to_v.forward(context)?)?;
-        let w = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (dh as f64).sqrt()))?;
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
-        self.to_out.forward(&w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?)
+        let o = attend(&q, &k, &v, 1.0 / (dh as f64).sqrt(), ATTENTION_CHUNK)?;
+        self.to_out.forward(&o.transpose(1, 2)?.reshape((b, n, c))?)
     }
     pub(crate) fn projections_mut(&mut self) -> [&mut Projection; 4] {
         [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out]
@@ -169,5 +193,28 @@ impl Transformer2D {
         }
         let t = self.proj_out.forward(&t)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
         x + t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_attention_equals_the_whole() {
+        let dev = candle_core::Device::Cpu;
+        let mut rng = crate::rng::Rng::new(3);
+        let mut t = |shape: &[usize]| {
+            let mut v = vec![0f32; shape.iter().product()];
+            rng.fill(&mut v, 0.0, 2.0);
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let (q, k, v) = (t(&[2, 3, 37, 8]), t(&[2, 3, 29, 8]), t(&[2, 3, 29, 8]));
+        let whole = attend(&q, &k, &v, 0.35, usize::MAX).unwrap();
+        for chunk in [1, 2 * 3 * 29, 2 * 3 * 29 * 5, 2 * 3 * 29 * 36] {
+            let c = attend(&q, &k, &v, 0.35, chunk).unwrap();
+            let d = (&c - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-6, "chunk {chunk}: max |Δ| {d}");
+        }
     }
 }

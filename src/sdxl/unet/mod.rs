@@ -9,7 +9,7 @@ use candle_nn::{group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 
-mod attention;
+pub mod attention;
 mod resnet;
 pub use attention::Projection;
 use attention::*;
