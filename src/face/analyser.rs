@@ -193,6 +193,12 @@ impl Antelope {
                         img.width, img.height
                     )));
                 }
+                if (b[2] - b[0]).max(b[3] - b[1]) > 4.0 * img.width.max(img.height) as f64 {
+                    return Err(Error::Mismatch(format!(
+                        "{what}: face box {b:?} is more than 4× the size of the {}×{} photo",
+                        img.width, img.height
+                    )));
+                }
                 (b, None, 0, None, 0)
             }
             FacePick::Best | FacePick::Index(_) => {

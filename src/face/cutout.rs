@@ -70,7 +70,9 @@ pub fn polygon_mask(width: usize, height: usize, pts: &[[f64; 2]]) -> Rgb8 {
     }
     let ymin = p.iter().map(|q| q[1]).fold(f64::MAX, f64::min) as i64;
     let ymax = p.iter().map(|q| q[1]).fold(f64::MIN, f64::max) as i64;
-    for y in ymin..=ymax {
+    // only rows on the image matter: a polygon reaching far outside it costs nothing extra (this loop once ran
+    // over a billion rows for a box far off the photo)
+    for y in ymin.max(0)..=ymax.min(height as i64 - 1) {
         let yf = y as f64;
         let mut xs: Vec<f64> = Vec::new();
         for &(x0, y0, y1, dx) in &edges {

@@ -200,8 +200,14 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
             cancelled: false,
         });
         while let Ok(code) = code_rx.recv() {
-            let (result, cancelled) = eval(&mut script, &code);
-            let _ = wtx.send(Msg::Done { code, result, vars: values(&script), cancelled });
+            // a panic (a bug) in one input becomes its error; the worker, the session and the variables go on
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eval(&mut script, &code)));
+            let (result, cancelled) = done.unwrap_or_else(|_| {
+                let e = "internal error (a bug in hyperlora, please report it); the session and its variables are kept";
+                (Err(e.to_string()), false)
+            });
+            let vars = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| values(&script))).unwrap_or_default();
+            let _ = wtx.send(Msg::Done { code, result, vars, cancelled });
         }
     });
 

@@ -389,3 +389,22 @@ fn variant_attention_width_is_checked() {
         assert!(e.contains(&format!("heads {heads}")) && e.contains("resampler.safetensors"), "{e}");
     }
 }
+
+/// A box far larger than the photo (the polygon fill once spun over a billion rows for it, deaf to Ctrl-C): an
+/// error at once; and the polygon fill only visits the image's rows.
+#[test]
+fn huge_face_boxes_are_refused_at_once() {
+    use hyperlora::face::analyser::{Antelope, FaceOptions, FacePick};
+    let dir = tempfile::tempdir().unwrap();
+    let (set, _) = hyperlora::demo::ensure(&dir.path().join("demo")).unwrap();
+    let face = Antelope::load(&set.antelopev2).unwrap();
+    let photo = hyperlora::vision::processor::load_photo(&set.photo).unwrap();
+    let t = Instant::now();
+    let opts = FaceOptions { pick: FacePick::Box([0.0, 0.0, 100_000.0, 100_000.0]), ..Default::default() };
+    let e = face.analyse(&photo, "astronaut.jpg", &opts).err().expect("a 100000² box was accepted").to_string();
+    assert!(e.contains("more than 4×") && e.contains("astronaut.jpg"), "{e}");
+    let pts = [[10.0, -1e9], [1e9, 1e9], [-1e9, 1e9]];
+    let m = hyperlora::face::cutout::polygon_mask(64, 48, &pts);
+    assert_eq!(m.width * m.height, 64 * 48);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
