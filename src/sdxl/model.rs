@@ -91,7 +91,24 @@ pub const MAX_SIDE: usize = 8192;
 pub const MAX_BATCH: usize = 64;
 
 /// Memory the OS says is available (MemAvailable), where /proc tells it.
-fn available_memory() -> Option<u128> {
+/// Bytes a generation needs beyond the weights, as `check_memory` estimates it: attention scores of both CFG
+/// halves plus their softmax — one block of query rows at a time when large (`attention::ATTENTION_CHUNK`) — the
+/// first UNet level's activations (about a dozen latent-size tensors of its channels alive at once, in the compute
+/// dtype of `elem` bytes), and the VAE decode in f32 (a few full-resolution tensors of its first level's channels).
+pub fn memory_needed(unet: &UNetConfig, vae_ch: usize, elem: usize, batch: usize, height: usize, width: usize) -> u128 {
+    let scores =
+        (unet.attention_scores(height, width) * 2 * batch as u128).min(super::unet::attention::ATTENTION_CHUNK as u128);
+    let activations = 2
+        * batch as u128
+        * (height / 8 * (width / 8)) as u128
+        * unet.block_out_channels.first().copied().unwrap_or(320) as u128
+        * 12;
+    let vae = (height * width) as u128 * vae_ch as u128 * 4 * 4;
+    (scores * 2 + activations) * elem as u128 + vae
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn available_memory() -> Option<u128> {
     let t = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u128 = t.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
@@ -130,7 +147,7 @@ fn tokenizer_or_embedded(dir: Option<&Path>, sub: &str, second: bool) -> Result<
 }
 
 impl Sdxl {
-    /// Refuse a request whose attention scores alone would not fit in the memory available (CPU), before any
+    /// Refuse a request whose memory estimate (`memory_needed`) does not fit in the memory available (CPU), before any
     /// allocation: the error says how much is needed and how much there is.
     fn check_memory(&self, req: &GenerateRequest) -> Result<()> {
         if !self.options.device.is_cpu() {
@@ -140,23 +157,8 @@ impl Sdxl {
             DType::F16 | DType::BF16 => 2,
             _ => 4,
         };
-        // attention scores of both CFG halves of the batch plus their softmax — one block of query rows at a time
-        // when they are large (`attention::ATTENTION_CHUNK`) — and the activations of the first level (about a
-        // dozen tensors of latent size × its channels alive at once)
-        let cfg = self.unet.config();
-        let scores = (cfg.attention_scores(req.height, req.width) * 2 * req.batch as u128)
-            .min(super::unet::attention::ATTENTION_CHUNK as u128);
-        let activations = 2
-            * req.batch as u128
-            * (req.height / 8 * (req.width / 8)) as u128
-            * cfg.block_out_channels.first().copied().unwrap_or(320) as u128
-            * 12;
-        // the VAE decodes each image in f32: a few full-resolution tensors of its first level's channels
-        let vae = (req.height * req.width) as u128
-            * self.vae.config().block_out_channels.first().copied().unwrap_or(128) as u128
-            * 4
-            * 4;
-        let need = (scores * 2 + activations) * elem + vae;
+        let vae_ch = self.vae.config().block_out_channels.first().copied().unwrap_or(128);
+        let need = memory_needed(self.unet.config(), vae_ch, elem as usize, req.batch, req.height, req.width);
         if let Some(avail) = available_memory() {
             if need > avail {
                 let gb = |b: u128| b as f64 / 1e9;

@@ -408,3 +408,18 @@ fn huge_face_boxes_are_refused_at_once() {
     assert_eq!(m.width * m.height, 64 * 48);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// `bench limits` prints the chosen limits and the memory estimate the refusal uses, per size.
+#[test]
+fn bench_limits_prints_the_table() {
+    let o = hyperlora(&["bench", "limits"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("| generation side | 8192 px |") && out.contains("| 1024² | 1 |"), "{out}");
+    // the estimate grows with the size
+    let gb = |row: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(row)).unwrap();
+        line.split('|').nth(4).unwrap().trim().trim_end_matches(" GB").parse().unwrap()
+    };
+    assert!(gb("| 1024² | 1 |") < gb("| 2048² | 1 |") && gb("| 2048² | 1 |") < gb("| 8192² | 4 |"));
+}
