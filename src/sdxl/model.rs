@@ -293,6 +293,13 @@ impl Sdxl {
         let o2 = self.text_encoder_2.forward(&ids(&t2.ids)?)?;
         let pooled = o2.text_embeds.ok_or_else(|| Error::Mismatch("text encoder 2 has no projection".into()))?;
         let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate.to_dtype(o1.penultimate.dtype())?], 2)?;
+        for t in [&embeds, &pooled] {
+            all_finite(
+                t,
+                "the text encoders",
+                "non-finite text encoder weights, or an f16 overflow (try --dtype bf16)",
+            )?;
+        }
         Ok((Conditioning { embeds, pooled }, t1.truncated.or(t2.truncated)))
     }
 

@@ -244,6 +244,30 @@ fn non_finite_numbers_stop_where_they_enter() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("sampling") && e.contains("non-finite"), "{e}");
+
+    // a NaN in a text encoder: named at the text encoders, before any sampling
+    copy_tree(&fixture("sdxl-tiny/unet"), &sdxl.join("unet"));
+    let te = sdxl.join("text_encoder/model.safetensors");
+    rewrite(&fixture("sdxl-tiny/text_encoder/model.safetensors"), &te, |t| {
+        let (_, e) = t
+            .iter_mut()
+            .find(|(k, _)| k.ends_with("final_layer_norm.bias") || k.ends_with("layers.0.mlp.fc1.bias"))
+            .unwrap();
+        let mut v: Vec<f32> = match e.dtype {
+            safetensors::Dtype::F16 => {
+                bytemuck::cast_slice::<u8, half::f16>(&e.data).iter().map(|x| x.to_f32()).collect()
+            }
+            _ => bytemuck::cast_slice(&e.data).to_vec(),
+        };
+        v[0] = f32::NAN;
+        *e = hyperlora::output::RawTensor::f32(&e.shape.clone(), &v);
+    });
+    let m = hyperlora::sdxl::model::Sdxl::load(&sdxl, None, &Default::default()).unwrap();
+    let e = match m.generate(&req, &mut |_, _| std::ops::ControlFlow::Continue(())) {
+        Ok(_) => panic!("a NaN text encoder made an image"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("text encoders") && e.contains("non-finite"), "{e}");
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
