@@ -7,6 +7,7 @@
 //! loads safetensors strictly, [`synthetic`] writes models from code for the demo, tests and benchmarks.
 
 // basics
+pub mod cancel;
 pub mod error;
 pub mod files;
 pub mod rng;

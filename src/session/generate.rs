@@ -97,6 +97,7 @@ impl Session {
     /// with that seed.
     pub fn generate_batch(&mut self, g: &Generate) -> Result<Vec<Image>> {
         self.cancel.store(false, Ordering::Relaxed);
+        let _heard = crate::cancel::scope(self.cancel.clone());
         finite(g.cfg, "cfg")?;
         if let Some((_, s)) = &g.init {
             if !(*s > 0.0 && *s <= 1.0) {
@@ -134,19 +135,21 @@ impl Session {
         let (listener, cancel, every) = (self.listener.clone(), self.cancel.clone(), self.preview_every);
         let t0 = Instant::now();
         let sdxl = self.sdxl()?;
-        let out = sdxl.generate_conditioned(&req, &cond, &uncond, truncated, &mut |p, trace| {
-            listener(&Event::Step { step: p.step, total: p.total, elapsed: t0.elapsed().as_secs_f64() });
-            if let (true, Some(t)) = (every > 0 && p.step % every == 0 && p.step < p.total, trace) {
-                if let Ok(image) = latent_preview(&t.x_after, p.step) {
-                    listener(&Event::Preview { step: p.step, total: p.total, image });
+        let out = sdxl
+            .generate_conditioned(&req, &cond, &uncond, truncated, &mut |p, trace| {
+                listener(&Event::Step { step: p.step, total: p.total, elapsed: t0.elapsed().as_secs_f64() });
+                if let (true, Some(t)) = (every > 0 && p.step % every == 0 && p.step < p.total, trace) {
+                    if let Ok(image) = latent_preview(&t.x_after, p.step) {
+                        listener(&Event::Preview { step: p.step, total: p.total, image });
+                    }
                 }
-            }
-            if cancel.load(Ordering::Relaxed) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
+                if cancel.load(Ordering::Relaxed) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(|e| if cancel.load(Ordering::Relaxed) { Error::Cancelled } else { e })?;
         let out = out.ok_or(Error::Cancelled)?;
         let model = sdxl.name.clone();
         let loras = g.lora.as_ref().map(|m| m.settings_line()).unwrap_or_default();

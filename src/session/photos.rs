@@ -48,6 +48,7 @@ impl Session {
     /// Encode one photo with everything the face stack found (for `hyperlora encode` and debugging); the result
     /// also lands in the feature cache.
     pub fn encode_photo(&mut self, spec: &PhotoSpec) -> Result<Encoded> {
+        let _heard = crate::cancel::scope(self.cancel.clone());
         self.encoders()?;
         let (face, clip) = (self.face.as_ref().expect("loaded"), self.clip.as_ref().expect("loaded"));
         let e = encode_photo(face, clip, &spec.path, &spec.options, spec.base)?;

@@ -292,3 +292,35 @@ fn refine_face_pastes_the_refined_crop_back_over_the_face() {
     let e = s.refine_face(&img, &RefineFace { pick: FacePick::Box([200.0, 0.0, 300.0, 50.0]), ..Default::default() });
     assert!(e.unwrap_err().to_string().contains("not a face box"));
 }
+
+/// Ctrl-C during a long VAE decode (a 1024² image on the tiny model decodes its mid attention in blocks) stops it:
+/// the flag is raised shortly after the last sampling step, when only the decode is left.
+#[test]
+fn cancelling_during_the_decode_stops_it() {
+    let flag: Arc<Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>> = Arc::new(Mutex::new(None));
+    let f = flag.clone();
+    let d = demo_set();
+    let paths = ModelPaths { sdxl: Some(d.sdxl), ..Default::default() };
+    let mut s = Session::new(
+        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
+        Arc::new(move |e: &Event| {
+            if let Event::Step { step, total, .. } = e {
+                if step == total {
+                    let c = f.lock().unwrap().clone().unwrap();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        c.store(true, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+            }
+        }),
+    );
+    *flag.lock().unwrap() = Some(s.cancel_flag());
+    let mut g = Generate::new("x");
+    (g.width, g.height, g.steps) = (1024, 1024, 1);
+    let e = s.generate(&g).unwrap_err();
+    assert!(matches!(e, hyperlora::Error::Cancelled), "{e}");
+    // the session goes on
+    (g.width, g.height) = (64, 64);
+    assert_eq!(s.generate(&g).unwrap().width, 64);
+}

@@ -89,6 +89,10 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, chunk: usize) -> c
     }
     let mut out = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows) {
+        // a large attention runs for a while: Ctrl-C is heard between blocks
+        if crate::cancel::requested() {
+            return Err(candle_core::Error::Msg("cancelled".into()));
+        }
         let qc = q.narrow(2, start, rows.min(n - start))?;
         let w = candle_nn::ops::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
         out.push(w.matmul(v)?);
@@ -216,5 +220,10 @@ mod tests {
             let d = (&c - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(d < 1e-6, "chunk {chunk}: max |Δ| {d}");
         }
+        // Ctrl-C is heard between blocks
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let _s = crate::cancel::scope(flag);
+        let e = attend(&q, &k, &v, 0.35, 2 * 3 * 29).unwrap_err().to_string();
+        assert!(e.contains("cancelled"), "{e}");
     }
 }
