@@ -24,6 +24,13 @@ pub struct FeatureSet {
 /// How far from 1 an embedding's L2 norm may be.
 const NORM_TOL: f32 = 1e-3;
 
+/// The Base-condition CLIP rows the images that have one bring, stacked ([M, S, W]); None when none has one. The
+/// Base branch fuses its own images, so M may be smaller than the number of ID images.
+pub fn stack_base_rows<'a>(rows: impl IntoIterator<Item = &'a Tensor>) -> Result<Option<Tensor>> {
+    let rows: Vec<&Tensor> = rows.into_iter().collect();
+    Ok(if rows.is_empty() { None } else { Some(Tensor::cat(&rows, 0)?) })
+}
+
 impl FeatureSet {
     pub fn new(arcface: Tensor, clip: Tensor, clip_base: Option<Tensor>, sources: Vec<Source>) -> Result<Self> {
         let arcface = arcface.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
@@ -112,8 +119,7 @@ impl FeatureSet {
             }
         }
         let cat = |f: &dyn Fn(&FeatureSet) -> Tensor| Tensor::cat(&sets.iter().map(f).collect::<Vec<_>>(), 0);
-        let bases: Vec<Tensor> = sets.iter().filter_map(|s| s.clip_base.clone()).collect();
-        let clip_base = if bases.is_empty() { None } else { Some(Tensor::cat(&bases, 0)?) };
+        let clip_base = stack_base_rows(sets.iter().filter_map(|s| s.clip_base.as_ref()))?;
         Ok(FeatureSet {
             arcface: cat(&|s| s.arcface.clone())?,
             clip: cat(&|s| s.clip.clone())?,

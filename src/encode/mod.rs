@@ -91,9 +91,7 @@ pub fn feature_set(photos: &[Encoded]) -> Result<FeatureSet> {
     let arcface: Vec<f32> = photos.iter().flat_map(|p| p.face.embedding.iter().copied()).collect();
     let arcface = Tensor::from_vec(arcface, (photos.len(), e), &Device::Cpu)?;
     let clip = Tensor::cat(&photos.iter().map(|p| &p.clip).collect::<Vec<_>>(), 0)?;
-    // the Base branch fuses its own images: those encoded with their Base condition
-    let bases: Vec<&Tensor> = photos.iter().filter_map(|p| p.base_clip.as_ref()).collect();
-    let clip_base = if bases.is_empty() { None } else { Some(Tensor::cat(&bases, 0)?) };
+    let clip_base = crate::features::stack_base_rows(photos.iter().filter_map(|p| p.base_clip.as_ref()))?;
     FeatureSet::new(arcface, clip, clip_base, photos.iter().map(|p| p.source.clone()).collect())
 }
 

@@ -2,7 +2,8 @@
 //! 256, then with a border), pick a face, 106 landmarks, the ID cutout and crops, then the ArcFace embedding of
 //! the face re-detected at 640 on the 3× crop.
 use super::cutout::{id_condition, IdCondition};
-use super::onnx::{ArcFace, Landmark106, Scrfd};
+use super::onnx::{ArcFace, Detection, Landmark106, Scrfd};
+use super::scrfd::Face;
 use crate::error::{Error, Result};
 use crate::vision::processor::Rgb8;
 use std::path::{Path, PathBuf};
@@ -155,19 +156,23 @@ impl FaceAnalysis {
 }
 
 /// Five alignment points from the 106 landmarks: eye centres 38 and 88, nose tip 86, mouth corners 52 and 61.
-/// A given face box must be finite, ordered, overlap the image and be no larger than 4× its larger side.
+/// A given face box (a photo's, or an image's for `face_score` and `refine_face`) must be finite and ordered,
+/// overlap the image and be no larger than 4× its larger side; each failure says which.
 fn check_box(img: &Rgb8, what: &str, b: [f64; 4]) -> Result<()> {
     let (w, h) = (img.width as f64, img.height as f64);
-    let ok = b.iter().all(|v| v.is_finite()) && b[0] < b[2] && b[1] < b[3];
-    let huge = (b[2] - b[0]).max(b[3] - b[1]) > 4.0 * w.max(h);
-    if !ok || huge || b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= w || b[1] >= h {
-        return Err(Error::InvalidValue(format!(
-            "{what}: box {b:?} is not a face box on this {}×{} image (finite, x1 < x2, y1 < y2, overlapping it, \
-             at most 4× its size)",
-            img.width, img.height
-        )));
-    }
-    Ok(())
+    let why = if !(b[2] > b[0] && b[3] > b[1]) || b.iter().any(|v| !v.is_finite()) {
+        "it is not x1,y1,x2,y2 with finite x2 > x1 and y2 > y1"
+    } else if b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= w || b[1] >= h {
+        "it lies outside the image"
+    } else if (b[2] - b[0]).max(b[3] - b[1]) > 4.0 * w.max(h) {
+        "it is more than 4× the size of the image"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidValue(format!(
+        "{what}: box {b:?} is not a face box on this {}×{} image: {why}",
+        img.width, img.height
+    )))
 }
 
 pub fn kps_from_landmarks(lm: &[[f64; 2]]) -> [[f64; 2]; 5] {
@@ -182,34 +187,11 @@ impl Antelope {
         let t = Instant::now();
         let (bbox, score, faces_found, det_size, padding) = match opts.pick {
             FacePick::Box(b) => {
-                if !(b[2] > b[0] && b[3] > b[1]) || b.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::Mismatch(format!(
-                        "{what}: face box {b:?} is not x1,y1,x2,y2 with x2 > x1 and y2 > y1"
-                    )));
-                }
-                if b[2] <= 0.0 || b[3] <= 0.0 || b[0] >= img.width as f64 || b[1] >= img.height as f64 {
-                    return Err(Error::Mismatch(format!(
-                        "{what}: face box {b:?} lies outside the {}×{} photo",
-                        img.width, img.height
-                    )));
-                }
-                if (b[2] - b[0]).max(b[3] - b[1]) > 4.0 * img.width.max(img.height) as f64 {
-                    return Err(Error::Mismatch(format!(
-                        "{what}: face box {b:?} is more than 4× the size of the {}×{} photo",
-                        img.width, img.height
-                    )));
-                }
+                check_box(img, what, b)?;
                 (b, None, 0, None, 0)
             }
             FacePick::Best | FacePick::Index(_) => {
-                let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
-                let i = if let FacePick::Index(i) = opts.pick { i } else { 0 };
-                let f = d.faces.get(i).ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "{what}: face {i} asked for, but {} face(s) were found (0 = highest score)",
-                        d.faces.len()
-                    ))
-                })?;
+                let (f, d) = self.detect_nth(img, what, opts.pick)?;
                 (f.bbox.map(|v| v as f64), Some(f.score), d.faces.len(), Some(d.det_size), d.padding)
             }
         };
@@ -258,28 +240,32 @@ impl Antelope {
 }
 
 impl Antelope {
-    /// The ArcFace embedding of one face in `img` as insightface's `FaceAnalysis.get` gives it (detect, the
-    /// face's 5 keypoints, `norm_crop`, recognizer), or with a given box, aligned on the landmarks' points.
-    /// Returns the embedding and the face box.
+    /// Detection at every size (then with a border) and the face `pick` chooses (`Best` = index 0, the highest
+    /// score), with the detection it came from. A face index beyond those found is an error naming `what`.
+    fn detect_nth(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<(Face, Detection)> {
+        let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
+        let i = if let FacePick::Index(i) = pick { i } else { 0 };
+        let f = d.faces.get(i).cloned().ok_or_else(|| {
+            Error::Mismatch(format!(
+                "{what}: face {i} asked for, but {} face(s) were found (0 = highest score)",
+                d.faces.len()
+            ))
+        })?;
+        Ok((f, d))
+    }
+
     /// The box of the face `pick` chooses in `img` (detection at every size, as for photos; a given box is
     /// checked to lie on the image). No face is an error naming `what`.
     pub fn find_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<[f64; 4]> {
         match pick {
-            FacePick::Box(b) => {
-                check_box(img, what, b)?;
-                Ok(b)
-            }
-            FacePick::Best | FacePick::Index(_) => {
-                let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
-                let i = if let FacePick::Index(i) = pick { i } else { 0 };
-                let f = d.faces.get(i).ok_or_else(|| {
-                    Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found", d.faces.len()))
-                })?;
-                Ok(f.bbox.map(|v| v as f64))
-            }
+            FacePick::Box(b) => check_box(img, what, b).map(|()| b),
+            FacePick::Best | FacePick::Index(_) => Ok(self.detect_nth(img, what, pick)?.0.bbox.map(|v| v as f64)),
         }
     }
 
+    /// The ArcFace embedding of one face in `img` as insightface's `FaceAnalysis.get` gives it (detect, the
+    /// face's 5 keypoints, `norm_crop`, recognizer), or with a given box, aligned on the landmarks' points.
+    /// Returns the embedding and the face box.
     pub fn embed_face(&self, img: &Rgb8, what: &str, pick: FacePick) -> Result<(Vec<f32>, [f64; 4])> {
         let (kps, bbox) = match pick {
             FacePick::Box(b) => {
@@ -287,11 +273,7 @@ impl Antelope {
                 (kps_from_landmarks(&self.landmarks.landmarks(img, b)?), b)
             }
             FacePick::Best | FacePick::Index(_) => {
-                let d = self.detector.detect_any_size(img, DET_THRESHOLD, what)?;
-                let i = if let FacePick::Index(i) = pick { i } else { 0 };
-                let f = d.faces.get(i).ok_or_else(|| {
-                    Error::Mismatch(format!("{what}: face {i} asked for, but {} face(s) were found", d.faces.len()))
-                })?;
+                let (f, _) = self.detect_nth(img, what, pick)?;
                 (f.kps.map(|p| [p[0] as f64, p[1] as f64]), f.bbox.map(|v| v as f64))
             }
         };

@@ -100,8 +100,7 @@ impl Session {
             &Device::Cpu,
         )?;
         let clip = Tensor::cat(&feats.iter().map(|f| &f.clip).collect::<Vec<_>>(), 0)?;
-        let bases: Vec<&Tensor> = feats.iter().filter_map(|f| f.base_clip.as_ref()).collect();
-        let clip_base = if bases.is_empty() { None } else { Some(Tensor::cat(&bases, 0)?) };
+        let clip_base = crate::features::stack_base_rows(feats.iter().filter_map(|f| f.base_clip.as_ref()))?;
         let set = FeatureSet::new(arcface, clip, clip_base, feats.iter().map(|f| f.source.clone()).collect())?;
         self.hyper()?.identity(&set)
     }

@@ -83,13 +83,10 @@ impl Session {
         let face = self.face()?.find_face(&img.rgb8(), &what, r.pick)?;
         let [x0, y0, side] = detail_square(face, r.padding, img.width, img.height);
         // the crop, upscaled
-        let mut crop = vec![0u8; side * side * 3];
-        for y in 0..side {
-            let at = ((y0 + y) * img.width + x0) * 3;
-            crop[y * side * 3..(y + 1) * side * 3].copy_from_slice(&img.rgb[at..at + side * 3]);
-        }
+        let (a, b) = (x0 as i64, y0 as i64);
+        let crop = img.rgb8().crop(a, b, a + side as i64, b + side as i64)?;
         let crop = Image {
-            rgb: Arc::new(crop),
+            rgb: Arc::new(crop.data),
             width: side,
             height: side,
             seed: img.seed,
