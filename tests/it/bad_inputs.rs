@@ -31,18 +31,6 @@ fn case(
     }
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 fn odd_value(rng: &mut Rng) -> serde_json::Value {
     use serde_json::json;
     pick(
@@ -169,13 +157,7 @@ fn randomised_corruption_never_panics() {
     mark(&mut kinds, "configs", n, errors);
     // 3. identity files: one metadata value replaced by an odd string
     let h = hyperlora::HyperLora::load(fixture("hyperlora-tiny"), &Default::default()).unwrap();
-    let set = hyperlora::features::FeatureSet::new(
-        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
-        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
-        None,
-        vec![],
-    )
-    .unwrap();
+    let set = features(1);
     let good = tmp.path().join("good.id.safetensors");
     h.identity(&set).unwrap().save(&good, false).unwrap();
     let f = hyperlora::weights::StFile::open(&good).unwrap();

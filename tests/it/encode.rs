@@ -388,11 +388,7 @@ fn base_branch_from_a_photo_matches_the_reference() {
 
     // ID + Base as two LoRAs on the same weights: the reference's ID LoRA (its random ArcFace/CLIP inputs) with
     // the Base branch from the photo, at the reference strengths
-    let (a, clip) = (
-        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
-        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
-    );
-    let ref_id = h.identity(&hyperlora::features::FeatureSet::new(a, clip, None, vec![]).unwrap()).unwrap();
+    let ref_id = h.identity(&features(1)).unwrap();
     let both = hyperlora::Identity::new(
         ref_id.raw().clone(),
         1,

@@ -17,13 +17,7 @@ fn bases_replaced_under_a_loaded_model_do_not_kill_the_session() {
     use hyperlora::hyper::{synth::Branch, HyperLora, LoadOptions};
     let d = copy_dir(&fixture("hyperlora-tiny"));
     let h = HyperLora::load(d.path(), &LoadOptions::default()).unwrap();
-    let set = hyperlora::features::FeatureSet::new(
-        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
-        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
-        None,
-        vec![],
-    )
-    .unwrap();
+    let set = features(1);
     let id = h.identity(&set).unwrap();
     let before = h.synthesize(&id, Branch::Id).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(d.path().join("hyper_lora_modules.safetensors")).unwrap();
@@ -199,13 +193,7 @@ fn non_finite_numbers_stop_where_they_enter() {
     // export-lora --weight nan
     let id = dir.path().join("id.safetensors");
     let h = hyperlora::HyperLora::load(fixture("hyperlora-tiny"), &Default::default()).unwrap();
-    let set = hyperlora::features::FeatureSet::new(
-        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
-        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
-        None,
-        vec![],
-    )
-    .unwrap();
+    let set = features(1);
     h.identity(&set).unwrap().save(&id, false).unwrap();
     let out = dir.path().join("l.safetensors");
     let o = hyperlora(&[
@@ -268,18 +256,6 @@ fn non_finite_numbers_stop_where_they_enter() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("text encoders") && e.contains("non-finite"), "{e}");
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Stale temporary files of our own pattern (from a writer killed mid-write) are removed on the next write into
@@ -353,13 +329,7 @@ fn face_score_refuses_impossible_boxes() {
 fn non_finite_identities_and_features_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let h = hyperlora::HyperLora::load(fixture("hyperlora-tiny"), &Default::default()).unwrap();
-    let set = hyperlora::features::FeatureSet::new(
-        load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
-        load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
-        None,
-        vec![],
-    )
-    .unwrap();
+    let set = features(1);
     let good = dir.path().join("good.safetensors");
     h.identity(&set).unwrap().save(&good, false).unwrap();
     let bad = dir.path().join("nan.id.safetensors");

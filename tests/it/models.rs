@@ -6,19 +6,6 @@ use hyperlora::session::ModelPaths;
 use std::path::Path;
 use std::process::Command;
 
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
 fn antelope(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(fixture("onnx-tiny/scrfd_tiny.onnx"), dir.join("scrfd_10g_bnkps.onnx")).unwrap();

@@ -16,18 +16,6 @@ fn tiny() -> HyperLora {
     HyperLora::load(fixture("hyperlora-tiny"), &LoadOptions::default()).unwrap()
 }
 
-fn inputs(n: usize) -> (Tensor, Tensor) {
-    (
-        load("hyperlora-tiny/inputs.safetensors", &format!("arcface_n{n}")),
-        load("hyperlora-tiny/inputs.safetensors", &format!("clip_hidden_states_n{n}")),
-    )
-}
-
-fn features(n: usize) -> FeatureSet {
-    let (a, c) = inputs(n);
-    FeatureSet::new(a, c, None, vec![]).unwrap()
-}
-
 #[test]
 fn derived_config_matches_fixture_config() {
     let h = tiny();

@@ -47,6 +47,35 @@ pub fn copy_dir(src: &Path) -> tempfile::TempDir {
     tmp
 }
 
+/// Copy a folder with its subfolders.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// The tiny HyperLoRA's reference encoder outputs for `n` images (README §1: random unit ArcFace vectors, real
+/// CLIP states): (arcface [n, 512], clip [n, 257, 32]).
+pub fn inputs(n: usize) -> (Tensor, Tensor) {
+    (
+        load("hyperlora-tiny/inputs.safetensors", &format!("arcface_n{n}")),
+        load("hyperlora-tiny/inputs.safetensors", &format!("clip_hidden_states_n{n}")),
+    )
+}
+
+/// Those inputs as a feature set (no Base rows, no sources).
+pub fn features(n: usize) -> hyperlora::features::FeatureSet {
+    let (a, c) = inputs(n);
+    hyperlora::features::FeatureSet::new(a, c, None, vec![]).unwrap()
+}
+
 /// Read every tensor of a safetensors file as raw entries, let `f` edit the list, write it to `dst`.
 pub fn rewrite(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<(String, RawTensor)>)) {
     let file = StFile::open(src).unwrap();
