@@ -1,6 +1,7 @@
 //! `Identity`: what HyperLoRA saw in a person's photos — the resampler's raw coefficient tokens [Q, K], averaged
 //! over the photos (spec §2.3: fusion is a mean *before* normalisation), plus where they came from. Algebra runs
 //! in this raw space; the normalised coefficients that drive the LoRA are derived on use.
+mod gram;
 pub mod library;
 pub mod mix;
 pub mod space;

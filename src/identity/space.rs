@@ -412,8 +412,8 @@ pub fn pca(xs: &[Coeffs], k: usize) -> Result<Pca> {
     let d = xs[0].data.len();
     let rows: Vec<&[f32]> = xs.iter().map(|x| x.data.as_slice()).collect();
     // one pass over column blocks, in parallel: the block's mean, its centred rows in a scratch buffer that stays
-    // in cache, and their Gram partial sum (f32 dots over one block, added up in f64)
-    let (mean32, g) = gram_centred(&rows, d);
+    // in cache, and their Gram partial sum (f32 products over one block, added up in f64) — see `gram`
+    let (mean32, g) = super::gram::gram_centred(&rows, d);
     let gm = nalgebra::DMatrix::<f64>::from_fn(n, n, |i, j| 0.5 * (g[i * n + j] + g[j * n + i]));
     let eig = nalgebra::SymmetricEigen::new(gm);
     let mut order: Vec<usize> = (0..n).collect();
@@ -440,7 +440,7 @@ pub fn pca(xs: &[Coeffs], k: usize) -> Result<Pca> {
             (0..n).map(move |j| (vecs[(j, i)] / s) as f32)
         })
         .collect();
-    let dirs = directions_centred(&rows, &mean32, &w, kept.len());
+    let dirs = super::gram::directions_centred(&rows, &mean32, &w, kept.len());
     let directions = dirs.into_iter().map(|v| like.with(v)).collect();
     let explained = kept.iter().map(|&i| if total > 0.0 { eig.eigenvalues[i] / total } else { 0.0 }).collect();
     let scores = kept
@@ -451,154 +451,6 @@ pub fn pca(xs: &[Coeffs], k: usize) -> Result<Pca> {
         })
         .collect();
     Ok(Pca { mean: like.with(mean32), directions, explained, scores })
-}
-
-/// Columns per block: 100 rows of a block (400 KB of f32) stay in a core's L2 cache.
-const BLOCK: usize = 1024;
-
-/// The block `j0..j0+w` of every row, centred by its mean, into `scratch` (n × w); the block's mean into `mean`.
-fn centre_block(rows: &[&[f32]], j0: usize, w: usize, scratch: &mut [f32], mean: &mut [f32]) {
-    let inv = 1.0 / rows.len() as f32;
-    mean.iter_mut().for_each(|m| *m = 0.0);
-    for r in rows {
-        mean.iter_mut().zip(&r[j0..j0 + w]).for_each(|(m, v)| *m += v);
-    }
-    mean.iter_mut().for_each(|m| *m *= inv);
-    centre_with(rows, j0, w, scratch, mean);
-}
-
-/// The block `j0..j0+w` of every row minus the block's `mean`, into `scratch` (n × w).
-fn centre_with(rows: &[&[f32]], j0: usize, w: usize, scratch: &mut [f32], mean: &[f32]) {
-    for (c, r) in scratch.chunks_mut(w).zip(rows) {
-        c.iter_mut().zip(r[j0..j0 + w].iter().zip(mean)).for_each(|(c, (v, m))| *c = v - m);
-    }
-}
-
-/// Σ a·b with 64 independent f32 accumulators (8 AVX registers: enough to hide the add latency), fused
-/// multiply-adds when `FUSED` (only where the CPU has FMA: elsewhere `mul_add` would be a slow library call).
-#[inline(always)]
-fn dot64<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 64];
-    let (ca, cb) = (a.chunks_exact(64), b.chunks_exact(64));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..64 {
-            acc[i] = if FUSED { x[i].mul_add(y[i], acc[i]) } else { acc[i] + x[i] * y[i] };
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn gram_block<const FUSED: bool>(c: &[f32], n: usize, w: usize, g: &mut [f64]) {
-    for a in 0..n {
-        for b in 0..=a {
-            g[a * n + b] += dot64::<FUSED>(&c[a * w..(a + 1) * w], &c[b * w..(b + 1) * w]) as f64;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gram_block_avx2(c: &[f32], n: usize, w: usize, g: &mut [f64]) {
-    gram_block::<true>(c, n, w, g)
-}
-
-fn gram_block_best(c: &[f32], n: usize, w: usize, g: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { gram_block_avx2(c, n, w, g) };
-    }
-    gram_block::<false>(c, n, w, g)
-}
-
-/// The mean of the rows (f32) and the Gram matrix of the centred rows (n × n, f64, full).
-fn gram_centred(rows: &[&[f32]], d: usize) -> (Vec<f32>, Vec<f64>) {
-    use rayon::prelude::*;
-    let n = rows.len();
-    let blocks: Vec<usize> = (0..d).step_by(BLOCK).collect();
-    let parts: Vec<(usize, Vec<f32>, Vec<f64>)> = blocks
-        .par_chunks(blocks.len().div_ceil(rayon::current_num_threads().max(1) * 4).max(1))
-        .map(|chunk| {
-            let mut g = vec![0f64; n * n];
-            let mut scratch = vec![0f32; n * BLOCK];
-            let mut means = Vec::new();
-            for &j0 in chunk {
-                let w = BLOCK.min(d - j0);
-                let mut mean = vec![0f32; w];
-                centre_block(rows, j0, w, &mut scratch[..n * w], &mut mean);
-                gram_block_best(&scratch[..n * w], n, w, &mut g);
-                means.push(mean);
-            }
-            (chunk[0], means.concat(), g)
-        })
-        .collect();
-    let mut mean = vec![0f32; d];
-    let mut g = vec![0f64; n * n];
-    for (j0, m, part) in parts {
-        mean[j0..j0 + m.len()].copy_from_slice(&m);
-        g.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
-    }
-    for a in 0..n {
-        for b in 0..a {
-            g[b * n + a] = g[a * n + b];
-        }
-    }
-    (mean, g)
-}
-
-#[inline(always)]
-fn combine_block(c: &[f32], w: &[f32], n: usize, k: usize, bw: usize, out: &mut [f32]) {
-    for i in 0..k {
-        let o = &mut out[i * bw..(i + 1) * bw];
-        for j in 0..n {
-            let cw = w[i * n + j];
-            o.iter_mut().zip(&c[j * bw..(j + 1) * bw]).for_each(|(o, x)| *o += cw * x);
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn combine_block_avx2(c: &[f32], w: &[f32], n: usize, k: usize, bw: usize, out: &mut [f32]) {
-    combine_block(c, w, n, k, bw, out)
-}
-
-fn combine_block_best(c: &[f32], w: &[f32], n: usize, k: usize, bw: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { combine_block_avx2(c, w, n, k, bw, out) };
-    }
-    combine_block(c, w, n, k, bw, out)
-}
-
-/// The k rows of W · Xc (W: k × n; Xc: the rows minus `mean`), one pass over column blocks in parallel.
-fn directions_centred(rows: &[&[f32]], mean: &[f32], w: &[f32], k: usize) -> Vec<Vec<f32>> {
-    use rayon::prelude::*;
-    let (n, d) = (rows.len(), mean.len());
-    let blocks: Vec<usize> = (0..d).step_by(BLOCK).collect();
-    let parts: Vec<(usize, Vec<f32>)> = blocks
-        .par_iter()
-        .map(|&j0| {
-            let bw = BLOCK.min(d - j0);
-            let mut out = vec![0f32; k * bw];
-            let mut scratch = vec![0f32; n * bw];
-            // the means of the first pass: not summed again
-            centre_with(rows, j0, bw, &mut scratch, &mean[j0..j0 + bw]);
-            combine_block_best(&scratch, w, n, k, bw, &mut out);
-            (j0, out)
-        })
-        .collect();
-    let mut dirs = vec![vec![0f32; d]; k];
-    for (j0, out) in parts {
-        let bw = out.len() / k;
-        for (i, dir) in dirs.iter_mut().enumerate() {
-            dir[j0..j0 + bw].copy_from_slice(&out[i * bw..(i + 1) * bw]);
-        }
-    }
-    dirs
 }
 
 /// The UNet block a HyperLoRA module name belongs to (`lora_unet_down_blocks_1_attentions_0_…` → `down_blocks.1`).
