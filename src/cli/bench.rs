@@ -224,7 +224,7 @@ fn run_space(a: Args) -> anyhow::Result<()> {
         goal.clone(),
     );
     table.row(
-        ".of_module(\"…mid_block…attn2\").proj(\"to_k\").down",
+        ".module(\"…mid_block…attn2\").proj(\"to_k\").down",
         per(&|| {
             std::hint::black_box(
                 x.module(x.module_index("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2")?)?

@@ -160,7 +160,7 @@ impl Coeffs {
             .ok_or_else(|| Error::InvalidValue(format!("projection `{p}`: expected one of {PROJECTIONS:?}")))?;
         let m = self.single_module().ok_or_else(|| {
             Error::InvalidValue(format!(
-                ".proj(\"{p}\") needs one module's tokens (use .of_module(name) first); this value holds {}",
+                ".proj(\"{p}\") needs one module's tokens (use .module(name) first); this value holds {}",
                 self.describe_tokens()
             ))
         })?;

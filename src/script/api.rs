@@ -8,7 +8,7 @@ pub const API: &[(&str, &str, &str)] = &[
     ("mean", "mean([ids]) | mean([ids], [weights])", "the (weighted) mean of identities, as if their photos had been encoded together"),
     ("mix", "mix(a, b, t)", "(1 − t)·a + t·b: t = 0 is a, t = 1 is b"),
     ("similarity", "similarity(a, b)", "cosine similarity of two identities' coefficients (1 = same)"),
-    ("coeffs", "coeffs(id) | id.coeffs", "an identity's raw coefficient tokens [Q, K] as a value: .normalized .shape c[i] .of_module(name|i) .proj(\"to_q\") .down .up, to_array() (`module` is a reserved word in Rhai)"),
+    ("coeffs", "coeffs(id) | id.coeffs", "an identity's raw coefficient tokens [Q, K] as a value: .normalized .shape c[i] .module(name|i) .proj(\"to_q\") .down .up, to_array()"),
     ("coeffs_from", "coeffs_from(rows, like)", "coefficients from numbers (rows × K), shaped like `like`"),
     ("identity_from", "identity_from(c, #{ like: id })", "an identity from whole raw coefficients (keeps like's variant; its source says how it was made)"),
     ("dot", "dot(a, b) | norm(a) | cosine(a, b)", "inner product, length, cosine of identities (raw tokens) or coefficient values"),
@@ -44,7 +44,7 @@ pub const API: &[(&str, &str, &str)] = &[
 
 /// Operators and properties, for `help()`.
 pub const OPERATORS: &str = "identities: a + b, a - b, a * 0.5, 0.5 * a; properties .photos .hash .sources .coeffs\n\
-coefficients: a + b, a - b, c * 0.5; .normalized .shape .down .up; c[i]; .of_module(name|i) .proj(p)\n\
+coefficients: a + b, a - b, c * 0.5; .normalized .shape .down .up; c[i]; .module(name|i) .proj(p)\n\
 spaces: identity algebra, coeffs and directions act on the raw tokens (before per-token normalisation); the LoRA\n\
   normalises per token, so lora(a + b) is one LoRA of the summed tokens while lora(a) + lora(b) adds two LoRAs' ΔW\n\
 LoRA mixes: m1 + m2, m1 - m2, m * 0.7, 0.7 * m; property .terms\n\

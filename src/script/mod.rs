@@ -287,6 +287,13 @@ impl Script {
     pub fn new(session: Arc<Mutex<Session>>, output: Output, limits: Limits) -> Self {
         let cancel = session.lock().map(|s| s.cancel_flag()).unwrap_or_default();
         let mut engine = Engine::new();
+        // `module` is a reserved word in Rhai (kept for a future feature; no syntax uses it): read it as a name, so
+        // `c.module(3)` works as documented (`internals` feature; the hook is marked volatile, not deprecated)
+        #[allow(deprecated)]
+        engine.on_parse_token(|token, _, _| match token {
+            rhai::Token::Reserved(s) if s.as_str() == "module" => rhai::Token::Identifier(s),
+            token => token,
+        });
         engine.set_max_operations(limits.max_operations);
         engine.set_max_call_levels(limits.max_call_levels);
         engine.set_max_expr_depths(128, 64);

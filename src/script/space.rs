@@ -59,12 +59,15 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         let i = usize::try_from(i).map_err(|_| format!("token {i}: expected 0..{}", c.rows()))?;
         Ok(from_lib(c.token(i))?.into_iter().map(|v| Dynamic::from(v as f64)).collect())
     });
-    engine.register_fn("of_module", |c: &mut Coeffs, name: ImmutableString| -> RResult<Coeffs> {
-        from_lib(c.module_index(&name).and_then(|m| c.module(m)))
-    });
-    engine.register_fn("of_module", |c: &mut Coeffs, m: i64| -> RResult<Coeffs> {
-        from_lib(c.module_index(&m.to_string()).and_then(|m| c.module(m)))
-    });
+    // `module` (as the issue names it) and `of_module` (its first name, from when `module` was a reserved word)
+    for name in ["module", "of_module"] {
+        engine.register_fn(name, |c: &mut Coeffs, name: ImmutableString| -> RResult<Coeffs> {
+            from_lib(c.module_index(&name).and_then(|m| c.module(m)))
+        });
+        engine.register_fn(name, |c: &mut Coeffs, m: i64| -> RResult<Coeffs> {
+            from_lib(c.module_index(&m.to_string()).and_then(|m| c.module(m)))
+        });
+    }
     engine.register_fn("proj", |c: &mut Coeffs, p: ImmutableString| -> RResult<Coeffs> { from_lib(c.proj(&p)) });
     engine.register_fn("to_array", |c: Coeffs| -> Array {
         c.values()

@@ -136,7 +136,7 @@ fn refusals_name_what_was_expected() {
     let e = c.module_index("99").unwrap_err().to_string();
     assert!(e.contains("34 modules"), "{e}");
     let e = c.proj("to_q").unwrap_err().to_string();
-    assert!(e.contains(".of_module(name) first"), "{e}");
+    assert!(e.contains(".module(name) first"), "{e}");
     let e = c.module(0).unwrap().proj("to_z").unwrap_err().to_string();
     assert!(e.contains("to_q") && e.contains("to_out"), "{e}");
     let e = c.module(0).unwrap().add(&c).unwrap_err().to_string();
@@ -216,7 +216,12 @@ fn scripts_see_coefficients() {
     let v = sc.eval("let c = coeffs(p0); c.shape").unwrap();
     assert_eq!(format!("{v:?}"), "[272, 16]");
     assert_eq!(sc.eval("p0.coeffs[5].len()").unwrap().as_int().unwrap(), 16);
-    assert_eq!(sc.eval("c.of_module(4).proj(\"to_k\").down.shape[0]").unwrap().as_int().unwrap(), 1);
+    assert_eq!(sc.eval("c.module(4).proj(\"to_k\").down.shape[0]").unwrap().as_int().unwrap(), 1);
+    // `module` as the issue spells it (a reserved word in plain Rhai), by name too, and `of_module` the same
+    let by_name = "c.module(\"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2\")";
+    assert_eq!(sc.eval(&format!("{by_name}.shape[0]")).unwrap().as_int().unwrap(), 8);
+    assert!(sc.eval(&format!("{by_name}.to_array() == c.of_module(1).to_array()")).unwrap().as_bool().unwrap());
+    assert!(!sc.eval("c.module(1).to_array() == c.module(0).to_array()").unwrap().as_bool().unwrap());
     let d = hyperlora::script::describe(&sc.eval("c").unwrap());
     assert!(d.contains("raw (before per-token normalisation)"), "{d}");
     let d = hyperlora::script::describe(&sc.eval("c.normalized").unwrap());
@@ -244,7 +249,7 @@ fn scripts_see_coefficients() {
     assert_eq!(k, 2 + 3);
     let near = sc.eval("nearest([p1, p0, p2], p0, 1)[0].name").unwrap().into_string().unwrap();
     assert_eq!(near, "1", "p0 is nearest to itself (index 1 in the pool)");
-    let e = sc.eval("c.of_module(\"nope\")").unwrap_err().message;
+    let e = sc.eval("c.module(\"nope\")").unwrap_err().message;
     assert!(e.contains("no module `nope`"), "{e}");
     let e = sc.eval("coeffs(p0) + coeffs(p1).normalized").unwrap_err().message;
     assert!(e.contains("normalised"), "{e}");
