@@ -49,6 +49,14 @@ pub struct Args {
     /// sdxl: denoising steps per image.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// sdxl: also time one step by block kind (GroupNorm, convolutions, attention, feed-forward…), the device
+    /// synchronised around each.
+    #[arg(long)]
+    pub profile: bool,
+    /// sdxl: also time diffusers on the same shapes and settings with this Python (torch and diffusers
+    /// installed; runs bench/compare_diffusers.py, built into the binary) and print the ratio per step.
+    #[arg(long, value_name = "PYTHON")]
+    pub diffusers: Option<PathBuf>,
     /// Benchmark a real variant folder instead of real-size random f16 weights.
     #[arg(long, value_name = "DIR")]
     pub hyperlora: Option<PathBuf>,

@@ -8,7 +8,96 @@ use crate::sdxl::scheduler::{Sampler, SamplerKind, SchedulerConfig};
 use crate::sdxl::unet::UNet;
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// What `bench/compare_diffusers.py` prints.
+#[derive(serde::Deserialize)]
+struct Diffusers {
+    diffusers: String,
+    torch: String,
+    device: String,
+    total_s: f64,
+}
+
+/// Run the comparison script (built in) with `python`: the same shapes (SDXL base, or `--model`'s UNet config),
+/// size, steps, CFG, sampler and dtype; on the CPU with as many threads as ours.
+fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Result<Diffusers> {
+    use std::io::Write;
+    const SCRIPT: &str = include_str!("../../bench/compare_diffusers.py");
+    let dtype = match a.dtype.dtype() {
+        DType::F16 => "fp16",
+        DType::BF16 => "bf16",
+        _ => "fp32",
+    };
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("-").args(["--device", if dev.is_cpu() { "cpu" } else { a.device.as_str() }, "--dtype", dtype]);
+    cmd.args(["--size", &a.size.to_string(), "--steps", &a.steps.to_string(), "--cfg", "5"]);
+    if dev.is_cpu() {
+        cmd.args(["--threads", &rayon::current_num_threads().to_string()]);
+    }
+    if let Some(m) = &a.model {
+        let c = m.join("unet").join("config.json");
+        if c.is_file() {
+            cmd.arg("--config").arg(c);
+        }
+    }
+    eprintln!("timing diffusers with {} …", python.display());
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
+    child.stdin.take().expect("piped").write_all(SCRIPT.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+    let parsed = serde_json::from_str(last);
+    if !out.status.success() || parsed.is_err() {
+        // errors print as one line: show what the script said first
+        eprintln!("{text}");
+    }
+    if !out.status.success() {
+        anyhow::bail!("the diffusers run failed ({}); its output is above", out.status);
+    }
+    parsed.map_err(|e| anyhow::anyhow!("the diffusers run printed no result line ({e}); its output is above"))
+}
+
+/// One sampling step (UNet batch 2) again with the device synchronised around each block kind
+/// (`sdxl::profile`): a row per kind, per step, with its share of the profiled step; what no kind covers
+/// (residual adds, embeddings, the sampler) is the rest.
+fn profile_step(unet: &UNet, spec: &SampleSpec, noise: &Tensor, dev: &Device, table: &mut Table) -> anyhow::Result<()> {
+    use crate::sdxl::profile;
+    let mut s = Sampler::new(SamplerKind::DpmPp2mKarras, &SchedulerConfig::default(), 1)?;
+    let step = SampleSpec {
+        sampler: spec.sampler,
+        steps: 1,
+        cfg: spec.cfg,
+        cond: spec.cond,
+        uncond: spec.uncond,
+        time_ids: spec.time_ids.clone(),
+        strength: spec.strength,
+    };
+    sync(dev)?;
+    profile::enable(true);
+    let t = Instant::now();
+    let r =
+        denoise(unet, &mut s, noise.clone(), &step, 0, &mut |_| unreachable!(), &mut |_, _| ControlFlow::Continue(()));
+    let synced = sync(dev);
+    let whole = t.elapsed();
+    let kinds = profile::take();
+    profile::enable(false);
+    r?;
+    synced?;
+    table.row("profiled step (synchronised around every block)", whole, "100 %".into());
+    let covered: std::time::Duration = kinds.iter().map(|(_, d, _)| *d).sum();
+    let share = |d: std::time::Duration| format!("{:.1} %", 100.0 * d.as_secs_f64() / whole.as_secs_f64().max(1e-12));
+    for (what, d, n) in kinds {
+        table.row(&format!("  {what}"), d, format!("{} ({n} calls)", share(d)));
+    }
+    let rest = whole.saturating_sub(covered);
+    table.row("  the rest (residual adds, embeddings, sampler)", rest, share(rest));
+    Ok(())
+}
 
 /// Random N(0, 0.02) weights of whatever shape a model asks for: timing needs real shapes, not real values.
 pub(super) struct RandomWeights;
@@ -41,6 +130,8 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     let dev = crate::front::device(&a.device)?;
     let dtype = a.dtype.dtype();
     let mut table = Table(Vec::new());
+    // diffusers first, so that its process has ended (and freed its copy of the weights) before ours loads
+    let theirs = a.diffusers.as_ref().map(|py| run_diffusers(py, &a, &dev)).transpose()?;
     let t = Instant::now();
     let model = match &a.model {
         Some(p) => Some(Sdxl::load(
@@ -89,7 +180,9 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     sync(&dev)?;
     let mut sampler = Sampler::new(SamplerKind::DpmPp2mKarras, &SchedulerConfig::default(), a.steps)?;
     let t = Instant::now();
-    denoise(unet, &mut sampler, noise, &spec, 0, &mut |_| unreachable!(), &mut |_, _| ControlFlow::Continue(()))?;
+    denoise(unet, &mut sampler, noise.clone(), &spec, 0, &mut |_| unreachable!(), &mut |_, _| {
+        ControlFlow::Continue(())
+    })?;
     sync(&dev)?;
     let total = t.elapsed();
     table.row(
@@ -97,6 +190,18 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
         total,
         format!("{:.3} s/step", total.as_secs_f64() / a.steps as f64),
     );
+    if let Some(theirs) = &theirs {
+        table.row(
+            &format!("diffusers {} (torch {}), same shapes and settings", theirs.diffusers, theirs.torch),
+            Duration::from_secs_f64(theirs.total_s),
+            format!("{:.3} s/step on {}", theirs.total_s / a.steps as f64, theirs.device),
+        );
+        let ratio = total.as_secs_f64() / theirs.total_s;
+        table.row("ratio hyperlora ÷ diffusers per step", Duration::ZERO, format!("{ratio:.2}× (goal ≤ 1.0)"));
+    }
+    if a.profile {
+        profile_step(unet, &spec, &noise, &dev, &mut table)?;
+    }
     if model.is_none() {
         // the rest of an image with random real-size weights: both text encoders and the VAE decode (f32)
         let rv = |dt: DType| candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dt, dev.clone());

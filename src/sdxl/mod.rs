@@ -3,6 +3,7 @@
 pub mod lora;
 pub mod model;
 pub mod pipeline;
+pub mod profile;
 pub mod scheduler;
 pub mod single_file;
 pub mod text;

@@ -145,3 +145,57 @@ fn bad_inputs_exit_nonzero_with_one_line() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing tensor `arcface`"));
 }
+
+/// `bench sdxl --profile --diffusers PY` on the tiny model: a row per block kind whose times add up to no more than
+/// the profiled step, and the ratio against what the Python printed. The Python here is a stand-in that records
+/// what it was handed (the comparison script on stdin, our settings as arguments) and prints a result line.
+#[test]
+fn bench_sdxl_profiles_and_compares_with_diffusers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (py, seen) = (dir.path().join("python"), dir.path().join("seen"));
+    let result =
+        r#"{"tool": "diffusers", "diffusers": "0.0-test", "torch": "0-test", "device": "cpu (test)", "total_s": 0.5}"#;
+    let script =
+        format!("#!/bin/sh\necho \"$@\" > '{}'\ncat >> '{}'\necho 'a log line'\necho '{result}'\n", s(&seen), s(&seen));
+    std::fs::write(&py, script).unwrap();
+    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let model = fixture("sdxl-tiny");
+    let args = ["bench", "sdxl", "--model", s(&model), "--size", "64", "--steps", "2", "--repeat", "1", "--profile"];
+    let o = hyperlora(&[&args[..], &["--diffusers", s(&py)]].concat());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{out}", String::from_utf8_lossy(&o.stderr));
+    // the stand-in got our settings and the script
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let first = seen.lines().next().unwrap();
+    let unet_config = model.join("unet").join("config.json");
+    for want in ["- --device cpu --dtype fp32 --size 64 --steps 2 --cfg 5 --threads ", s(&unet_config)] {
+        assert!(first.contains(want), "{want:?} not in {first:?}");
+    }
+    assert!(seen.contains("DPMSolverMultistepScheduler(") && seen.contains("use_karras_sigmas=True"), "{seen}");
+    // ms in a table row that starts with `row`
+    let ms = |row: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no row {row:?} in\n{out}"));
+        line.split('|').nth(2).unwrap().trim().trim_end_matches(" ms").parse().unwrap()
+    };
+    let ours = ms("| 2 steps, 64², CFG 5 (UNet batch 2) |");
+    assert!(ms("| diffusers 0.0-test (torch 0-test), same shapes and settings |") == 500.0, "{out}");
+    let ratio_line = out.lines().find(|l| l.starts_with("| ratio hyperlora ÷ diffusers per step |")).unwrap();
+    let ratio: f64 = ratio_line.split('|').nth(3).unwrap().trim().split('×').next().unwrap().parse().unwrap();
+    assert!((ratio - ours / 500.0).abs() < 0.006, "ratio {ratio} vs {ours} ms / 500 ms");
+    // the profile: every kind the tiny UNet has, called, adding up to at most the profiled step
+    let whole = ms("| profiled step (synchronised around every block) |");
+    let kinds: Vec<&str> = out.lines().filter(|l| l.starts_with("|   ") && l.contains(" calls)")).collect();
+    assert_eq!(kinds.len(), 7, "{out}");
+    let sum: f64 =
+        kinds.iter().map(|l| l.split('|').nth(2).unwrap().trim().trim_end_matches(" ms").parse::<f64>().unwrap()).sum();
+    assert!(sum > 0.0 && sum <= whole + 0.05, "kinds add up to {sum} ms of a {whole} ms step\n{out}");
+    for k in ["convolutions", "self-attention", "cross-attention", "feed-forward (GEGLU)", "GroupNorm (+ SiLU)"] {
+        assert!(kinds.iter().any(|l| l.contains(k)), "no {k} row in\n{out}");
+    }
+    // a failing Python is an error that shows its output
+    std::fs::write(&py, "#!/bin/sh\ncat > /dev/null\necho 'No module named diffusers'\nexit 1\n").unwrap();
+    let o = hyperlora(&[&args[..], &["--diffusers", s(&py)]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("No module named diffusers"), "{err}");
+}

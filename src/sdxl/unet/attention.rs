@@ -2,6 +2,7 @@
 //! `Transformer2DModel` wrapper (diffusers' `attention.py` / `transformers/transformer_2d.py`).
 use super::UNetConfig;
 use crate::error::{Error, Result};
+use crate::sdxl::profile;
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{group_norm, layer_norm, linear, GroupNorm, LayerNorm, Linear, VarBuilder};
 
@@ -153,13 +154,19 @@ impl TransformerBlock {
         })
     }
     pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let n = self.norm1.forward(x)?;
-        let x = (x + self.attn1.forward(&n, &n)?)?;
-        let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, context)?)?;
-        let h = self.ff_proj.forward(&self.norm3.forward(&x)?)?;
-        let half = h.dim(D::Minus1)? / 2;
-        let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
-        &x + self.ff_out.forward(&gated)?
+        let dev = x.device();
+        let n = profile::time(profile::LAYER_NORM, dev, || self.norm1.forward(x))?;
+        let x = (x + profile::time(profile::SELF_ATTENTION, dev, || self.attn1.forward(&n, &n))?)?;
+        let n = profile::time(profile::LAYER_NORM, dev, || self.norm2.forward(&x))?;
+        let x = (&x + profile::time(profile::CROSS_ATTENTION, dev, || self.attn2.forward(&n, context))?)?;
+        let n = profile::time(profile::LAYER_NORM, dev, || self.norm3.forward(&x))?;
+        let f = profile::time(profile::FEED_FORWARD, dev, || {
+            let h = self.ff_proj.forward(&n)?;
+            let half = h.dim(D::Minus1)? / 2;
+            let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+            self.ff_out.forward(&gated)
+        })?;
+        &x + f
     }
 }
 
@@ -190,12 +197,17 @@ impl Transformer2D {
     }
     pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let mut t = self.norm.forward(x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?;
-        t = self.proj_in.forward(&t)?;
+        let dev = x.device();
+        let t = profile::time(profile::GROUP_NORM, dev, || self.norm.forward(x))?;
+        let mut t = profile::time(profile::PROJ_IN_OUT, dev, || {
+            self.proj_in.forward(&t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
+        })?;
         for blk in &self.blocks {
             t = blk.forward(&t, context)?;
         }
-        let t = self.proj_out.forward(&t)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
+        let t = profile::time(profile::PROJ_IN_OUT, dev, || {
+            self.proj_out.forward(&t)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))
+        })?;
         x + t
     }
 }

@@ -4,6 +4,7 @@
 //! diffusers keys (`down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight`); the configuration is the
 //! checkpoint's `unet/config.json`.
 use crate::error::{Error, Result};
+use crate::sdxl::profile;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
@@ -395,7 +396,7 @@ impl UNet {
         }
         let emb = (temb + aug)?;
         let context = context.to_dtype(dtype)?;
-        let mut x = self.conv_in.forward(sample)?;
+        let mut x = profile::time(profile::CONV, dev, || self.conv_in.forward(sample))?;
         let mut record = |name: String, t: &Tensor| {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.blocks.push((name, t.clone()));
@@ -412,7 +413,7 @@ impl UNet {
                 skips.push(x.clone());
             }
             if let Some(d) = &blk.downsample {
-                x = d.forward(&x)?;
+                x = profile::time(profile::CONV, dev, || d.forward(&x))?;
                 skips.push(x.clone());
             }
             record(format!("down_blocks.{i}"), &x);
@@ -431,13 +432,13 @@ impl UNet {
             }
             if let Some(u) = &blk.upsample {
                 let (_, _, hh, ww) = x.dims4()?;
-                x = u.forward(&x.upsample_nearest2d(hh * 2, ww * 2)?)?;
+                x = profile::time(profile::CONV, dev, || u.forward(&x.upsample_nearest2d(hh * 2, ww * 2)?))?;
             }
             record(format!("up_blocks.{i}"), &x);
         }
-        let x = self.conv_norm_out.forward(&x)?;
+        let x = profile::time(profile::GROUP_NORM, dev, || self.conv_norm_out.forward(&x))?;
         record("conv_norm_out".into(), &x);
-        let x = self.conv_out.forward(&x.silu()?)?;
+        let x = profile::time(profile::CONV, dev, || self.conv_out.forward(&x.silu()?))?;
         record("conv_out".into(), &x);
         Ok(x)
     }

@@ -1,5 +1,6 @@
 //! `ResnetBlock2D` and the convolution helper (diffusers' `resnet.py`); the VAE uses them too.
 use super::UNetConfig;
+use crate::sdxl::profile;
 use candle_core::{Module, Tensor};
 use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
@@ -39,13 +40,16 @@ impl Resnet {
         })
     }
     pub(crate) fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let dev = x.device();
+        let h = profile::time(profile::GROUP_NORM, dev, || self.norm1.forward(x)?.silu())?;
+        let mut h = profile::time(profile::CONV, dev, || self.conv1.forward(&h))?;
         if let (Some(p), Some(temb)) = (&self.time_emb_proj, temb) {
             h = h.broadcast_add(&p.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = profile::time(profile::GROUP_NORM, dev, || self.norm2.forward(&h)?.silu())?;
+        let h = profile::time(profile::CONV, dev, || self.conv2.forward(&h))?;
         match &self.shortcut {
-            Some(s) => s.forward(x)? + h,
+            Some(s) => profile::time(profile::CONV, dev, || s.forward(x))? + h,
             None => x + h,
         }
     }
