@@ -60,6 +60,10 @@ pub struct Args {
     /// Benchmark a real variant folder instead of real-size random f16 weights.
     #[arg(long, value_name = "DIR")]
     pub hyperlora: Option<PathBuf>,
+    /// hyper: also time torch on the same bases with this Python (runs bench/compare_synthesis.py, built into the
+    /// binary: einsum on the f16 bases, and on bases upcast to f32 beforehand) and print the ratio.
+    #[arg(long, value_name = "PYTHON")]
+    pub torch: Option<PathBuf>,
     /// Photos per identity in the forward benchmark.
     #[arg(long, default_value_t = 1)]
     pub images: usize,
@@ -75,6 +79,43 @@ pub struct Args {
     /// Repetitions of each timed step (the table shows the median).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+}
+
+/// Run a comparison script (`cmd` is the Python with `-` and the script's arguments) with `script` on stdin, and
+/// read the JSON line it ends with. On failure the script's output is shown first (errors print as one line).
+pub(super) fn run_script<T: serde::de::DeserializeOwned>(
+    mut cmd: std::process::Command,
+    script: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    use std::io::Write;
+    let python = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {python}: {e}"))?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+    let parsed = serde_json::from_str(last);
+    if !out.status.success() || parsed.is_err() {
+        eprintln!("{text}");
+    }
+    if !out.status.success() {
+        anyhow::bail!("the {what} run failed ({}); its output is above", out.status);
+    }
+    parsed.map_err(|e| anyhow::anyhow!("the {what} run printed no result line ({e}); its output is above"))
+}
+
+/// What `bench/compare_synthesis.py` prints.
+#[derive(serde::Deserialize)]
+struct TorchSynthesis {
+    torch: String,
+    threads: usize,
+    f16_s: f64,
+    f32_upcast_s: f64,
 }
 
 pub(super) struct Table(pub(super) Vec<(String, Duration, String)>);
@@ -347,6 +388,25 @@ fn bench(dir: &std::path::Path, a: &Args, table: &mut Table) -> anyhow::Result<(
             bytes as f64 / 1e9 / d.as_secs_f64()
         ),
     );
+    if let Some(py) = &a.torch {
+        const SCRIPT: &str = include_str!("../../bench/compare_synthesis.py");
+        let mut cmd = std::process::Command::new(py);
+        cmd.arg("-").arg(dir);
+        cmd.args(["--threads", &rayon::current_num_threads().to_string(), "--repeat", &a.repeat.max(1).to_string()]);
+        eprintln!("timing torch with {} …", py.display());
+        let t: TorchSynthesis = run_script(cmd, SCRIPT, "torch")?;
+        let ours = d.as_secs_f64();
+        table.row(
+            &format!("torch {} einsum on the f16 bases ({} threads)", t.torch, t.threads),
+            Duration::from_secs_f64(t.f16_s),
+            format!("ours ÷ this: {:.2}×", ours / t.f16_s),
+        );
+        table.row(
+            "torch einsum on the bases upcast to f32 beforehand (2× the memory)",
+            Duration::from_secs_f64(t.f32_upcast_s),
+            format!("ours ÷ this: {:.2}× (goal ≤ 1.0, reading f16)", ours / t.f32_upcast_s),
+        );
+    }
 
     let other = hyper.identity(&synthetic::random_features(1, c.id_embed_dim, 257, c.embedding_dim, 12)?)?;
     let n = 50;

@@ -22,7 +22,6 @@ struct Diffusers {
 /// Run the comparison script (built in) with `python`: the same shapes (SDXL base, or `--model`'s UNet config),
 /// size, steps, CFG, sampler and dtype; on the CPU with as many threads as ours.
 fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Result<Diffusers> {
-    use std::io::Write;
     const SCRIPT: &str = include_str!("../../bench/compare_diffusers.py");
     let dtype = match a.dtype.dtype() {
         DType::F16 => "fp16",
@@ -42,24 +41,7 @@ fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Re
         }
     }
     eprintln!("timing diffusers with {} …", python.display());
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", python.display()))?;
-    child.stdin.take().expect("piped").write_all(SCRIPT.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
-    let parsed = serde_json::from_str(last);
-    if !out.status.success() || parsed.is_err() {
-        // errors print as one line: show what the script said first
-        eprintln!("{text}");
-    }
-    if !out.status.success() {
-        anyhow::bail!("the diffusers run failed ({}); its output is above", out.status);
-    }
-    parsed.map_err(|e| anyhow::anyhow!("the diffusers run printed no result line ({e}); its output is above"))
+    super::bench::run_script(cmd, SCRIPT, "diffusers")
 }
 
 /// One sampling step (UNet batch 2) again with the device synchronised around each block kind

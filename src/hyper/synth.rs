@@ -1,8 +1,8 @@
 //! LoRA synthesis from coefficients (spec §2.3 steps 4–5): module i owns tokens 8i…8i+7; projection j
 //! (q, k, v, out) owns tokens 8i+2j (α → down) and 8i+2j+1 (β → up);
 //! `lora_down = (Σₖ αₖ·down_basis[k])ᵀ` [r, in], `lora_up = (Σₖ βₖ·up_basis[k])ᵀ` [out, r] —
-//! computed as one [1,K]×[K, in·r] matmul per basis tensor. Bases stay memory-mapped in their file dtype and
-//! are converted to f32 one tensor at a time.
+//! computed as Σₖ over the K rows of each basis tensor, read once in the file's dtype (`StFile::weighted_rows`:
+//! the bases stay f16 in memory and are converted a chunk at a time as they are added up).
 use super::modules::{ModuleSpec, Proj};
 use crate::error::{Error, Result};
 use crate::lora::LoraLayer;
@@ -85,11 +85,11 @@ impl Bases {
         n
     }
 
+    /// Σₖ cₖ · basis[k] as [1, in·r] (or [1, r·out]), reading the basis once in its file dtype.
     fn combine(&self, key: &str, c: &[f32]) -> Result<Tensor> {
-        let basis = self.file.to_f32_vec(key)?;
-        let cols = basis.len() / self.k;
-        let basis = Tensor::from_vec(basis, (self.k, cols), &Device::Cpu)?;
-        Ok(Tensor::from_slice(c, (1, self.k), &Device::Cpu)?.matmul(&basis)?)
+        let v = self.file.weighted_rows(key, c)?;
+        let cols = v.len();
+        Ok(Tensor::from_vec(v, (1, cols), &Device::Cpu)?)
     }
 
     /// One LoRA layer per projection (scale 1; the caller applies strength · alpha/rank).

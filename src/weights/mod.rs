@@ -167,6 +167,40 @@ impl StFile {
         })
     }
 
+    /// Σᵣ c[r] · row r of the tensor read as [c.len(), cols], in one pass over its bytes in the file dtype: each row
+    /// is converted to f32 a chunk at a time (half's F16C conversion for f16) and added into the result, so no f32
+    /// copy of the tensor is made — LoRA synthesis reads its f16 bases once, at two bytes a value.
+    pub fn weighted_rows(&self, key: &str, c: &[f32]) -> Result<Vec<f32>> {
+        let dt = self.check_dtype(key)?;
+        let raw = self.raw(key).unwrap_or_default();
+        let size = match dt {
+            StDtype::F16 | StDtype::BF16 => 2,
+            StDtype::F64 => 8,
+            _ => 4,
+        };
+        let n = raw.len() / size;
+        if c.is_empty() || !n.is_multiple_of(c.len()) {
+            return Err(Error::Mismatch(format!(
+                "{}: {key} has {n} values, not a whole number of {} rows",
+                self.path.display(),
+                c.len()
+            )));
+        }
+        let cols = n / c.len();
+        let mut out = vec![0f32; cols];
+        const CHUNK: usize = 1024;
+        let mut buf = [0f32; CHUNK];
+        for (r, &w) in c.iter().enumerate() {
+            let row = &raw[r * cols * size..(r + 1) * cols * size];
+            for (o, bytes) in out.chunks_mut(CHUNK).zip(row.chunks(CHUNK * size)) {
+                let x = &mut buf[..o.len()];
+                convert_to_f32(dt, bytes, x);
+                o.iter_mut().zip(x.iter()).for_each(|(o, x)| *o += w * x);
+            }
+        }
+        Ok(out)
+    }
+
     /// An integer tensor (I64 or I32 on disk) as i64 values.
     pub fn to_i64_vec(&self, key: &str) -> Result<Vec<i64>> {
         let raw = self.raw(key).ok_or_else(|| Error::Missing {
@@ -275,6 +309,43 @@ fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
     }
 }
 
+/// Little-endian float bytes of `dt` into `out` (one value per slot): in place when the bytes are aligned for the
+/// type (the usual case: safetensors pads its header), value by value when not.
+fn convert_to_f32(dt: StDtype, bytes: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    match dt {
+        StDtype::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
+            Ok(h) => h.convert_to_f32_slice(out),
+            Err(_) => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        },
+        StDtype::BF16 => match bytemuck::try_cast_slice::<u8, half::bf16>(bytes) {
+            Ok(h) => h.convert_to_f32_slice(out),
+            Err(_) => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        },
+        StDtype::F64 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
+            }
+        }
+        _ => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(f) => out.copy_from_slice(f),
+            Err(_) => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+        },
+    }
+}
+
 /// Reinterpret little-endian bytes as values (copying, so alignment does not matter).
 pub fn bytes_to<T: bytemuck::Pod>(raw: &[u8]) -> Vec<T> {
     bytemuck::pod_collect_to_vec(&raw[..raw.len() / std::mem::size_of::<T>() * std::mem::size_of::<T>()])
@@ -283,4 +354,57 @@ pub fn bytes_to<T: bytemuck::Pod>(raw: &[u8]) -> Vec<T> {
 /// Values as their bytes.
 pub fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{safetensors_bytes, RawTensor};
+
+    /// `weighted_rows` equals the sum of the rows read as f32, for every float dtype on disk, and the value-by-value
+    /// conversion of misaligned bytes equals the in-place one.
+    #[test]
+    fn weighted_rows_sums_rows_in_every_dtype() {
+        let (k, cols) = (5, 2500); // cols over two conversion chunks
+        let vals: Vec<f32> = (0..k * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 256.0).collect();
+        let c = [0.5f32, -1.25, 2.0, 0.0, 3.5];
+        let bytes = |dt: safetensors::Dtype| -> Vec<u8> {
+            match dt {
+                safetensors::Dtype::F16 => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+                safetensors::Dtype::BF16 => vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                safetensors::Dtype::F64 => vals.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
+                _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            }
+        };
+        for dt in [safetensors::Dtype::F16, safetensors::Dtype::BF16, safetensors::Dtype::F32, safetensors::Dtype::F64]
+        {
+            let t = RawTensor { dtype: dt, shape: vec![k, cols], data: bytes(dt) };
+            let f = StFile::from_vec("t.safetensors", safetensors_bytes(&[("b".into(), t)], HashMap::new()).unwrap())
+                .unwrap();
+            let rows = f.to_f32_vec("b").unwrap();
+            let want: Vec<f32> = (0..cols).map(|j| (0..k).map(|r| c[r] * rows[r * cols + j]).sum()).collect();
+            let got = f.weighted_rows("b", &c).unwrap();
+            assert_eq!(got.len(), cols);
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{dt:?}[{j}]: {g} vs {w}");
+            }
+            // the same bytes one byte off their alignment
+            let raw = bytes(dt);
+            let mut shifted = vec![0u8; raw.len() + 1];
+            shifted[1..].copy_from_slice(&raw);
+            let n = 300;
+            let size = raw.len() / vals.len();
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            convert_to_f32(dt, &raw[..n * size], &mut a);
+            convert_to_f32(dt, &shifted[1..1 + n * size], &mut b);
+            assert_eq!(a, b, "{dt:?}");
+            assert_eq!(a, rows[..n], "{dt:?}");
+        }
+        let f = StFile::from_vec(
+            "t.safetensors",
+            safetensors_bytes(&[("b".into(), RawTensor::f32(&[7], &[1.0; 7]))], HashMap::new()).unwrap(),
+        )
+        .unwrap();
+        assert!(f.weighted_rows("b", &c).unwrap_err().to_string().contains("not a whole number of 5 rows"));
+    }
 }

@@ -199,3 +199,35 @@ fn bench_sdxl_profiles_and_compares_with_diffusers() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("No module named diffusers"), "{err}");
 }
+
+/// `bench hyper --torch PY` hands the comparison script the same variant folder and our thread count, and prints
+/// torch's two times with our synthesis time divided by each (a stand-in Python records and answers).
+#[test]
+fn bench_hyper_compares_synthesis_with_torch() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (py, seen) = (dir.path().join("python"), dir.path().join("seen"));
+    let result =
+        r#"{"torch": "0-test", "threads": 2, "tensors": 272, "bases_gb": 0.001, "f16_s": 2.0, "f32_upcast_s": 0.25}"#;
+    let script = format!("#!/bin/sh\necho \"$@\" > '{}'\ncat >> '{}'\necho '{result}'\n", s(&seen), s(&seen));
+    std::fs::write(&py, script).unwrap();
+    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let variant = fixture("hyperlora-tiny");
+    let o = hyperlora(&["bench", "hyper", "--hyperlora", s(&variant), "--repeat", "1", "--torch", s(&py)]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{out}", String::from_utf8_lossy(&o.stderr));
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let first = seen.lines().next().unwrap();
+    assert!(first.starts_with(&format!("- {} --threads ", s(&variant))) && first.ends_with(" --repeat 1"), "{first}");
+    assert!(seen.contains("einsum(\"k,kab->ab\"") && seen.contains("t.float()"), "{seen}");
+    let row = |start: &str| -> Vec<String> {
+        let line = out.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no row {start:?} in\n{out}"));
+        line.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    let ours: f64 = row("| LoRA synthesis from coefficients |")[2].trim_end_matches(" ms").parse().unwrap();
+    let f32row = row("| torch einsum on the bases upcast to f32 beforehand");
+    assert_eq!(f32row[2], "250.00 ms");
+    let ratio: f64 = f32row[3].trim_start_matches("ours ÷ this: ").split('×').next().unwrap().parse().unwrap();
+    assert!((ratio - ours / 250.0).abs() < 0.006, "{ratio} vs {ours} / 250");
+    assert_eq!(row("| torch 0-test einsum on the f16 bases (2 threads) |")[2], "2000.00 ms");
+}
