@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 pub mod attention;
+pub mod geglu;
 mod resnet;
 pub use attention::Projection;
 use attention::*;
