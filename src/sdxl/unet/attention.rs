@@ -3,7 +3,7 @@
 use super::UNetConfig;
 use crate::error::{Error, Result};
 use crate::sdxl::profile;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{group_norm, layer_norm, linear, GroupNorm, LayerNorm, Linear, VarBuilder};
 
 /// A Linear whose weight can be patched by a LoRA merge; `target` is its diffusers path. The loaded weight is
@@ -161,7 +161,10 @@ impl TransformerBlock {
         let x = (&x + profile::time(profile::CROSS_ATTENTION, dev, || self.attn2.forward(&n, context))?)?;
         let n = profile::time(profile::LAYER_NORM, dev, || self.norm3.forward(&x))?;
         let f = profile::time(profile::FEED_FORWARD, dev, || {
-            self.ff_out.forward(&super::geglu::geglu(&self.ff_proj.forward(&n)?)?)
+            let h = self.ff_proj.forward(&n)?;
+            let half = h.dim(D::Minus1)? / 2;
+            let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+            self.ff_out.forward(&gated)
         })?;
         &x + f
     }

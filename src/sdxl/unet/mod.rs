@@ -11,7 +11,6 @@ use serde::Deserialize;
 use std::path::Path;
 
 pub mod attention;
-pub mod geglu;
 mod resnet;
 pub use attention::Projection;
 use attention::*;
