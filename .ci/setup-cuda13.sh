@@ -15,6 +15,9 @@ mkdir -p "$CU/lib/stubs"
 grep -oE '^\s+fn cu[A-Za-z0-9_]+\(' "$SYS" | sed -E 's/^\s+fn //; s/\($//' | sort -u \
   | awk '{print "int " $1 "(void) { return 34; /* CUDA_ERROR_STUB_LIBRARY */ }"}' > "$CU/lib/stubs/cuda_stub.c"
 gcc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so" "$CU/lib/stubs/cuda_stub.c"
+# the runtime name, so that a cuda binary can be started here to see it refuse cleanly (LD_LIBRARY_PATH=$CU/lib:$CU/lib/stubs);
+# never on the GPU machine, where the stub would shadow the real driver
+ln -sf libcuda.so "$CU/lib/stubs/libcuda.so.1"
 cat > "$PREFIX/cuda-env.sh" <<ENV
 export CU=$CU
 export PATH=\$CU/bin:\$PATH
