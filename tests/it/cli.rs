@@ -4,11 +4,6 @@ use candle_core::{DType, Device};
 use hyperlora::features::FeatureSet;
 use hyperlora::weights::StFile;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn hyperlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(args).env_remove("HYPERLORA_HYPERLORA").output().unwrap()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -146,20 +141,26 @@ fn bad_inputs_exit_nonzero_with_one_line() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing tensor `arcface`"));
 }
 
+/// An executable `python` in `dir` that writes its arguments, then what it reads on stdin, to `dir/seen`, and then
+/// runs `then` (shell lines: what it prints, how it exits).
+fn stand_in_python(dir: &Path, then: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (py, seen) = (dir.join("python"), dir.join("seen"));
+    let script = format!("#!/bin/sh\necho \"$@\" > '{}'\ncat >> '{}'\n{then}\n", s(&seen), s(&seen));
+    std::fs::write(&py, script).unwrap();
+    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (py, seen)
+}
+
 /// `bench sdxl --profile --diffusers PY` on the tiny model: a row per block kind whose times add up to no more than
 /// the profiled step, and the ratio against what the Python printed. The Python here is a stand-in that records
 /// what it was handed (the comparison script on stdin, our settings as arguments) and prints a result line.
 #[test]
 fn bench_sdxl_profiles_and_compares_with_diffusers() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (py, seen) = (dir.path().join("python"), dir.path().join("seen"));
     let result =
         r#"{"tool": "diffusers", "diffusers": "0.0-test", "torch": "0-test", "device": "cpu (test)", "total_s": 0.5}"#;
-    let script =
-        format!("#!/bin/sh\necho \"$@\" > '{}'\ncat >> '{}'\necho 'a log line'\necho '{result}'\n", s(&seen), s(&seen));
-    std::fs::write(&py, script).unwrap();
-    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (py, seen) = stand_in_python(dir.path(), &format!("echo 'a log line'\necho '{result}'"));
     let model = fixture("sdxl-tiny");
     let args = ["bench", "sdxl", "--model", s(&model), "--size", "64", "--steps", "2", "--repeat", "1", "--profile"];
     let o = hyperlora(&[&args[..], &["--diffusers", s(&py)]].concat());
@@ -194,7 +195,7 @@ fn bench_sdxl_profiles_and_compares_with_diffusers() {
         assert!(kinds.iter().any(|l| l.contains(k)), "no {k} row in\n{out}");
     }
     // a failing Python is an error that shows its output
-    std::fs::write(&py, "#!/bin/sh\ncat > /dev/null\necho 'No module named diffusers'\nexit 1\n").unwrap();
+    let (py, _) = stand_in_python(dir.path(), "echo 'No module named diffusers'\nexit 1");
     let o = hyperlora(&[&args[..], &["--diffusers", s(&py)]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("No module named diffusers"), "{err}");
@@ -204,14 +205,10 @@ fn bench_sdxl_profiles_and_compares_with_diffusers() {
 /// torch's two times with our synthesis time divided by each (a stand-in Python records and answers).
 #[test]
 fn bench_hyper_compares_synthesis_with_torch() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (py, seen) = (dir.path().join("python"), dir.path().join("seen"));
     let result =
         r#"{"torch": "0-test", "threads": 2, "tensors": 272, "bases_gb": 0.001, "f16_s": 2.0, "f32_upcast_s": 0.25}"#;
-    let script = format!("#!/bin/sh\necho \"$@\" > '{}'\ncat >> '{}'\necho '{result}'\n", s(&seen), s(&seen));
-    std::fs::write(&py, script).unwrap();
-    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (py, seen) = stand_in_python(dir.path(), &format!("echo '{result}'"));
     let variant = fixture("hyperlora-tiny");
     let o = hyperlora(&["bench", "hyper", "--hyperlora", s(&variant), "--repeat", "1", "--torch", s(&py)]);
     let out = String::from_utf8_lossy(&o.stdout);

@@ -7,7 +7,7 @@ use hyperlora::synthetic::onnx as synthetic;
 use hyperlora::vision::processor::Rgb8;
 use hyperlora::weights::StFile;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn png(rel: &str) -> Rgb8 {
     let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture(rel)).unwrap();
@@ -183,10 +183,6 @@ fn antelope_folder_mistakes_are_named() {
     assert!(e.contains("glintr100.onnx"), "{e}");
 }
 
-fn hyperlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(args).env_remove("HYPERLORA_HYPERLORA").output().unwrap()
-}
-
 #[test]
 fn encode_command_writes_features_an_identity_can_use() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,17 +242,13 @@ fn encode_command_writes_features_an_identity_can_use() {
         assert!(dbg.join(format!("00_photo.{what}.png")).is_file(), "{what} not saved");
     }
     // the features make an identity whose sources are the photo files
+    let identity = |variant: &str, features: &Path, out: &Path| -> Output {
+        let h = fixture(variant);
+        let args = ["identity", "--hyperlora", h.to_str().unwrap(), "--features", features.to_str().unwrap()];
+        hyperlora(&[&args[..], &["--out", out.to_str().unwrap()]].concat())
+    };
     let id = dir.path().join("me.id.safetensors");
-    let h = fixture("hyperlora-tiny");
-    let r = hyperlora(&[
-        "identity",
-        "--hyperlora",
-        h.to_str().unwrap(),
-        "--features",
-        out.to_str().unwrap(),
-        "--out",
-        id.to_str().unwrap(),
-    ]);
+    let r = identity("hyperlora-tiny", &out, &id);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let ident = hyperlora::Identity::load(&id).unwrap();
     use sha2::Digest;
@@ -272,18 +264,7 @@ fn encode_command_writes_features_an_identity_can_use() {
     let r = hyperlora(&with_base.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(StFile::open(&based).unwrap().shape("clip_base").unwrap(), vec![2, 257, 32]);
-    let id_args = |variant: &str, out: &Path| -> Output {
-        let h = fixture(variant);
-        hyperlora(&[
-            "identity",
-            "--hyperlora",
-            h.to_str().unwrap(),
-            "--features",
-            based.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
+    let id_args = |variant: &str, out: &Path| identity(variant, &based, out);
     let r = id_args("hyperlora-tiny-base", &dir.path().join("b.id.safetensors"));
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(hyperlora::Identity::load(&dir.path().join("b.id.safetensors")).unwrap().base_photos(), 2);

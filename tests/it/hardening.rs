@@ -3,12 +3,7 @@
 use crate::common::*;
 use candle_core::{DType, Device};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn hyperlora(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(args).env_remove("HYPERLORA_HYPERLORA").output().unwrap()
-}
 
 /// The bases are read into memory: truncating the file under a loaded model does not kill the process (with a
 /// memory map, the next synthesis would die of SIGBUS and take this test binary with it).

@@ -5,6 +5,16 @@ use hyperlora::output::RawTensor;
 use hyperlora::weights::StFile;
 use std::path::{Path, PathBuf};
 
+/// The binary with `args`, its output captured (no `$HYPERLORA_HYPERLORA` from the environment of whoever runs the
+/// tests).
+pub fn hyperlora(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(args)
+        .env_remove("HYPERLORA_HYPERLORA")
+        .output()
+        .unwrap()
+}
+
 /// `../shared/fixtures` beside the checkout (or `$HYPERLORA_FIXTURES`). Missing fixtures fail loudly.
 pub fn fixtures() -> PathBuf {
     let p = std::env::var_os("HYPERLORA_FIXTURES")
