@@ -149,22 +149,9 @@ impl StFile {
     pub fn to_f32_vec(&self, key: &str) -> Result<Vec<f32>> {
         let dt = self.check_dtype(key)?;
         let raw = self.raw(key).unwrap_or_default();
-        Ok(match dt {
-            StDtype::F16 => {
-                let h = bytes_to::<half::f16>(raw);
-                let mut out = vec![0f32; h.len()];
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(h.as_slice(), &mut out);
-                out
-            }
-            StDtype::BF16 => {
-                let h = bytes_to::<half::bf16>(raw);
-                let mut out = vec![0f32; h.len()];
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(h.as_slice(), &mut out);
-                out
-            }
-            StDtype::F64 => bytes_to::<f64>(raw).into_iter().map(|v| v as f32).collect(),
-            _ => bytes_to::<f32>(raw),
-        })
+        let mut out = vec![0f32; raw.len() / float_size(dt)];
+        convert_to_f32(dt, raw, &mut out);
+        Ok(out)
     }
 
     /// Σᵣ c[r] · row r of the tensor read as [c.len(), cols], in one pass over its bytes in the file dtype: each row
@@ -173,11 +160,7 @@ impl StFile {
     pub fn weighted_rows(&self, key: &str, c: &[f32]) -> Result<Vec<f32>> {
         let dt = self.check_dtype(key)?;
         let raw = self.raw(key).unwrap_or_default();
-        let size = match dt {
-            StDtype::F16 | StDtype::BF16 => 2,
-            StDtype::F64 => 8,
-            _ => 4,
-        };
+        let size = float_size(dt);
         let n = raw.len() / size;
         if c.is_empty() || !n.is_multiple_of(c.len()) {
             return Err(Error::Mismatch(format!(
@@ -306,6 +289,15 @@ fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
         E::HeaderTooSmall => format!("HeaderTooSmall: only {len} bytes"),
         E::MetadataIncompleteBuffer => format!("the tensors' data does not fit in the file's {len} bytes — truncated download?"),
         other => format!("{other:?}"),
+    }
+}
+
+/// Bytes per value of a float dtype that `check_dtype` lets through.
+fn float_size(dt: StDtype) -> usize {
+    match dt {
+        StDtype::F16 | StDtype::BF16 => 2,
+        StDtype::F64 => 8,
+        _ => 4,
     }
 }
 
