@@ -1,6 +1,6 @@
 //! diffusers `AutoencoderKL` (SDXL VAE): decoder for sampling, encoder for img2img. Latents are scaled by the
 //! config's `scaling_factor` (0.13025 for SDXL, not SD1.5's 0.18215). Run it in f32: SDXL's VAE overflows in f16.
-use super::unet::{conv, Resnet};
+use super::unet::{conv, no_zero, Resnet};
 use crate::error::{Error, Result};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
@@ -42,16 +42,13 @@ impl VaeConfig {
         if self.block_out_channels.is_empty() || self.block_out_channels.len() > 8 {
             return Err(format!("block_out_channels has {} entries (1 to 8; SDXL: 4)", self.block_out_channels.len()));
         }
-        let sizes = [
+        no_zero(&[
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
             ("layers_per_block", self.layers_per_block),
             ("norm_num_groups", self.norm_num_groups),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} is 0"));
-        }
+        ])?;
         if let Some((i, ch)) =
             self.block_out_channels.iter().enumerate().find(|(_, c)| **c == 0 || **c % self.norm_num_groups != 0)
         {

@@ -128,16 +128,13 @@ impl UNetConfig {
         if let Some(h) = &self.num_attention_heads {
             per_block("num_attention_heads", h)?;
         }
-        let zero = [
+        no_zero(&[
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
             ("layers_per_block", self.layers_per_block),
             ("cross_attention_dim", self.cross_attention_dim),
             ("norm_num_groups", self.norm_num_groups),
-        ];
-        if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} is 0"));
-        }
+        ])?;
         for (i, &ch) in self.block_out_channels.iter().enumerate() {
             if ch == 0 || ch % self.norm_num_groups != 0 {
                 return Err(format!(
@@ -177,6 +174,14 @@ impl UNetConfig {
     }
     fn heads_last(&self) -> usize {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).last()
+    }
+}
+
+/// A config check the UNet and the VAE share: the first of the named sizes that is 0, as "NAME is 0".
+pub(crate) fn no_zero(sizes: &[(&str, usize)]) -> std::result::Result<(), String> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((name, _)) => Err(format!("{name} is 0")),
+        None => Ok(()),
     }
 }
 
