@@ -10,6 +10,7 @@
 pub mod cancel;
 pub mod error;
 pub mod files;
+pub mod nn;
 pub mod rng;
 pub mod weights;
 
@@ -32,6 +33,7 @@ pub mod models;
 pub mod script;
 pub mod session;
 pub mod sweep;
+pub mod train;
 pub mod tui;
 
 // models written from code

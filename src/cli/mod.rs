@@ -7,6 +7,7 @@ mod doctor;
 mod download;
 mod encode;
 mod export;
+mod finetune;
 mod gather;
 mod generate;
 mod identity;
@@ -23,6 +24,7 @@ pub mod tui {
 mod repl;
 mod run;
 pub(crate) mod session_args;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -71,6 +73,10 @@ pub enum Cmd {
     Info(info::Args),
     /// An identity library folder: list it, show one entry, remove one.
     Library(library::Args),
+    /// Fine-tune an identity from its photos (~50 steps in identity space; the result is still an identity).
+    Finetune(finetune::Args),
+    /// Training: `train step` computes one step's loss and every gradient (to check other code against ours).
+    Train(train::Args),
     /// Print benchmark tables (real-size random weights unless --hyperlora is given).
     Bench(bench::Args),
 }
@@ -128,6 +134,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Gather(a) => gather::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Library(a) => library::run(a),
+        Cmd::Train(a) => train::run(a),
+        Cmd::Finetune(a) => finetune::run(a),
     }
 }
 

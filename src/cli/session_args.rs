@@ -26,6 +26,17 @@ pub(super) fn listener() -> crate::session::Listener {
         Event::Loaded { component, seconds } => eprintln!("loaded {component} in {seconds:.1} s"),
         Event::Encoded { photo, detail, .. } => eprintln!("{photo}: {detail}"),
         Event::Note(n) => eprintln!("{n}"),
+        Event::Train { step, total, loss, lr, .. } => {
+            let Ok(mut b) = bar.lock() else { return };
+            let pb = b.get_or_insert_with(|| train_bar(*total));
+            pb.set_length(*total as u64);
+            pb.set_position(*step as u64);
+            pb.set_message(format!("loss {loss:.5} lr {lr:.2e}"));
+            if step >= total {
+                pb.finish_and_clear();
+                *b = None;
+            }
+        }
         Event::Preview { .. } => {}
         Event::Step { step, total, .. } => {
             let Ok(mut b) = bar.lock() else { return };
@@ -45,6 +56,16 @@ pub fn step_bar(total: usize) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(total as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// The training progress bar on stderr: step, loss, lr, it/s, ETA.
+pub fn train_bar(total: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(total as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb

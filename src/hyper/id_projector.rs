@@ -1,8 +1,9 @@
 //! `id_projector.safetensors`: `Sequential(Linear(E → T·W), Reshape(-1, T, W), LayerNorm(W))` (spec §2.2).
 use super::config::HyperConfig;
+use crate::nn::{layer_norm, LayerNorm};
 use crate::weights::Expected;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 pub struct IdProjector {
     proj: Linear,

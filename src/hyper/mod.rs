@@ -6,6 +6,7 @@ pub mod id_projector;
 pub mod modules;
 pub mod resampler;
 pub mod synth;
+pub mod trainable;
 
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
@@ -66,6 +67,7 @@ pub struct HyperLora {
     id_projector: IdProjector,
     resampler: Resampler,
     base_resampler: Option<Resampler>,
+    base_resampler_config: Option<config::ResamplerConfig>,
     bases: Bases,
     variant: Variant,
     opts: LoadOptions,
@@ -190,6 +192,7 @@ impl HyperLora {
             " — `base_*_basis` tensors belong to the Base branch: put base_resampler.safetensors beside them (or set has_base_lora in config.json)"
         };
         bases_file.check_strict(&Bases::expected(&modules, config.hyper_dim, rank, base_rank), base_hint)?;
+        let mut base_resampler_config = None;
         let base_resampler = match &base_res_file {
             Some(f) => {
                 let c = config::derive_resampler(f, heads, q)?;
@@ -202,7 +205,9 @@ impl HyperLora {
                         ),
                     ));
                 }
-                Some(strict_load(f, &Resampler::expected(&c), "", opts, |vb| Resampler::new(&c, vb))?)
+                let r = strict_load(f, &Resampler::expected(&c), "", opts, |vb| Resampler::new(&c, vb))?;
+                base_resampler_config = Some(c);
+                Some(r)
             }
             None => None,
         };
@@ -228,6 +233,7 @@ impl HyperLora {
             id_projector,
             resampler,
             base_resampler,
+            base_resampler_config,
             bases,
             variant,
             opts: opts.clone(),

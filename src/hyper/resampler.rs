@@ -3,9 +3,10 @@
 //! `proj_out` gives the K-dim coefficient tokens. Keys follow `resampler.safetensors` /
 //! `base_resampler.safetensors` (`layers.{l}.attn2.to_out.0.weight`, `layers.{l}.ff.net.0.proj.weight`, …).
 use super::config::ResamplerConfig;
+use crate::nn::{layer_norm, LayerNorm};
 use crate::weights::Expected;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 const LN_EPS: f64 = 1e-5;
 
@@ -44,7 +45,7 @@ impl Attention {
         let v = self.split_heads(&self.to_v.forward(kv_in)?)?;
         let scale = 1.0 / (self.dim_head as f64).sqrt();
         let w = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        let w = crate::nn::softmax_last_dim(&w)?;
         let o = w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, self.heads * self.dim_head))?;
         self.to_out.forward(&o)
     }

@@ -92,15 +92,16 @@ impl Bases {
         Ok(Tensor::from_vec(v, (1, cols), &Device::Cpu)?)
     }
 
-    /// One LoRA layer per projection (scale 1; the caller applies strength · alpha/rank).
-    /// `coeffs`: normalised coefficient tokens [Q, K].
-    pub fn synthesize(&self, coeffs: &Tensor, branch: Branch) -> Result<Vec<LoraLayer>> {
-        let rank = match branch {
-            Branch::Id => self.rank,
+    fn rank_of(&self, branch: Branch) -> Result<usize> {
+        match branch {
+            Branch::Id => Ok(self.rank),
             Branch::Base => {
-                self.base_rank.ok_or_else(|| Error::Mismatch("this HyperLoRA variant has no Base-LoRA bases".into()))?
+                self.base_rank.ok_or_else(|| Error::Mismatch("this HyperLoRA variant has no Base-LoRA bases".into()))
             }
-        };
+        }
+    }
+
+    fn check_coeffs(&self, coeffs: &Tensor) -> Result<()> {
         let q = 8 * self.modules.len();
         if coeffs.dims() != [q, self.k] {
             return Err(Error::Mismatch(format!(
@@ -109,6 +110,14 @@ impl Bases {
                 self.k
             )));
         }
+        Ok(())
+    }
+
+    /// One LoRA layer per projection (scale 1; the caller applies strength · alpha/rank).
+    /// `coeffs`: normalised coefficient tokens [Q, K].
+    pub fn synthesize(&self, coeffs: &Tensor, branch: Branch) -> Result<Vec<LoraLayer>> {
+        let rank = self.rank_of(branch)?;
+        self.check_coeffs(coeffs)?;
         let c = coeffs.to_dtype(candle_core::DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
         let jobs: Vec<(usize, Proj)> = (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect();
         jobs.par_iter()
@@ -123,5 +132,31 @@ impl Bases {
                 Ok(LoraLayer { target: m.proj_target(p), down, up, scale: 1.0 })
             })
             .collect()
+    }
+
+    /// The gradient with respect to the coefficient tokens [Q, K] of a loss whose gradients with respect to the
+    /// synthesized factors are `grads` (one `(∂down [r, in], ∂up [out, r])` per layer, in `synthesize`'s order). As
+    /// `down = (Σₖ αₖ·B_k)ᵀ`, `∂αₖ = ⟨B_k, ∂downᵀ⟩`: one pass over the bases in their file dtype, like synthesis.
+    pub fn coefficient_grad(&self, grads: &[(Tensor, Tensor)], branch: Branch) -> Result<Tensor> {
+        self.rank_of(branch)?;
+        let jobs: Vec<(usize, Proj)> = (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect();
+        if grads.len() != jobs.len() {
+            return Err(Error::Mismatch(format!("{} factor gradients for {} LoRA layers", grads.len(), jobs.len())));
+        }
+        let rows: Vec<[Vec<f32>; 2]> = jobs
+            .par_iter()
+            .zip(grads.par_iter())
+            .map(|(&(i, p), (gd, gu))| {
+                let flat = |g: &Tensor| -> Result<Vec<f32>> {
+                    Ok(g.t()?.to_dtype(candle_core::DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?)
+                };
+                Ok([
+                    self.file.row_dots(&key(i, p, branch, "down"), &flat(gd)?)?,
+                    self.file.row_dots(&key(i, p, branch, "up"), &flat(gu)?)?,
+                ])
+            })
+            .collect::<Result<_>>()?;
+        let v: Vec<f32> = rows.into_iter().flat_map(|[a, b]| a.into_iter().chain(b)).collect();
+        Ok(Tensor::from_vec(v, (8 * self.modules.len(), self.k), &Device::Cpu)?)
     }
 }

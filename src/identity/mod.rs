@@ -37,6 +37,21 @@ pub struct Variant {
 
 pub use crate::provenance::{hex, sha256_hex, Source};
 
+/// Where a fine-tuned identity came from: the identity it started at, and the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finetuned {
+    /// Content hash of the starting identity.
+    pub from: String,
+    pub steps: usize,
+    pub lr: f64,
+    /// The training photos (names as given).
+    pub photos: Vec<String>,
+    pub seed: u64,
+    /// Eval loss on the fixed (timestep, noise) set before and after.
+    pub eval_before: f64,
+    pub eval_after: f64,
+}
+
 #[derive(Clone)]
 pub struct Identity {
     raw: Tensor,
@@ -47,6 +62,8 @@ pub struct Identity {
     variant: Variant,
     /// Content hash, computed on first use (the coefficients never change after construction).
     hash: std::sync::OnceLock<String>,
+    /// Set on an identity made by fine-tuning (kept in its file; identities derived from it by arithmetic are new).
+    finetuned: Option<Finetuned>,
 }
 
 impl Identity {
@@ -82,7 +99,27 @@ impl Identity {
                 )));
             }
         }
-        Ok(Identity { raw, base_raw, photos, base_photos, sources, variant, hash: std::sync::OnceLock::new() })
+        Ok(Identity {
+            raw,
+            base_raw,
+            photos,
+            base_photos,
+            sources,
+            variant,
+            hash: std::sync::OnceLock::new(),
+            finetuned: None,
+        })
+    }
+
+    /// The same identity marked as the result of a fine-tune.
+    pub fn with_finetuned(mut self, f: Finetuned) -> Self {
+        self.finetuned = Some(f);
+        self
+    }
+
+    /// How this identity was fine-tuned, if it was.
+    pub fn finetuned(&self) -> Option<&Finetuned> {
+        self.finetuned.as_ref()
     }
 
     /// Raw fused coefficient tokens [Q, K] (f32, CPU).
@@ -246,7 +283,7 @@ impl Identity {
         if let Some(b) = &self.base_raw {
             tensors.push(("base_raw".to_string(), RawTensor::from_tensor(b, dtype)?));
         }
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("format".to_string(), IDENTITY_FORMAT.to_string()),
             ("format_version".to_string(), IDENTITY_FORMAT_VERSION.to_string()),
             ("variant_hash".to_string(), self.variant.hash.clone()),
@@ -256,6 +293,9 @@ impl Identity {
             ("sources".to_string(), serde_json::to_string(&self.sources).expect("serializable")),
             ("hyperlora_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ]);
+        if let Some(f) = &self.finetuned {
+            meta.insert("finetuned".to_string(), serde_json::to_string(f).expect("serializable"));
+        }
         write_file(path, &safetensors_bytes(&tensors, meta)?, overwrite)
     }
 
@@ -293,7 +333,14 @@ impl Identity {
         } else {
             None
         };
-        Identity::new(raw, num("photos")?, base, sources, variant).map_err(|e| Error::invalid(path, e.to_string()))
+        let id = Identity::new(raw, num("photos")?, base, sources, variant)
+            .map_err(|e| Error::invalid(path, e.to_string()))?;
+        Ok(match meta.get("finetuned") {
+            Some(j) => id.with_finetuned(
+                serde_json::from_str(j).map_err(|e| Error::invalid(path, format!("metadata `finetuned`: {e}")))?,
+            ),
+            None => id,
+        })
     }
 
     /// One line: photos, hash, variant.
@@ -308,7 +355,21 @@ impl Identity {
             if self.base_raw.is_some() { format!(", +Base from {} image(s)", self.base_photos) } else { String::new() },
             self.short_hash(),
             self.variant.label
-        )
+        ) + match &self.finetuned {
+            Some(f) => format!(
+                " — fine-tuned from {} ({} steps, lr {}, {} photo{}: {}; eval loss {:.5} -> {:.5})",
+                crate::provenance::short(&f.from),
+                f.steps,
+                f.lr,
+                f.photos.len(),
+                if f.photos.len() == 1 { "" } else { "s" },
+                f.photos.join(", "),
+                f.eval_before,
+                f.eval_after
+            ),
+            None => String::new(),
+        }
+        .as_str()
     }
 }
 

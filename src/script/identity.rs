@@ -56,5 +56,83 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
     let s = session.clone();
     engine.register_fn("-", move |a: Identity, b: Identity| -> RResult<Identity> { from_lib(lock(&s)?.sub(&a, &b)) });
     let s = session.clone();
+    engine.register_fn("finetune", move |id: Identity, o: Map| -> RResult<Identity> {
+        let f = finetune_opts(&o)?;
+        let (trained, _) = from_lib(lock(&s)?.finetune(&id, &f))?;
+        Ok(trained)
+    });
+    let s = session.clone();
     register_scale(engine, move |a: Identity, k: f64| -> RResult<Identity> { from_lib(lock(&s)?.scale(&a, k)) });
+}
+
+/// The options map of `finetune(id, #{ … })`.
+fn finetune_opts(o: &Map) -> RResult<crate::session::Finetune> {
+    use crate::train::adamw::{AdamWConfig, Schedule};
+    use crate::train::finetune::FinetuneOptions;
+    check_keys(
+        o,
+        &[
+            "photos",
+            "steps",
+            "lr",
+            "prompt",
+            "size",
+            "seed",
+            "warmup",
+            "schedule",
+            "max_grad_norm",
+            "min_snr_gamma",
+            "strength",
+            "sample_steps",
+            "weight_decay",
+        ],
+        "finetune",
+    )?;
+    let photos: Vec<std::path::PathBuf> = match o.get("photos") {
+        None => return err("finetune: give `photos` (the photos to train on: a file name or an array of them)"),
+        Some(p) if p.is_string() => vec![string(p, "photos")?.into()],
+        Some(p) => p
+            .clone()
+            .into_typed_array::<Dynamic>()
+            .or_else(|_| err("finetune: `photos` is a file name or an array of them"))?
+            .iter()
+            .map(|d| string(d, "photos").map(Into::into))
+            .collect::<RResult<_>>()?,
+    };
+    let count = |k: &str, d: i64| -> RResult<usize> {
+        match o.get(k).map(|v| int(v, k)).transpose()?.unwrap_or(d) {
+            n if n >= 0 => Ok(n as usize),
+            n => err(format!("finetune: {k} must be 0 or more, got {n}")),
+        }
+    };
+    let real = |k: &str| -> RResult<Option<f64>> { o.get(k).map(|v| num(v, k)).transpose() };
+    let d = FinetuneOptions::default();
+    let options = FinetuneOptions {
+        steps: count("steps", 50)?,
+        adamw: AdamWConfig {
+            lr: real("lr")?.unwrap_or(d.adamw.lr),
+            weight_decay: real("weight_decay")?.unwrap_or(d.adamw.weight_decay),
+            ..d.adamw
+        },
+        warmup: count("warmup", 0)?,
+        schedule: match o.get("schedule") {
+            Some(s) => from_lib(Schedule::parse(&string(s, "schedule")?))?,
+            None => Schedule::Constant,
+        },
+        max_grad_norm: match real("max_grad_norm")? {
+            Some(c) if c <= 0.0 => None,
+            Some(c) => Some(c),
+            None => d.max_grad_norm,
+        },
+        loss: crate::train::step::LossOptions { min_snr_gamma: real("min_snr_gamma")? },
+        seed: count("seed", 0)? as u64,
+        strength: real("strength")?.unwrap_or(1.0),
+    };
+    Ok(crate::session::Finetune {
+        photos,
+        prompt: o.get("prompt").map(|p| string(p, "prompt")).transpose()?,
+        size: o.get("size").map(|_| count("size", 0)).transpose()?,
+        options,
+        sample_steps: count("sample_steps", 0)?,
+    })
 }

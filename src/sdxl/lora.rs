@@ -36,8 +36,8 @@ fn signature(terms: &[&LoraLayer]) -> Result<[u8; 32]> {
 }
 
 impl UNet {
-    /// Make `weights` the UNet's LoRA (replacing whatever was merged before). An empty set removes all LoRAs.
-    pub fn set_lora(&mut self, weights: &LoraWeights) -> Result<ApplyReport> {
+    /// The terms of `weights` grouped by this UNet's projection path, and the targets that name none.
+    fn terms_by_target<'a>(&mut self, weights: &'a LoraWeights) -> (HashMap<String, Vec<&'a LoraLayer>>, Vec<String>) {
         // LoRA targets may use diffusers paths or LDM/SGM paths (kohya LoRAs trained on single files): one lookup
         // from both spellings of this UNet's own projection names.
         let layout = UnetLayout {
@@ -60,6 +60,12 @@ impl UNet {
                 None => {}
             }
         }
+        (by_target, unknown)
+    }
+
+    /// Make `weights` the UNet's LoRA (replacing whatever was merged before). An empty set removes all LoRAs.
+    pub fn set_lora(&mut self, weights: &LoraWeights) -> Result<ApplyReport> {
+        let (by_target, unknown) = self.terms_by_target(weights);
         let mut report = ApplyReport::default();
         for p in self.projections_mut() {
             match by_target.get(p.target.as_str()) {
@@ -81,6 +87,44 @@ impl UNet {
                     report.restored += 1;
                 }
                 None => report.unchanged += 1,
+            }
+        }
+        report.unmatched = unknown;
+        Ok(report)
+    }
+
+    /// Training mode: carry `weights` as functions of their factors (`W·x + Σ scale·up·(down·x)`, never merged), so
+    /// that a backward pass from the UNet's output reaches `down` and `up` — Vars, or tensors computed from Vars.
+    /// Replaces the functional terms set before; an empty set removes them. Merged LoRAs stay as they are (clear
+    /// them first to train against the checkpoint's own weights). Returns how many projections carry terms.
+    pub fn set_functional_lora(&mut self, weights: &LoraWeights) -> Result<ApplyReport> {
+        let (by_target, unknown) = self.terms_by_target(weights);
+        let mut report = ApplyReport::default();
+        for p in self.projections_mut() {
+            match by_target.get(p.target.as_str()) {
+                Some(terms) => {
+                    for t in terms {
+                        let (r, inp) = t.down.dims2()?;
+                        let (out, r2) = t.up.dims2()?;
+                        let (o, i) = p.original.dims2()?;
+                        if r != r2 || inp != i || out != o {
+                            return Err(crate::error::Error::Mismatch(format!(
+                                "{}: LoRA factors up {:?} · down {:?} do not make its [{o}, {i}] weight",
+                                p.target,
+                                t.up.dims(),
+                                t.down.dims()
+                            )));
+                        }
+                    }
+                    p.functional = terms.iter().map(|t| (t.down.clone(), t.up.clone(), t.scale)).collect();
+                    report.merged += 1;
+                }
+                None => {
+                    if !p.functional.is_empty() {
+                        report.restored += 1;
+                    }
+                    p.functional.clear();
+                }
             }
         }
         report.unmatched = unknown;

@@ -29,6 +29,7 @@ pub use image::Image;
 use photos::PhotoFeatures;
 pub use photos::PhotoSpec;
 pub use refine::{detail_square, feather, RefineFace};
+pub use train::{centre_crop, Finetune, FinetuneReport};
 
 mod generate;
 mod image;
@@ -37,6 +38,7 @@ mod models;
 mod photos;
 mod refine;
 mod space;
+mod train;
 mod values;
 
 pub use crate::face::analyser::{FaceOptions, FacePick};
@@ -79,6 +81,14 @@ pub enum Event {
         step: usize,
         total: usize,
         image: Image,
+    },
+    /// One training step done (1-based) of `total`: its loss and learning rate.
+    Train {
+        step: usize,
+        total: usize,
+        loss: f64,
+        lr: f64,
+        elapsed: f64,
     },
     Note(String),
 }

@@ -46,7 +46,8 @@ pub struct DemoSet {
 }
 
 impl DemoSet {
-    fn at(dir: &Path) -> Self {
+    /// The demo set in `dir` (written or not).
+    pub fn in_dir(dir: &Path) -> Self {
         DemoSet {
             dir: dir.to_path_buf(),
             sdxl: dir.join("sdxl-tiny"),
@@ -61,13 +62,13 @@ impl DemoSet {
 /// The demo set in `dir`, written first if it is not complete there (a `complete` marker is written last, so an
 /// interrupted write is redone). Returns whether it was written now.
 pub fn ensure(dir: &Path) -> Result<(DemoSet, bool)> {
-    let set = DemoSet::at(dir);
+    let set = DemoSet::in_dir(dir);
     if dir.join("complete").is_file() {
         return Ok((set, false));
     }
     let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    write_all(&DemoSet::at(&tmp))?;
+    write_all(&DemoSet::in_dir(&tmp))?;
     std::fs::write(tmp.join("complete"), VERSION).map_err(|e| Error::io(&tmp, e))?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;

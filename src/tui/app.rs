@@ -197,6 +197,14 @@ impl App {
                         (j.step, j.total, j.elapsed) = (step, total, elapsed);
                     }
                 }
+                Event::Train { step, total, loss, lr, elapsed } => {
+                    if let Some(j) = &mut self.job {
+                        (j.step, j.total, j.elapsed) = (step, total, elapsed);
+                    }
+                    if step == total || step % 10 == 0 {
+                        self.info(format!("train step {step}/{total}: loss {loss:.5}, lr {lr:.2e}"));
+                    }
+                }
                 Event::Loading { component, path } => {
                     self.info(format!("loading {component} from {} …", path.display()))
                 }

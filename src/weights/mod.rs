@@ -184,6 +184,38 @@ impl StFile {
         Ok(out)
     }
 
+    /// The transpose of [`StFile::weighted_rows`]: ⟨row r, g⟩ for every row r of the tensor read as [rows, g.len()],
+    /// in one pass over its bytes in the file dtype (f64 accumulation per row). A gradient with respect to the
+    /// weights of `weighted_rows` is this, for the gradient `g` of its result.
+    pub fn row_dots(&self, key: &str, g: &[f32]) -> Result<Vec<f32>> {
+        let dt = self.check_dtype(key)?;
+        let raw = self.raw(key).unwrap_or_default();
+        let size = float_size(dt);
+        let n = raw.len() / size;
+        if g.is_empty() || !n.is_multiple_of(g.len()) {
+            return Err(Error::Mismatch(format!(
+                "{}: {key} has {n} values, not a whole number of rows of {}",
+                self.path.display(),
+                g.len()
+            )));
+        }
+        let cols = g.len();
+        const CHUNK: usize = 1024;
+        let mut buf = [0f32; CHUNK];
+        Ok((0..n / cols)
+            .map(|r| {
+                let row = &raw[r * cols * size..(r + 1) * cols * size];
+                let mut acc = 0f64;
+                for (gc, bytes) in g.chunks(CHUNK).zip(row.chunks(CHUNK * size)) {
+                    let x = &mut buf[..gc.len()];
+                    convert_to_f32(dt, bytes, x);
+                    acc += gc.iter().zip(x.iter()).map(|(a, b)| a * b).sum::<f32>() as f64;
+                }
+                acc as f32
+            })
+            .collect())
+    }
+
     /// An integer tensor (I64 or I32 on disk) as i64 values.
     pub fn to_i64_vec(&self, key: &str) -> Result<Vec<i64>> {
         let raw = self.raw(key).ok_or_else(|| Error::Missing {

@@ -28,4 +28,5 @@ mod session;
 mod single_file;
 mod space;
 mod sweep;
+mod training;
 mod tui;

@@ -9,12 +9,13 @@ const R: &str = "sdxl-tiny/reference/unet_forward.safetensors";
 #[test]
 fn unet_forward_matches_with_intermediates() {
     let unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();
-    let t = StFile::open(fixture(R)).unwrap().to_i64_vec("input.timestep").unwrap()[0] as f64;
+    let t = StFile::open(fixture(R)).unwrap().to_i64_vec("input.timestep").unwrap()[0] as f32;
+    let t = candle_core::Tensor::new(&[t, t], &Device::Cpu).unwrap();
     let mut trace = UNetTrace::default();
     let out = unet
         .forward_traced(
             &load(R, "input.sample"),
-            t,
+            &t,
             &load(R, "input.encoder_hidden_states"),
             &load(R, "input.text_embeds"),
             &load(R, "input.time_ids"),

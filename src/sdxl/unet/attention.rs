@@ -2,9 +2,10 @@
 //! `Transformer2DModel` wrapper (diffusers' `attention.py` / `transformers/transformer_2d.py`).
 use super::UNetConfig;
 use crate::error::{Error, Result};
+use crate::nn::{layer_norm, LayerNorm};
 use crate::sdxl::profile;
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{group_norm, layer_norm, linear, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
 
 /// A Linear whose weight can be patched by a LoRA merge; `target` is its diffusers path. The loaded weight is
 /// kept (shared, not copied) so that removing a LoRA restores it bit for bit — never by subtracting ΔW.
@@ -15,6 +16,9 @@ pub struct Projection {
     pub(crate) linear: Linear,
     /// Content signature of the LoRA terms merged now (None: the original weight is in use).
     pub(crate) merged: Option<[u8; 32]>,
+    /// Training mode: LoRA terms (down [r, in], up [out, r], scale) computed as functions of their factors,
+    /// `W·x + Σ scale·up·(down·x)`, never merged, so that gradients reach the factors.
+    pub(crate) functional: Vec<(Tensor, Tensor, f64)>,
 }
 
 impl Projection {
@@ -27,6 +31,7 @@ impl Projection {
             original: weight,
             bias,
             merged: None,
+            functional: Vec::new(),
         })
     }
     /// The weight as loaded.
@@ -60,7 +65,13 @@ impl Projection {
         self.merged = None;
     }
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear.forward(x)
+        let mut y = self.linear.forward(x)?;
+        for (down, up, scale) in &self.functional {
+            let (down, up) = (down.to_dtype(x.dtype())?, up.to_dtype(x.dtype())?);
+            let low = x.broadcast_matmul(&down.t()?)?;
+            y = (y + (low.broadcast_matmul(&up.t()?)? * *scale)?)?;
+        }
+        Ok(y)
     }
 }
 
@@ -85,7 +96,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, chunk: usize) -> c
     let per_row = (b * h * m).max(1);
     let rows = (chunk / per_row).max(1);
     if rows >= n {
-        let w = candle_nn::ops::softmax_last_dim(&(q.matmul(&kt)? * scale)?)?;
+        let w = crate::nn::softmax_last_dim(&(q.matmul(&kt)? * scale)?)?;
         return w.matmul(v);
     }
     let mut out = Vec::with_capacity(n.div_ceil(rows));
@@ -95,7 +106,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, chunk: usize) -> c
             return Err(candle_core::Error::Msg("cancelled".into()));
         }
         let qc = q.narrow(2, start, rows.min(n - start))?;
-        let w = candle_nn::ops::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
+        let w = crate::nn::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
         out.push(w.matmul(v)?);
     }
     Tensor::cat(&out, 2)

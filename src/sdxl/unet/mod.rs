@@ -63,6 +63,9 @@ pub struct UNetConfig {
     pub freq_shift: f64,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// Latent side the model was trained at (diffusers' `sample_size`; SDXL: 128).
+    #[serde(default)]
+    pub sample_size: Option<usize>,
 }
 
 fn eps5() -> f64 {
@@ -153,6 +156,11 @@ impl UNetConfig {
             return Err(format!("norm_eps {} is not a positive number", self.norm_eps));
         }
         Ok(())
+    }
+
+    /// The image side the model was trained at: `sample_size` × 8 (1024 for SDXL; 1024 when the config has none).
+    pub fn native_size(&self) -> usize {
+        self.sample_size.filter(|s| (1..=1024).contains(s)).map(|s| s * 8).unwrap_or(1024)
     }
 
     fn heads(&self, i: usize) -> usize {
@@ -362,13 +370,28 @@ impl UNet {
         text_embeds: &Tensor,
         time_ids: &Tensor,
     ) -> Result<Tensor> {
-        self.forward_traced(sample, timestep, context, text_embeds, time_ids, None)
+        let b = sample.dim(0)?;
+        let t = Tensor::from_vec(vec![timestep as f32; b], b, sample.device())?;
+        self.forward_traced(sample, &t, context, text_embeds, time_ids, None)
+    }
+
+    /// ε prediction with one timestep per batch row (`timesteps` [B], any float dtype) — what training needs, where
+    /// each row is noised to its own level.
+    pub fn forward_timesteps(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        text_embeds: &Tensor,
+        time_ids: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_traced(sample, timesteps, context, text_embeds, time_ids, None)
     }
 
     pub fn forward_traced(
         &self,
         sample: &Tensor,
-        timestep: f64,
+        timesteps: &Tensor,
         context: &Tensor,
         text_embeds: &Tensor,
         time_ids: &Tensor,
@@ -376,6 +399,9 @@ impl UNet {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, _, h, w) = sample.dims4()?;
+        if timesteps.dims() != [b] {
+            return Err(Error::Mismatch(format!("{b} latents but timesteps of shape {:?}", timesteps.dims())));
+        }
         let n = c.block_out_channels.len();
         let factor = 1usize << (n - 1);
         if h % factor != 0 || w % factor != 0 {
@@ -386,8 +412,8 @@ impl UNet {
         }
         let dtype = sample.dtype();
         let dev = sample.device();
-        let t = Tensor::from_vec(vec![timestep as f32; b], b, dev)?;
-        let temb = sinusoidal(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?.to_dtype(dtype)?;
+        let temb = sinusoidal(&timesteps.to_device(dev)?, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?
+            .to_dtype(dtype)?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
         let ids = time_ids.to_dtype(DType::F32)?.flatten_all()?;
         let tid = sinusoidal(&ids, c.addition_time_embed_dim.unwrap_or(256), c.flip_sin_to_cos, c.freq_shift)?

@@ -1,0 +1,187 @@
+//! The hypernetwork in training mode: the same modules (`IdProjector`, `Resampler`) built from variables instead
+//! of constants, and LoRA synthesis as candle ops over the bases held as variables, so that a backward pass
+//! reaches every weight of both branches and the coefficients. Variables are f32 master copies, keyed as in the
+//! variant's files with the file as prefix: `id_projector.0.weight`, `resampler.layers.0.attn1.to_q.weight`,
+//! `base_resampler.…`, `bases.0.to_q.id_down_basis` (the gradients of `hyperlora train step` carry the same names
+//! behind `grad.`).
+use super::config::ResamplerConfig;
+use super::id_projector::IdProjector;
+use super::modules::{ModuleSpec, Proj};
+use super::resampler::Resampler;
+use super::synth::{Bases, Branch};
+use super::{HyperLora, BASES_FILE, BASE_RESAMPLER_FILE, ID_PROJECTOR_FILE, RESAMPLER_FILE};
+use crate::error::{Error, Result};
+use crate::lora::LoraLayer;
+use crate::weights::{Expected, StFile};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+
+/// The file-name prefix of each group of variables.
+pub const ID_PROJECTOR: &str = "id_projector";
+pub const RESAMPLER: &str = "resampler";
+pub const BASE_RESAMPLER: &str = "base_resampler";
+pub const BASES: &str = "bases";
+
+pub struct Trainable {
+    /// Every variable, `group.key` → Var, in the files' key order.
+    vars: Vec<(String, Var)>,
+    id_projector: IdProjector,
+    resampler: Resampler,
+    base_resampler: Option<Resampler>,
+    bases: HashMap<String, Tensor>,
+    modules: Vec<ModuleSpec>,
+    k: usize,
+    rank: usize,
+    base_rank: Option<usize>,
+    device: Device,
+}
+
+/// Variables for the expected keys of one file, and a VarBuilder over them.
+fn vars_of(
+    file: &StFile,
+    expected: &[Expected],
+    group: &str,
+    device: &Device,
+    out: &mut Vec<(String, Var)>,
+) -> Result<VarBuilder<'static>> {
+    file.check_strict(expected, "")?;
+    let mut map = HashMap::new();
+    for e in expected {
+        let v = Var::from_tensor(&file.tensor(&e.key, DType::F32, device)?)?;
+        map.insert(e.key.clone(), v.as_tensor().clone());
+        out.push((format!("{group}.{}", e.key), v));
+    }
+    Ok(VarBuilder::from_tensors(map, DType::F32, device))
+}
+
+impl HyperLora {
+    /// Every weight of this variant as an f32 variable on `device`, in modules that compute with them.
+    pub fn trainable(&self, device: &Device) -> Result<Trainable> {
+        let mut vars = Vec::new();
+        let build = |e: candle_core::Error, f: &StFile| Error::invalid(f.path(), format!("cannot build: {e}"));
+        let f = StFile::open(self.dir.join(ID_PROJECTOR_FILE))?;
+        let vb = vars_of(&f, &IdProjector::expected(&self.config), ID_PROJECTOR, device, &mut vars)?;
+        let id_projector = IdProjector::new(&self.config, vb).map_err(|e| build(e, &f))?;
+        let f = StFile::open(self.dir.join(RESAMPLER_FILE))?;
+        let vb = vars_of(&f, &Resampler::expected(&self.config.resampler), RESAMPLER, device, &mut vars)?;
+        let resampler = Resampler::new(&self.config.resampler, vb).map_err(|e| build(e, &f))?;
+        let base_resampler = match &self.base_resampler_config {
+            Some(c) => {
+                let f = StFile::open(self.dir.join(BASE_RESAMPLER_FILE))?;
+                let vb = vars_of(&f, &Resampler::expected(c), BASE_RESAMPLER, device, &mut vars)?;
+                Some(Resampler::new(c, vb).map_err(|e| build(e, &f))?)
+            }
+            None => None,
+        };
+        let (k, rank, base_rank) = (self.config.hyper_dim, self.config.lora_rank, self.config.base_lora_rank);
+        let expected = Bases::expected(&self.modules, k, rank, base_rank);
+        let f = self.bases.file();
+        let mut bases = HashMap::new();
+        for e in &expected {
+            let v = Var::from_tensor(&f.tensor(&e.key, DType::F32, device)?)?;
+            bases.insert(e.key.clone(), v.as_tensor().clone());
+            vars.push((format!("{BASES}.{}", e.key), v));
+        }
+        Ok(Trainable {
+            vars,
+            id_projector,
+            resampler,
+            base_resampler,
+            bases,
+            modules: self.modules.clone(),
+            k,
+            rank,
+            base_rank,
+            device: device.clone(),
+        })
+    }
+
+    /// The Base resampler's configuration, when the variant has the Base branch.
+    pub fn base_resampler_config(&self) -> Option<&ResamplerConfig> {
+        self.base_resampler_config.as_ref()
+    }
+}
+
+impl Trainable {
+    /// Every variable with its name (`group.key`), in file order.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+    /// The variable of one name.
+    pub fn var(&self, name: &str) -> Option<&Var> {
+        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+    pub fn has_base(&self) -> bool {
+        self.base_resampler.is_some()
+    }
+
+    /// Raw coefficient tokens [N, Q, K] of the ID branch from ArcFace embeddings [N, E] and CLIP features [N, *, W].
+    pub fn raw_id(&self, arcface: &Tensor, clip: &Tensor) -> Result<Tensor> {
+        let tokens = self.id_projector.forward(&arcface.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+        let clip = clip.to_dtype(DType::F32)?.to_device(&self.device)?;
+        Ok(self.resampler.forward(&tokens, Some(&clip))?)
+    }
+
+    /// Raw coefficient tokens [M, Q, K] of the Base branch from Base-condition CLIP features.
+    pub fn raw_base(&self, clip_base: &Tensor) -> Result<Tensor> {
+        let br =
+            self.base_resampler.as_ref().ok_or_else(|| Error::Mismatch("this variant has no Base branch".into()))?;
+        Ok(br.forward(&clip_base.to_dtype(DType::F32)?.to_device(&self.device)?, None)?)
+    }
+
+    /// LoRA factors (scale 1) from normalised coefficient tokens [Q, K] as candle ops over the bases:
+    /// `down = (α·B_down)ᵀ`, `up = (β·B_up)ᵀ` — the same numbers as `Bases::synthesize`, differentiable in both.
+    pub fn factors(&self, coeffs: &Tensor, branch: Branch) -> Result<Vec<LoraLayer>> {
+        let (rank, b) = match branch {
+            Branch::Id => (self.rank, "id"),
+            Branch::Base => (self.base_rank.ok_or_else(|| Error::Mismatch("no Base bases".into()))?, "base"),
+        };
+        if coeffs.dims() != [8 * self.modules.len(), self.k] {
+            return Err(Error::Mismatch(format!(
+                "coefficients {:?}, expected [{}, {}]",
+                coeffs.dims(),
+                8 * self.modules.len(),
+                self.k
+            )));
+        }
+        let mut out = Vec::with_capacity(4 * self.modules.len());
+        for (i, m) in self.modules.iter().enumerate() {
+            for p in Proj::ALL {
+                let (inp, o) = m.dims(p);
+                let t = 8 * i + 2 * p.index();
+                let basis = |dir: &str| -> Result<Tensor> {
+                    let key = format!("{i}.{}.{b}_{dir}_basis", p.attr());
+                    let t = self.bases.get(&key).ok_or_else(|| Error::Mismatch(format!("no basis {key}")))?;
+                    Ok(t.flatten_from(1)?)
+                };
+                let alpha = coeffs.narrow(0, t, 1)?;
+                let beta = coeffs.narrow(0, t + 1, 1)?;
+                let down = alpha.matmul(&basis("down")?)?.reshape((inp, rank))?.t()?;
+                let up = beta.matmul(&basis("up")?)?.reshape((rank, o))?.t()?;
+                out.push(LoraLayer { target: m.proj_target(p), down, up, scale: 1.0 });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The variables' current values as f32 CPU tensors under their file keys, per group (what a checkpoint writes).
+    pub fn group(&self, group: &str) -> Result<Vec<(String, Tensor)>> {
+        let prefix = format!("{group}.");
+        self.vars
+            .iter()
+            .filter_map(|(n, v)| n.strip_prefix(&prefix).map(|k| (k.to_string(), v)))
+            .map(|(k, v)| Ok((k, v.as_tensor().to_device(&Device::Cpu)?)))
+            .collect()
+    }
+}
+
+/// The file each group of variables is written to.
+pub fn group_file(group: &str) -> &'static str {
+    match group {
+        ID_PROJECTOR => ID_PROJECTOR_FILE,
+        RESAMPLER => RESAMPLER_FILE,
+        BASE_RESAMPLER => BASE_RESAMPLER_FILE,
+        _ => BASES_FILE,
+    }
+}
