@@ -59,12 +59,15 @@ fn history_path(a: &Args) -> PathBuf {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (sess, demo) = session(&a.models)?;
     let mut script = Script::new(sess.clone(), output(a.models.preview), Limits::default());
-    install_ctrl_c(script.cancel_flag());
     if let Some(d) = &demo {
         crate::front::args::define_demo(&mut script, d);
     }
     let vars = Arc::new(Mutex::new(Vec::new()));
     let mut rl: rustyline::Editor<ReplHelper, rustyline::history::DefaultHistory> = rustyline::Editor::new()?;
+    // after the editor: on a terminal rustyline puts its own SIGINT handler in place for the editor's lifetime
+    // (it reads Ctrl-C as a key while a line is edited, ISIG off), which swallowed every Ctrl-C and `kill -INT`
+    // during a running job; ours, installed last, hears them (the terminal is in cooked mode while a job runs)
+    install_ctrl_c(script.cancel_flag());
     rl.set_helper(Some(ReplHelper { vars: vars.clone() }));
     let hist = history_path(&a);
     if let Some(p) = hist.parent() {

@@ -18,6 +18,12 @@ pub enum TermSource {
         hash: String,
         weights: Arc<LoraWeights>,
     },
+    /// LoRA weights made in the session (a LoRA-space fine-tune), scales included; `name` says how.
+    Trained {
+        name: String,
+        hash: String,
+        weights: Arc<LoraWeights>,
+    },
 }
 
 impl TermSource {
@@ -26,6 +32,7 @@ impl TermSource {
         match self {
             TermSource::Identity(id) => format!("id:{}", id.hash()),
             TermSource::File { hash, .. } => format!("file:{hash}"),
+            TermSource::Trained { hash, .. } => format!("trained:{hash}"),
         }
     }
     fn label(&self) -> String {
@@ -37,6 +44,7 @@ impl TermSource {
                 if id.photos() == 1 { "" } else { "s" }
             ),
             TermSource::File { path, .. } => format!("file {}", path.display()),
+            TermSource::Trained { name, .. } => name.clone(),
         }
     }
 }
@@ -70,6 +78,13 @@ impl LoraMix {
     pub fn file(path: PathBuf, hash: String, weights: Arc<LoraWeights>, weight: f64) -> Self {
         LoraMix { terms: vec![MixTerm { source: TermSource::File { path, hash, weights }, weight, base_weight: 0.0 }] }
             .merged()
+    }
+    /// Trained LoRA weights as a term at strength `weight`.
+    pub fn trained(name: String, hash: String, weights: Arc<LoraWeights>, weight: f64) -> Self {
+        LoraMix {
+            terms: vec![MixTerm { source: TermSource::Trained { name, hash, weights }, weight, base_weight: 0.0 }],
+        }
+        .merged()
     }
     /// `slider(a, b)` = lora(b, 1) − lora(a, 1): the direction from `a` to `b`.
     pub fn slider(a: &Identity, b: &Identity) -> Self {
@@ -158,6 +173,7 @@ impl LoraMix {
                     t.weight,
                     crate::provenance::short(hash)
                 ),
+                TermSource::Trained { hash, .. } => format!("trained:{}:{}", t.weight, crate::provenance::short(hash)),
                 TermSource::Identity(id) => {
                     let base = if t.base_weight != 0.0 { format!(":base {}", t.base_weight) } else { String::new() };
                     format!("identity:{}:{}{base}", id.short_hash(), t.weight)
@@ -217,7 +233,9 @@ impl LoraMix {
                         out.extend(synth(id, Branch::Base)?.scaled(t.base_weight * ALPHA_RATIO));
                     }
                 }
-                TermSource::File { weights, .. } => out.extend(weights.scaled(t.weight)),
+                TermSource::File { weights, .. } | TermSource::Trained { weights, .. } => {
+                    out.extend(weights.scaled(t.weight))
+                }
             }
         }
         Ok(out)

@@ -62,6 +62,16 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         Ok(trained)
     });
     let s = session.clone();
+    engine.register_fn("finetune_lora", move |l: Dynamic, o: Map| -> RResult<LoraMix> {
+        let f = finetune_opts(&o)?;
+        let mix = match l.clone().try_cast::<Identity>() {
+            Some(id) => LoraMix::lora(&id, f.options.strength),
+            None => mix_of(&l, "finetune_lora")?,
+        };
+        let (trained, _) = from_lib(lock(&s)?.finetune_lora(&mix, &f))?;
+        Ok(trained)
+    });
+    let s = session.clone();
     register_scale(engine, move |a: Identity, k: f64| -> RResult<Identity> { from_lib(lock(&s)?.scale(&a, k)) });
 }
 

@@ -242,8 +242,19 @@ pub fn describe_identity(id: &Identity) -> String {
     } else {
         names.join(", ")
     };
+    let tuned = match id.finetuned() {
+        Some(f) => format!(
+            ", fine-tuned from {} ({} steps, lr {}, eval loss {:.5} -> {:.5})",
+            crate::provenance::short(&f.from),
+            f.steps,
+            f.lr,
+            f.eval_before,
+            f.eval_after
+        ),
+        None => String::new(),
+    };
     format!(
-        "identity {} — {} photo{} [{shown}], variant {}",
+        "identity {} — {} photo{} [{shown}], variant {}{tuned}",
         id.short_hash(),
         id.photos(),
         if id.photos() == 1 { "" } else { "s" },

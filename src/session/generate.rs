@@ -105,8 +105,9 @@ impl Session {
             }
         }
         self.apply(g.lora.as_ref())?;
-        let has_identity =
-            g.lora.as_ref().is_some_and(|m| m.terms().iter().any(|t| matches!(t.source, TermSource::Identity(_))));
+        let has_identity = g.lora.as_ref().is_some_and(|m| {
+            m.terms().iter().any(|t| matches!(t.source, TermSource::Identity(_) | TermSource::Trained { .. }))
+        });
         let prompt = if has_identity && !g.prompt.contains(TRIGGER) {
             format!("{TRIGGER}, {}", g.prompt)
         } else {

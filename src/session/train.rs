@@ -207,3 +207,52 @@ impl Session {
         self.face_score(&img, id, FacePick::default()).map_err(|e| e.to_string())
     }
 }
+
+impl Session {
+    /// Fine-tune in LoRA space: the factors of `mix` (an identity's LoRA, or any mix) move directly, rank unchanged.
+    /// The result is a LoRA value (one trained term at strength 1) usable in `generate`, in mixes and in
+    /// `export_lora`. Ctrl-C stops between steps with nothing changed.
+    pub fn finetune_lora(&mut self, mix: &LoraMix, f: &Finetune) -> Result<(LoraMix, FinetuneReport)> {
+        self.cancel.store(false, Ordering::Relaxed);
+        let _heard = crate::cancel::scope(self.cancel.clone());
+        f.options.validate()?;
+        let start = self.lora_weights(mix)?;
+        if start.layers.is_empty() {
+            return Err(Error::Mismatch("finetune_lora: the LoRA has no layers (a weight of 0?)".into()));
+        }
+        let (pairs, _) = self.training_pairs(f)?;
+        self.apply(None)?;
+        let mut progress = self.train_progress();
+        let sdxl = self.sdxl.as_mut().ok_or_else(|| Error::Mismatch("SDXL not loaded".into()))?;
+        let ac = sdxl.scheduler.alphas_cumprod();
+        let unet = &mut sdxl.unet;
+        let eval_before = crate::train::finetune::eval(unet, &start.layers, &pairs, &ac, f.options.loss)?;
+        let mut log = Vec::new();
+        let mut on_step = |r: crate::train::finetune::StepReport| {
+            log.push(r);
+            progress(r)
+        };
+        let trained = crate::train::finetune::lora_space(unet, &start, &pairs, &ac, &f.options, &mut on_step)?
+            .ok_or(Error::Cancelled)?;
+        let eval_after = crate::train::finetune::eval(unet, &trained.layers, &pairs, &ac, f.options.loss)?;
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for l in &trained.layers {
+            h.update(l.target.as_bytes());
+            h.update(l.scale.to_le_bytes());
+            for t in [&l.down, &l.up] {
+                h.update(crate::weights::as_bytes(&t.flatten_all()?.to_vec1::<f32>()?));
+            }
+        }
+        let hash = crate::provenance::hex(&h.finalize());
+        let name = format!(
+            "LoRA fine-tuned from {} ({} steps, lr {}, eval loss {eval_before:.5} -> {eval_after:.5})",
+            mix.summary(),
+            f.options.steps,
+            f.options.adamw.lr
+        );
+        let out = LoraMix::trained(name, hash, Arc::new(trained), 1.0);
+        let none = || Err("face_score is reported for identity-space fine-tunes".to_string());
+        Ok((out, FinetuneReport { eval_before, eval_after, log, face_before: none(), face_after: none() }))
+    }
+}

@@ -29,7 +29,7 @@ impl AdamWConfig {
         if !ok(self.beta1, 0.0, 1.0) || !ok(self.beta2, 0.0, 1.0) {
             return Err(Error::InvalidValue(format!("betas ({}, {}) must lie in [0, 1)", self.beta1, self.beta2)));
         }
-        if !(ok(self.eps, 0.0, f64::MAX) && self.eps > 0.0) || !ok(self.weight_decay, 0.0, f64::MAX) {
+        if !(ok(self.eps, 0.0, f64::MAX) && self.eps > 0.0 && ok(self.weight_decay, 0.0, f64::MAX)) {
             return Err(Error::InvalidValue(format!(
                 "eps {} must be positive and weight decay {} not negative",
                 self.eps, self.weight_decay

@@ -385,3 +385,65 @@ fn tui_echoes_keys_promptly_while_a_job_runs() {
     assert!(worst < Duration::from_millis(500), "keys took {worst:?} to echo while a job ran");
     t.type_text("\x04");
 }
+
+/// The line REPL on a terminal with the default TERM: Ctrl-C typed on the terminal, and a `kill -INT`, stop a
+/// running job; the REPL keeps its variables and takes the next line.
+#[test]
+fn repl_ctrl_c_stops_a_running_job_and_keeps_the_variables() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = demo_env(&demo);
+    e.push(("HYPERLORA_HISTORY".into(), tmp.path().join("history").display().to_string()));
+    let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut t = FakeTerm::spawn(Answer::Plain, &["repl", "--demo", "--preview", "never"], &env);
+    t.wait_for("hl>", 30);
+    t.type_text("let a1 = 5\r");
+    let count = |t: &FakeTerm, what: &str| t.raw_text().matches(what).count();
+    let wait_more = |t: &FakeTerm, what: &str, n: usize, secs: u64| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while count(t, what) <= n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(count(t, what) > n, "no new `{what}` within {secs} s:\n{}", t.screen());
+    };
+    for (i, how) in ["ctrl-c", "kill"].iter().enumerate() {
+        let (steps, cancels, prompts) = (count(&t, "step "), count(&t, "cancelling"), count(&t, "hl>"));
+        t.type_text(&format!(
+            "let big{i} = generate(\"x\", #{{ width: 512, height: 512, steps: 1000, seed: {i} }});\r"
+        ));
+        // the job has started when its progress bar shows a step
+        wait_more(&t, "step ", steps, 120);
+        if *how == "ctrl-c" {
+            t.type_text("\x03");
+        } else {
+            // SAFETY: a signal to our own child process
+            unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
+        }
+        wait_more(&t, "cancelling", cancels, 60);
+        wait_more(&t, "hl>", prompts, 60);
+    }
+    t.type_text("a1 + 37\r");
+    t.wait_for("42", 60);
+    t.type_text("big0\r");
+    t.wait_for("not found", 20);
+    t.type_text("\x04");
+}
+
+/// Lines typed into the line REPL from t = 0 (before its prompt, and while the previous line runs) all run, in
+/// order — three times over.
+#[test]
+fn repl_runs_every_line_typed_ahead_in_order() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = demo_env(&demo);
+    e.push(("HYPERLORA_HISTORY".into(), tmp.path().join("history").display().to_string()));
+    let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for round in 0..3 {
+        let mut t = FakeTerm::spawn(Answer::Plain, &["repl", "--demo", "--preview", "never"], &env);
+        t.type_text(&format!("let x = {round};\rx = x * 10 + 2;\rprint(`r${{x * 10 + 3}}r`);\r"));
+        t.wait_for(&format!("r{}r", round * 100 + 23), 60);
+        t.type_text("\x04");
+    }
+}

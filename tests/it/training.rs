@@ -232,3 +232,100 @@ fn finetune_refuses_bad_requests_clearly() {
         assert!(!out.exists(), "{args:?} wrote a file");
     }
 }
+
+fn demo_session() -> (hyperlora::session::Session, hyperlora::Identity, std::path::PathBuf) {
+    use hyperlora::session::{FaceOptions, FacePick, ModelPaths, PhotoSpec, Session, SessionOptions};
+    let demo = hyperlora::demo::DemoSet::in_dir(&demo_dir());
+    let paths = ModelPaths {
+        sdxl: Some(demo.sdxl.clone()),
+        hyperlora: Some(demo.hyperlora.clone()),
+        clip: Some(demo.clip.clone()),
+        antelopev2: Some(demo.antelopev2.clone()),
+        ..Default::default()
+    };
+    let mut s = Session::new(
+        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
+        std::sync::Arc::new(|_: &hyperlora::session::Event| {}),
+    );
+    let opts = FaceOptions { pick: FacePick::Box(hyperlora::demo::PHOTO_FACE_BOX), ..Default::default() };
+    let id = s.identity(&[PhotoSpec::with_options(&demo.photo, opts)]).unwrap();
+    (s, id, demo.photo)
+}
+
+/// LoRA space: the factors move, the result generates, mixes, and exports to a kohya file whose import gives the
+/// same ΔW on every layer.
+#[test]
+fn finetune_lora_exports_what_it_trained() {
+    use hyperlora::train::finetune::FinetuneOptions;
+    let (mut s, id, photo) = demo_session();
+    let start = hyperlora::LoraMix::lora(&id, 1.0);
+    let f = hyperlora::session::Finetune {
+        photos: vec![photo],
+        prompt: None,
+        size: None,
+        options: FinetuneOptions { steps: 12, seed: 5, ..Default::default() },
+        sample_steps: 0,
+    };
+    let (trained, report) = s.finetune_lora(&start, &f).unwrap();
+    assert_eq!(report.log.len(), 12);
+    assert!(report.eval_after < report.eval_before, "{} -> {}", report.eval_before, report.eval_after);
+    let w0 = s.lora_weights(&start).unwrap();
+    let w1 = s.lora_weights(&trained).unwrap();
+    assert_eq!(w0.targets(), w1.targets());
+    let mut moved = 0f32;
+    for t in w1.targets() {
+        let (a, b) = (w0.delta(t).unwrap().unwrap(), w1.delta(t).unwrap().unwrap());
+        assert_eq!(a.dims(), b.dims());
+        moved = moved.max(max_abs(&a, &b).0);
+    }
+    assert!(moved > 1e-4, "the LoRA did not move ({moved})");
+    // the project's own import reads back the same ΔW
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ft.safetensors");
+    s.export_lora(&trained, &path, candle_core::DType::F32, false).unwrap();
+    let imported = hyperlora::lora::file::import(&path).unwrap().weights;
+    for t in w1.targets() {
+        let want = w1.delta(t).unwrap().unwrap();
+        let scale = max_abs(&want, &want.zeros_like().unwrap()).0;
+        assert!(scale > 0.0, "{t}: zero ΔW");
+        let got = imported.delta(t).unwrap().unwrap_or_else(|| panic!("{t} not in the exported file"));
+        assert!(max_abs(&got, &want).0 <= 1e-5 * scale.max(1.0), "{t}: ΔW differs after export/import");
+    }
+    // it generates and mixes like any LoRA
+    let mut g = hyperlora::session::Generate::new("a photo of a person");
+    (g.width, g.height, g.steps) = (64, 64, 1);
+    g.lora = Some(s.mix_add(&trained, &hyperlora::LoraMix::lora(&id, 0.5)));
+    s.generate(&g).unwrap();
+}
+
+/// The script functions: `finetune` and `finetune_lora` in a recipe run by `hyperlora run` on the demo set.
+#[test]
+fn finetune_from_a_script() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("ft.rhai");
+    let out = tmp.path().join("ft.safetensors");
+    std::fs::write(
+        &script,
+        format!(
+            r#"let me = identity(#{{ path: demo_photo, box: demo_box }});
+let ft = finetune(me, #{{ photos: [demo_photo], steps: 2, lr: 0.02, seed: 3 }});
+print(ft);
+let l = finetune_lora(ft, #{{ photos: demo_photo, steps: 2 }});
+export_lora(l, "{}");
+print(similarity(me, ft) < 1.0);
+"#,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["run", "--demo", "--preview", "never", script.to_str().unwrap()])
+        .env("HYPERLORA_DEMO_DIR", demo_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{}", text, String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("fine-tuned from") && text.contains("2 steps"), "{text}");
+    assert!(text.lines().last() == Some("true"), "{text}");
+    assert!(hyperlora::lora::file::import(&out).unwrap().weights.layers.len() > 100);
+}
