@@ -391,10 +391,8 @@ fn tui_echoes_keys_promptly_while_a_job_runs() {
 #[test]
 fn repl_ctrl_c_stops_a_running_job_and_keeps_the_variables() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let demo = crate::common::demo_dir();
     let tmp = tempfile::tempdir().unwrap();
-    let mut e = demo_env(&demo);
-    e.push(("HYPERLORA_HISTORY".into(), tmp.path().join("history").display().to_string()));
+    let e = repl_env(tmp.path());
     let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut t = FakeTerm::spawn(Answer::Plain, &["repl", "--demo", "--preview", "never"], &env);
     t.wait_for("hl>", 30);
@@ -435,10 +433,8 @@ fn repl_ctrl_c_stops_a_running_job_and_keeps_the_variables() {
 #[test]
 fn repl_runs_every_line_typed_ahead_in_order() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let demo = crate::common::demo_dir();
     let tmp = tempfile::tempdir().unwrap();
-    let mut e = demo_env(&demo);
-    e.push(("HYPERLORA_HISTORY".into(), tmp.path().join("history").display().to_string()));
+    let e = repl_env(tmp.path());
     let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     for round in 0..3 {
         let mut t = FakeTerm::spawn(Answer::Plain, &["repl", "--demo", "--preview", "never"], &env);
@@ -446,4 +442,11 @@ fn repl_runs_every_line_typed_ahead_in_order() {
         t.wait_for(&format!("r{}r", round * 100 + 23), 60);
         t.type_text("\x04");
     }
+}
+
+/// The demo set's environment with a history file in `dir`.
+fn repl_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut e = demo_env(&crate::common::demo_dir());
+    e.push(("HYPERLORA_HISTORY".into(), dir.join("history").display().to_string()));
+    e
 }

@@ -132,7 +132,6 @@ fn eval_line(o: &std::process::Output) -> (f64, f64) {
 
 #[test]
 fn finetune_lowers_the_eval_loss_and_gives_an_identity() {
-    use hyperlora::session::{PhotoSpec, Session, SessionOptions};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("me-ft.safetensors");
     let o = finetune(&[
@@ -170,21 +169,7 @@ fn finetune_lowers_the_eval_loss_and_gives_an_identity() {
     let info = ft.finetuned().expect("marked as fine-tuned").clone();
     assert_eq!((info.steps, info.lr, info.seed), (30, 0.05, 7));
     assert!((info.eval_before - before).abs() < 1e-5 && (info.eval_after - after).abs() < 1e-5);
-    let demo = hyperlora::demo::DemoSet::in_dir(&demo_dir());
-    let paths = hyperlora::session::ModelPaths {
-        sdxl: Some(demo.sdxl.clone()),
-        hyperlora: Some(demo.hyperlora.clone()),
-        clip: Some(demo.clip.clone()),
-        antelopev2: Some(demo.antelopev2.clone()),
-        ..Default::default()
-    };
-    let mut s = Session::new(
-        SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
-        std::sync::Arc::new(|_: &hyperlora::session::Event| {}),
-    );
-    let b = hyperlora::demo::PHOTO_FACE_BOX;
-    let opts = hyperlora::session::FaceOptions { pick: hyperlora::session::FacePick::Box(b), ..Default::default() };
-    let origin = s.identity(&[PhotoSpec::with_options(&demo.photo, opts)]).unwrap();
+    let (mut s, origin, _) = demo_session();
     assert_eq!(info.from, origin.hash(), "fine-tuned from the photo's identity");
     assert!(max_abs(ft.raw(), origin.raw()).0 > 1e-3, "the coefficients did not move");
     s.check_identity(&ft).unwrap();
