@@ -56,17 +56,25 @@ pub fn parse_box(s: &str) -> anyhow::Result<[f64; 4]> {
     <[f64; 4]>::try_from(v).map_err(|_| anyhow::anyhow!("--box `{s}`: expected four numbers x1,y1,x2,y2"))
 }
 
+/// One face choice per photo: `--box` given once for all photos or once per photo, else `--face N`, else the best.
+pub fn face_picks(boxes: &[String], photos: usize, face: Option<usize>) -> anyhow::Result<Vec<FacePick>> {
+    let boxes = boxes.iter().map(|s| parse_box(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    if boxes.len() > 1 && boxes.len() != photos {
+        anyhow::bail!("{} boxes for {photos} photos: give --box once for all photos or once per photo", boxes.len());
+    }
+    Ok((0..photos)
+        .map(|i| match (boxes.get(i).or(boxes.first()), face) {
+            (Some(b), _) => FacePick::Box(*b),
+            (None, Some(n)) => FacePick::Index(n),
+            (None, None) => FacePick::Best,
+        })
+        .collect())
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     // refuse before the (slow) encoding, not only when writing
     crate::output::refuse_existing(&a.out, a.force)?;
-    let boxes = a.face_box.iter().map(|s| parse_box(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    if boxes.len() > 1 && boxes.len() != a.photos.len() {
-        anyhow::bail!(
-            "{} boxes for {} photos: give --box once for all photos or once per photo",
-            boxes.len(),
-            a.photos.len()
-        );
-    }
+    let picks = face_picks(&a.face_box, a.photos.len(), a.face)?;
     let paths = crate::session::ModelPaths {
         clip: Some(a.clip.clone()),
         antelopev2: Some(a.antelopev2.clone()),
@@ -76,12 +84,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut session = crate::session::Session::new(opts, std::sync::Arc::new(|_: &crate::session::Event| {}));
     let mut done = Vec::new();
     for (i, photo) in a.photos.iter().enumerate() {
-        let pick = match (boxes.get(i).or(boxes.first()), a.face) {
-            (Some(b), _) => FacePick::Box(*b),
-            (None, Some(n)) => FacePick::Index(n),
-            (None, None) => FacePick::Best,
-        };
-        let opts = FaceOptions { pick, remove_background: !a.keep_background, grayscale: a.grayscale };
+        let opts = FaceOptions { pick: picks[i], remove_background: !a.keep_background, grayscale: a.grayscale };
         let e = session
             .encode_photo(&crate::session::PhotoSpec { path: photo.clone(), options: opts, base: a.base })
             .with_context(|| format!("encoding {}", photo.display()))?;

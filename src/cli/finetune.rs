@@ -1,6 +1,6 @@
 //! `hyperlora finetune`: photos → identity → ~50 steps of fine-tuning in identity space → a saved identity.
-use super::encode::parse_box;
-use crate::face::analyser::{FaceOptions, FacePick};
+use super::encode::face_picks;
+use crate::face::analyser::FaceOptions;
 use crate::files::output::{refuse_existing, write_file};
 use crate::session::{Finetune, PhotoSpec};
 use crate::train::adamw::{AdamWConfig, Schedule};
@@ -71,18 +71,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let log = log_path(&a.out);
     refuse_existing(&a.out, a.force)?;
     refuse_existing(&log, a.force)?;
-    let boxes = a.face_box.iter().map(|b| parse_box(b)).collect::<anyhow::Result<Vec<_>>>()?;
-    if !boxes.is_empty() && boxes.len() != 1 && boxes.len() != a.photos.len() {
-        anyhow::bail!("{} --box values for {} photos: give one for all, or one per photo", boxes.len(), a.photos.len());
-    }
-    let specs: Vec<PhotoSpec> = a
-        .photos
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let pick = boxes.get(if boxes.len() == 1 { 0 } else { i }).map(|b| FacePick::Box(*b)).unwrap_or_default();
-            PhotoSpec::with_options(p, FaceOptions { pick, ..Default::default() })
-        })
+    let specs: Vec<PhotoSpec> = face_picks(&a.face_box, a.photos.len(), None)?
+        .into_iter()
+        .zip(&a.photos)
+        .map(|(pick, p)| PhotoSpec::with_options(p, FaceOptions { pick, ..Default::default() }))
         .collect();
     let options = FinetuneOptions {
         steps: a.steps,

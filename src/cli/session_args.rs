@@ -16,9 +16,20 @@ pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<cra
     session_with(a, paths, listener())
 }
 
-/// Progress on stderr: loads, encodes, a step bar while sampling, notes.
+/// Progress on stderr: loads, encodes, a step bar while sampling or training (with the loss and lr), notes.
 pub(super) fn listener() -> crate::session::Listener {
     let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+    let advance = move |step: usize, total: usize, msg: String| {
+        let Ok(mut b) = bar.lock() else { return };
+        let pb = b.get_or_insert_with(|| step_bar(total));
+        pb.set_length(total as u64);
+        pb.set_position(step as u64);
+        pb.set_message(msg);
+        if step >= total {
+            pb.finish_and_clear();
+            *b = None;
+        }
+    };
     Arc::new(move |e: &Event| match e {
         Event::Loading { component, path } => {
             eprintln!("loading {component} from {} …", path.display())
@@ -26,46 +37,18 @@ pub(super) fn listener() -> crate::session::Listener {
         Event::Loaded { component, seconds } => eprintln!("loaded {component} in {seconds:.1} s"),
         Event::Encoded { photo, detail, .. } => eprintln!("{photo}: {detail}"),
         Event::Note(n) => eprintln!("{n}"),
-        Event::Train { step, total, loss, lr, .. } => {
-            let Ok(mut b) = bar.lock() else { return };
-            let pb = b.get_or_insert_with(|| train_bar(*total));
-            pb.set_length(*total as u64);
-            pb.set_position(*step as u64);
-            pb.set_message(format!("loss {loss:.5} lr {lr:.2e}"));
-            if step >= total {
-                pb.finish_and_clear();
-                *b = None;
-            }
-        }
+        Event::Train { step, total, loss, lr, .. } => advance(*step, *total, format!("loss {loss:.5} lr {lr:.2e} ")),
         Event::Preview { .. } => {}
-        Event::Step { step, total, .. } => {
-            let Ok(mut b) = bar.lock() else { return };
-            let pb = b.get_or_insert_with(|| step_bar(*total));
-            pb.set_length(*total as u64);
-            pb.set_position(*step as u64);
-            if step >= total {
-                pb.finish_and_clear();
-                *b = None;
-            }
-        }
+        Event::Step { step, total, .. } => advance(*step, *total, String::new()),
     })
 }
 
-/// The sampling progress bar on stderr (one template for every command).
+/// The progress bar on stderr, one template for every command: step n/N, a message (a training step's loss and lr),
+/// it/s, ETA.
 pub fn step_bar(total: usize) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(total as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
-}
-
-/// The training progress bar on stderr: step, loss, lr, it/s, ETA.
-pub fn train_bar(total: usize) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(total as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} {per_sec} eta {eta}")
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg}{per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb

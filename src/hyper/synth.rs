@@ -34,7 +34,8 @@ pub struct Bases {
     base_rank: Option<usize>,
 }
 
-fn key(i: usize, p: Proj, b: Branch, dir: &str) -> String {
+/// `{i}.{to_q|to_k|to_v|to_out}.{id|base}_{down|up}_basis`: the key of one basis tensor.
+pub(super) fn key(i: usize, p: Proj, b: Branch, dir: &str) -> String {
     format!("{i}.{}.{}_{dir}_basis", p.attr(), b.prefix())
 }
 
@@ -92,6 +93,11 @@ impl Bases {
         Ok(Tensor::from_vec(v, (1, cols), &Device::Cpu)?)
     }
 
+    /// (module, projection) of every LoRA layer, in synthesis order (module i owns tokens 8i…8i+7).
+    fn layers(&self) -> Vec<(usize, Proj)> {
+        (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect()
+    }
+
     fn rank_of(&self, branch: Branch) -> Result<usize> {
         match branch {
             Branch::Id => Ok(self.rank),
@@ -119,7 +125,7 @@ impl Bases {
         let rank = self.rank_of(branch)?;
         self.check_coeffs(coeffs)?;
         let c = coeffs.to_dtype(candle_core::DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-        let jobs: Vec<(usize, Proj)> = (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect();
+        let jobs = self.layers();
         jobs.par_iter()
             .map(|&(i, p)| {
                 let m = &self.modules[i];
@@ -139,7 +145,7 @@ impl Bases {
     /// `down = (Σₖ αₖ·B_k)ᵀ`, `∂αₖ = ⟨B_k, ∂downᵀ⟩`: one pass over the bases in their file dtype, like synthesis.
     pub fn coefficient_grad(&self, grads: &[(Tensor, Tensor)], branch: Branch) -> Result<Tensor> {
         self.rank_of(branch)?;
-        let jobs: Vec<(usize, Proj)> = (0..self.modules.len()).flat_map(|i| Proj::ALL.map(|p| (i, p))).collect();
+        let jobs = self.layers();
         if grads.len() != jobs.len() {
             return Err(Error::Mismatch(format!("{} factor gradients for {} LoRA layers", grads.len(), jobs.len())));
         }

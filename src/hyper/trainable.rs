@@ -4,12 +4,11 @@
 //! variant's files with the file as prefix: `id_projector.0.weight`, `resampler.layers.0.attn1.to_q.weight`,
 //! `base_resampler.…`, `bases.0.to_q.id_down_basis` (the gradients of `hyperlora train step` carry the same names
 //! behind `grad.`).
-use super::config::ResamplerConfig;
 use super::id_projector::IdProjector;
 use super::modules::{ModuleSpec, Proj};
 use super::resampler::Resampler;
-use super::synth::{Bases, Branch};
-use super::{HyperLora, BASES_FILE, BASE_RESAMPLER_FILE, ID_PROJECTOR_FILE, RESAMPLER_FILE};
+use super::synth::{key, Bases, Branch};
+use super::{HyperLora, BASE_RESAMPLER_FILE, ID_PROJECTOR_FILE, RESAMPLER_FILE};
 use crate::error::{Error, Result};
 use crate::lora::LoraLayer;
 use crate::weights::{Expected, StFile};
@@ -96,21 +95,12 @@ impl HyperLora {
             device: device.clone(),
         })
     }
-
-    /// The Base resampler's configuration, when the variant has the Base branch.
-    pub fn base_resampler_config(&self) -> Option<&ResamplerConfig> {
-        self.base_resampler_config.as_ref()
-    }
 }
 
 impl Trainable {
     /// Every variable with its name (`group.key`), in file order.
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
-    }
-    /// The variable of one name.
-    pub fn var(&self, name: &str) -> Option<&Var> {
-        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
     pub fn has_base(&self) -> bool {
         self.base_resampler.is_some()
@@ -133,9 +123,9 @@ impl Trainable {
     /// LoRA factors (scale 1) from normalised coefficient tokens [Q, K] as candle ops over the bases:
     /// `down = (α·B_down)ᵀ`, `up = (β·B_up)ᵀ` — the same numbers as `Bases::synthesize`, differentiable in both.
     pub fn factors(&self, coeffs: &Tensor, branch: Branch) -> Result<Vec<LoraLayer>> {
-        let (rank, b) = match branch {
-            Branch::Id => (self.rank, "id"),
-            Branch::Base => (self.base_rank.ok_or_else(|| Error::Mismatch("no Base bases".into()))?, "base"),
+        let rank = match branch {
+            Branch::Id => self.rank,
+            Branch::Base => self.base_rank.ok_or_else(|| Error::Mismatch("no Base bases".into()))?,
         };
         if coeffs.dims() != [8 * self.modules.len(), self.k] {
             return Err(Error::Mismatch(format!(
@@ -151,7 +141,7 @@ impl Trainable {
                 let (inp, o) = m.dims(p);
                 let t = 8 * i + 2 * p.index();
                 let basis = |dir: &str| -> Result<Tensor> {
-                    let key = format!("{i}.{}.{b}_{dir}_basis", p.attr());
+                    let key = key(i, p, branch, dir);
                     let t = self.bases.get(&key).ok_or_else(|| Error::Mismatch(format!("no basis {key}")))?;
                     Ok(t.flatten_from(1)?)
                 };
@@ -163,25 +153,5 @@ impl Trainable {
             }
         }
         Ok(out)
-    }
-
-    /// The variables' current values as f32 CPU tensors under their file keys, per group (what a checkpoint writes).
-    pub fn group(&self, group: &str) -> Result<Vec<(String, Tensor)>> {
-        let prefix = format!("{group}.");
-        self.vars
-            .iter()
-            .filter_map(|(n, v)| n.strip_prefix(&prefix).map(|k| (k.to_string(), v)))
-            .map(|(k, v)| Ok((k, v.as_tensor().to_device(&Device::Cpu)?)))
-            .collect()
-    }
-}
-
-/// The file each group of variables is written to.
-pub fn group_file(group: &str) -> &'static str {
-    match group {
-        ID_PROJECTOR => ID_PROJECTOR_FILE,
-        RESAMPLER => RESAMPLER_FILE,
-        BASE_RESAMPLER => BASE_RESAMPLER_FILE,
-        _ => BASES_FILE,
     }
 }

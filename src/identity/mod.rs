@@ -52,6 +52,23 @@ pub struct Finetuned {
     pub eval_after: f64,
 }
 
+impl Finetuned {
+    /// "fine-tuned from HASH (N steps, lr X, K photos: …; eval loss A -> B)".
+    pub fn describe(&self) -> String {
+        format!(
+            "fine-tuned from {} ({} steps, lr {}, {} photo{}: {}; eval loss {:.5} -> {:.5})",
+            crate::provenance::short(&self.from),
+            self.steps,
+            self.lr,
+            self.photos.len(),
+            if self.photos.len() == 1 { "" } else { "s" },
+            self.photos.join(", "),
+            self.eval_before,
+            self.eval_after
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct Identity {
     raw: Tensor,
@@ -346,8 +363,9 @@ impl Identity {
     /// One line: photos, hash, variant.
     pub fn summary(&self) -> String {
         let (q, k) = self.dims();
+        let tuned = self.finetuned.as_ref().map(|f| format!(" — {}", f.describe())).unwrap_or_default();
         format!(
-            "Identity({} photo{}, {}×{}{}, hash {}, variant {})",
+            "Identity({} photo{}, {}×{}{}, hash {}, variant {}){tuned}",
             self.photos,
             if self.photos == 1 { "" } else { "s" },
             q,
@@ -355,21 +373,7 @@ impl Identity {
             if self.base_raw.is_some() { format!(", +Base from {} image(s)", self.base_photos) } else { String::new() },
             self.short_hash(),
             self.variant.label
-        ) + match &self.finetuned {
-            Some(f) => format!(
-                " — fine-tuned from {} ({} steps, lr {}, {} photo{}: {}; eval loss {:.5} -> {:.5})",
-                crate::provenance::short(&f.from),
-                f.steps,
-                f.lr,
-                f.photos.len(),
-                if f.photos.len() == 1 { "" } else { "s" },
-                f.photos.join(", "),
-                f.eval_before,
-                f.eval_after
-            ),
-            None => String::new(),
-        }
-        .as_str()
+        )
     }
 }
 

@@ -242,17 +242,7 @@ pub fn describe_identity(id: &Identity) -> String {
     } else {
         names.join(", ")
     };
-    let tuned = match id.finetuned() {
-        Some(f) => format!(
-            ", fine-tuned from {} ({} steps, lr {}, eval loss {:.5} -> {:.5})",
-            crate::provenance::short(&f.from),
-            f.steps,
-            f.lr,
-            f.eval_before,
-            f.eval_after
-        ),
-        None => String::new(),
-    };
+    let tuned = id.finetuned().map(|f| format!(", {}", f.describe())).unwrap_or_default();
     format!(
         "identity {} — {} photo{} [{shown}], variant {}{tuned}",
         id.short_hash(),

@@ -96,7 +96,8 @@ impl UNet {
     /// Training mode: carry `weights` as functions of their factors (`W·x + Σ scale·up·(down·x)`, never merged), so
     /// that a backward pass from the UNet's output reaches `down` and `up` — Vars, or tensors computed from Vars.
     /// Replaces the functional terms set before; an empty set removes them. Merged LoRAs stay as they are (clear
-    /// them first to train against the checkpoint's own weights). Returns how many projections carry terms.
+    /// them first to train against the checkpoint's own weights). The report counts projections given terms as
+    /// `merged`, those whose terms were taken away as `restored`, and names targets this UNet lacks.
     pub fn set_functional_lora(&mut self, weights: &LoraWeights) -> Result<ApplyReport> {
         let (by_target, unknown) = self.terms_by_target(weights);
         let mut report = ApplyReport::default();

@@ -8,9 +8,7 @@ impl Session {
     /// the loss, the noise prediction, the coefficients and every gradient, named as there.
     pub fn train_step(&mut self, path: &Path) -> Result<Vec<(String, Tensor)>> {
         self.hyper()?;
-        let sdxl = self.sdxl()?;
-        sdxl.unet.clear_lora()?;
-        self.applied = None;
+        self.apply(None)?;
         let device = self.opts.device.clone();
         let inputs = step::read_inputs(path, &device)?;
         let (Some(sdxl), Some(hyper)) = (self.sdxl.as_mut(), self.hyper.as_ref()) else {
@@ -132,6 +130,40 @@ impl Session {
         }
     }
 
+    /// The frame both fine-tunes share: merged LoRAs out, `start` evaluated, `train` run with progress (Ctrl-C
+    /// breaks off between steps: `Error::Cancelled`, nothing changed) and a log, and the layers it returns
+    /// evaluated on the same fixed set.
+    fn training_run<T>(
+        &mut self,
+        f: &Finetune,
+        pairs: &[crate::train::finetune::Pair],
+        start: &LoraWeights,
+        train: impl FnOnce(
+            &mut crate::sdxl::unet::UNet,
+            Option<&HyperLora>,
+            &[f64],
+            &mut dyn FnMut(crate::train::finetune::StepReport) -> ControlFlow<()>,
+        ) -> Result<Option<(T, LoraWeights)>>,
+    ) -> Result<(T, FinetuneReport)> {
+        use crate::train::finetune::eval;
+        self.apply(None)?;
+        let mut progress = self.train_progress();
+        let hyper = self.hyper.as_ref();
+        let sdxl = self.sdxl.as_mut().ok_or_else(|| Error::Mismatch("SDXL not loaded".into()))?;
+        let ac = sdxl.scheduler.alphas_cumprod();
+        let unet = &mut sdxl.unet;
+        let eval_before = eval(unet, &start.layers, pairs, &ac, f.options.loss)?;
+        let mut log = Vec::new();
+        let mut on_step = |r: crate::train::finetune::StepReport| {
+            log.push(r);
+            progress(r)
+        };
+        let (value, after) = train(unet, hyper, &ac, &mut on_step)?.ok_or(Error::Cancelled)?;
+        let eval_after = eval(unet, &after.layers, pairs, &ac, f.options.loss)?;
+        let none = || Err("not measured".to_string());
+        Ok((value, FinetuneReport { eval_before, eval_after, log, face_before: none(), face_after: none() }))
+    }
+
     /// Fine-tune `id` in identity space: its raw coefficient tokens move, the bases, the resampler and SDXL stay
     /// frozen; the result is an identity like any other, marked as fine-tuned. Ctrl-C stops between steps with
     /// nothing changed.
@@ -142,57 +174,36 @@ impl Session {
         self.check_identity(id)?;
         let (pairs, size) = self.training_pairs(f)?;
         let face_before = self.sample_score(id, f, size);
-        self.apply(None)?;
-        let mut progress = self.train_progress();
-        let (Some(sdxl), Some(hyper)) = (self.sdxl.as_mut(), self.hyper.as_ref()) else {
-            return Err(Error::Mismatch("models not loaded".into()));
-        };
-        let ac = sdxl.scheduler.alphas_cumprod();
-        let loss = f.options.loss;
-        let unet = &mut sdxl.unet;
-        let start = crate::train::finetune::at_strength(
-            &hyper.bases().synthesize(&id.coefficients()?, crate::hyper::Branch::Id)?,
-            f.options.strength,
-        );
-        let eval_before = crate::train::finetune::eval(unet, &start, &pairs, &ac, loss)?;
-        let mut log = Vec::new();
-        let mut on_step = |r: crate::train::finetune::StepReport| {
-            log.push(r);
-            progress(r)
-        };
-        let m = crate::train::finetune::identity_space(
-            unet,
-            hyper.bases(),
-            id.raw(),
-            &pairs,
-            &ac,
-            &f.options,
-            &mut on_step,
-        )?
-        .ok_or(Error::Cancelled)?;
-        let trained = Identity::new(
-            m,
-            id.photos(),
-            id.base_raw().map(|b| (b.clone(), id.base_photos())),
-            id.sources().to_vec(),
-            id.variant().clone(),
-        )?;
-        let after = crate::train::finetune::at_strength(
-            &hyper.bases().synthesize(&trained.coefficients()?, crate::hyper::Branch::Id)?,
-            f.options.strength,
-        );
-        let eval_after = crate::train::finetune::eval(unet, &after, &pairs, &ac, loss)?;
+        let start = self.lora_weights(&LoraMix::lora(id, f.options.strength))?;
+        let (trained, mut report) = self.training_run(f, &pairs, &start, |unet, hyper, ac, on_step| {
+            let hyper = hyper.ok_or_else(|| Error::Mismatch("HyperLoRA not loaded".into()))?;
+            let Some(m) =
+                crate::train::finetune::identity_space(unet, hyper.bases(), id.raw(), &pairs, ac, &f.options, on_step)?
+            else {
+                return Ok(None);
+            };
+            let trained = Identity::new(
+                m,
+                id.photos(),
+                id.base_raw().map(|b| (b.clone(), id.base_photos())),
+                id.sources().to_vec(),
+                id.variant().clone(),
+            )?;
+            let after = LoraMix::lora(&trained, f.options.strength).weights(hyper)?;
+            Ok(Some((trained, after)))
+        })?;
         let trained = trained.with_finetuned(crate::identity::Finetuned {
             from: id.hash(),
             steps: f.options.steps,
             lr: f.options.adamw.lr,
             photos: f.photos.iter().map(|p| p.display().to_string()).collect(),
             seed: f.options.seed,
-            eval_before,
-            eval_after,
+            eval_before: report.eval_before,
+            eval_after: report.eval_after,
         });
-        let face_after = self.sample_score(&trained, f, size);
-        Ok((trained, FinetuneReport { eval_before, eval_after, log, face_before, face_after }))
+        report.face_before = face_before;
+        report.face_after = self.sample_score(&trained, f, size);
+        Ok((trained, report))
     }
 
     /// face_score of one image made with `id`'s LoRA (the first photo's caption, the run's seed), or why not.
@@ -221,20 +232,11 @@ impl Session {
             return Err(Error::Mismatch("finetune_lora: the LoRA has no layers (a weight of 0?)".into()));
         }
         let (pairs, _) = self.training_pairs(f)?;
-        self.apply(None)?;
-        let mut progress = self.train_progress();
-        let sdxl = self.sdxl.as_mut().ok_or_else(|| Error::Mismatch("SDXL not loaded".into()))?;
-        let ac = sdxl.scheduler.alphas_cumprod();
-        let unet = &mut sdxl.unet;
-        let eval_before = crate::train::finetune::eval(unet, &start.layers, &pairs, &ac, f.options.loss)?;
-        let mut log = Vec::new();
-        let mut on_step = |r: crate::train::finetune::StepReport| {
-            log.push(r);
-            progress(r)
-        };
-        let trained = crate::train::finetune::lora_space(unet, &start, &pairs, &ac, &f.options, &mut on_step)?
-            .ok_or(Error::Cancelled)?;
-        let eval_after = crate::train::finetune::eval(unet, &trained.layers, &pairs, &ac, f.options.loss)?;
+        let (trained, mut report) = self.training_run(f, &pairs, &start, |unet, _, ac, on_step| {
+            let trained = crate::train::finetune::lora_space(unet, &start, &pairs, ac, &f.options, on_step)?;
+            Ok(trained.map(|t| (t.clone(), t)))
+        })?;
+        let (eval_before, eval_after) = (report.eval_before, report.eval_after);
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         for l in &trained.layers {
@@ -253,6 +255,7 @@ impl Session {
         );
         let out = LoraMix::trained(name, hash, Arc::new(trained), 1.0);
         let none = || Err("face_score is reported for identity-space fine-tunes".to_string());
-        Ok((out, FinetuneReport { eval_before, eval_after, log, face_before: none(), face_after: none() }))
+        (report.face_before, report.face_after) = (none(), none());
+        Ok((out, report))
     }
 }

@@ -6,7 +6,7 @@
 //! Randomness (timesteps, noise) comes from the seed alone: two runs with one seed on one device are equal bit for
 //! bit.
 use super::adamw::{clip_grad_norm, lr_at, AdamW, AdamWConfig, Schedule};
-use super::step::{eval_loss, unet_stage, Batch, LossOptions};
+use super::step::{eval_loss, unet_stage, vjp, Batch, LossOptions};
 use crate::error::{Error, Result};
 use crate::hyper::synth::{Bases, Branch};
 use crate::hyper::ALPHA_RATIO;
@@ -132,12 +132,60 @@ fn train_batch(p: &Pair, i: usize, step: usize, seed: u64, ac: &[f64]) -> Result
     pair_batch(p, vec![t], noise)
 }
 
-fn scaled(layers: &[LoraLayer], strength: f64) -> Vec<LoraLayer> {
-    layers.iter().map(|l| LoraLayer { scale: strength * ALPHA_RATIO, ..l.clone() }).collect()
+/// The mean over the photos of one step's loss and of `per_pair`'s gradients, each photo at its own row (timestep
+/// and noise from the seed) with `layers` applied: gradient accumulation over photos.
+fn accumulate(
+    unet: &mut UNet,
+    layers: &[LoraLayer],
+    pairs: &[Pair],
+    step: usize,
+    ac: &[f64],
+    opts: &FinetuneOptions,
+    mut per_pair: impl FnMut(Vec<(Tensor, Tensor)>) -> Result<Vec<Tensor>>,
+) -> Result<(f64, Vec<Tensor>)> {
+    let n = pairs.len() as f64;
+    let (mut loss, mut acc) = (0.0, Vec::<Tensor>::new());
+    for (i, p) in pairs.iter().enumerate() {
+        let ug = unet_stage(unet, layers, &train_batch(p, i, step, opts.seed, ac)?, ac, opts.loss)?;
+        loss += ug.loss / n;
+        let g = per_pair(ug.grads)?.into_iter().map(|g| g / n).collect::<candle_core::Result<Vec<_>>>()?;
+        acc = if acc.is_empty() {
+            g
+        } else {
+            acc.iter().zip(g).map(|(a, g)| a + g).collect::<candle_core::Result<_>>()?
+        };
+    }
+    if acc.is_empty() {
+        return Err(Error::Mismatch("no training photos".into()));
+    }
+    Ok((loss, acc))
 }
 
-/// Identity space: optimise the raw coefficient tokens `m0` [Q, K] of the ID branch. Returns the final tokens and
-/// the reports, or `None` when `on_step` broke off (between steps).
+/// The loop both fine-tunes share: each step `step_grads(step)` gives the step's loss and the gradient of every
+/// parameter; then the learning rate of the schedule, clipping, one AdamW step and the report. False when
+/// `on_step` broke off (between steps).
+fn optimise(
+    params: &[&Var],
+    opts: &FinetuneOptions,
+    on_step: &mut dyn FnMut(StepReport) -> ControlFlow<()>,
+    mut step_grads: impl FnMut(usize) -> Result<(f64, Vec<Tensor>)>,
+) -> Result<bool> {
+    opts.validate()?;
+    let mut opt = AdamW::new(opts.adamw, params)?;
+    for step in 0..opts.steps {
+        let lr = lr_at(opts.adamw.lr, opts.schedule, opts.warmup, step, opts.steps);
+        let (loss, mut grads) = step_grads(step)?;
+        let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
+        opt.step(params, &grads, lr)?;
+        if on_step(StepReport { step: step + 1, total: opts.steps, loss, lr, grad_norm }).is_break() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Identity space: optimise the raw coefficient tokens `m0` [Q, K] of the ID branch. Returns the final tokens, or
+/// `None` when `on_step` broke off (between steps).
 pub fn identity_space(
     unet: &mut UNet,
     bases: &Bases,
@@ -147,35 +195,18 @@ pub fn identity_space(
     opts: &FinetuneOptions,
     on_step: &mut dyn FnMut(StepReport) -> ControlFlow<()>,
 ) -> Result<Option<Tensor>> {
-    opts.validate()?;
     let m = Var::from_tensor(m0)?;
-    let mut opt = AdamW::new(opts.adamw, &[&m])?;
-    for step in 0..opts.steps {
-        let lr = lr_at(opts.adamw.lr, opts.schedule, opts.warmup, step, opts.steps);
+    let done = optimise(&[&m], opts, on_step, |step| {
         let c = normalize_tokens(m.as_tensor())?;
-        let layers = scaled(&bases.synthesize(&c.detach(), Branch::Id)?, opts.strength);
-        let mut g_c: Option<Tensor> = None;
-        let mut loss = 0.0;
-        for (i, p) in pairs.iter().enumerate() {
-            let ug = unet_stage(unet, &layers, &train_batch(p, i, step, opts.seed, ac)?, ac, opts.loss)?;
-            loss += ug.loss / pairs.len() as f64;
-            let g = (bases.coefficient_grad(&ug.grads, Branch::Id)? / pairs.len() as f64)?;
-            g_c = Some(match g_c {
-                None => g,
-                Some(a) => (a + g)?,
-            });
-        }
-        let g_c = g_c.ok_or_else(|| Error::Mismatch("no training photos".into()))?;
+        let layers = LoraWeights { layers: bases.synthesize(&c.detach(), Branch::Id)? }
+            .scaled(opts.strength * ALPHA_RATIO)
+            .layers;
+        let (loss, g_c) =
+            accumulate(unet, &layers, pairs, step, ac, opts, |g| Ok(vec![bases.coefficient_grad(&g, Branch::Id)?]))?;
         // through the per-token normalisation to the raw tokens
-        let store = (c * g_c)?.sum_all()?.backward()?;
-        let mut grads = vec![store.get(m.as_tensor()).cloned().unwrap_or(m.as_tensor().zeros_like()?)];
-        let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
-        opt.step(&[&m], &grads, lr)?;
-        if on_step(StepReport { step: step + 1, total: opts.steps, loss, lr, grad_norm }).is_break() {
-            return Ok(None);
-        }
-    }
-    Ok(Some(m.as_tensor().detach()))
+        Ok((loss, vec![vjp(&c, &g_c[0], m.as_tensor())?]))
+    })?;
+    Ok(done.then(|| m.as_tensor().detach()))
 }
 
 /// LoRA space: optimise the factors of `start` (each layer's down and up; scales kept). Returns the trained layers,
@@ -188,53 +219,24 @@ pub fn lora_space(
     opts: &FinetuneOptions,
     on_step: &mut dyn FnMut(StepReport) -> ControlFlow<()>,
 ) -> Result<Option<LoraWeights>> {
-    opts.validate()?;
     let vars: Vec<(Var, Var)> = start
         .layers
         .iter()
         .map(|l| Ok((Var::from_tensor(&l.down)?, Var::from_tensor(&l.up)?)))
         .collect::<Result<_>>()?;
     let params: Vec<&Var> = vars.iter().flat_map(|(d, u)| [d, u]).collect();
-    let mut opt = AdamW::new(opts.adamw, &params)?;
-    let current = |vars: &[(Var, Var)]| -> Vec<LoraLayer> {
-        start
-            .layers
-            .iter()
-            .zip(vars)
-            .map(|(l, (d, u))| LoraLayer { down: d.as_tensor().clone(), up: u.as_tensor().clone(), ..l.clone() })
-            .collect()
+    let current = || -> LoraWeights {
+        let layers = start.layers.iter().zip(&vars);
+        LoraWeights {
+            layers: layers
+                .map(|(l, (d, u))| LoraLayer { down: d.as_tensor().detach(), up: u.as_tensor().detach(), ..l.clone() })
+                .collect(),
+        }
     };
-    for step in 0..opts.steps {
-        let lr = lr_at(opts.adamw.lr, opts.schedule, opts.warmup, step, opts.steps);
-        let layers = current(&vars);
-        let mut acc: Vec<Tensor> = Vec::new();
-        let mut loss = 0.0;
-        for (i, p) in pairs.iter().enumerate() {
-            let ug = unet_stage(unet, &layers, &train_batch(p, i, step, opts.seed, ac)?, ac, opts.loss)?;
-            loss += ug.loss / pairs.len() as f64;
-            let flat: Vec<Tensor> = ug.grads.into_iter().flat_map(|(d, u)| [d, u]).collect();
-            acc = if acc.is_empty() {
-                flat
-            } else {
-                acc.iter().zip(flat).map(|(a, g)| a + g).collect::<candle_core::Result<_>>()?
-            };
-        }
-        let mut grads = acc.into_iter().map(|g| g / pairs.len() as f64).collect::<candle_core::Result<Vec<_>>>()?;
-        let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
-        opt.step(&params, &grads, lr)?;
-        if on_step(StepReport { step: step + 1, total: opts.steps, loss, lr, grad_norm }).is_break() {
-            return Ok(None);
-        }
-    }
-    Ok(Some(LoraWeights {
-        layers: current(&vars)
-            .into_iter()
-            .map(|l| LoraLayer { down: l.down.detach(), up: l.up.detach(), ..l })
-            .collect(),
-    }))
-}
-
-/// The layers of `weights` at training strength (for `eval` of an identity's synthesized factors).
-pub fn at_strength(layers: &[LoraLayer], strength: f64) -> Vec<LoraLayer> {
-    scaled(layers, strength)
+    let done = optimise(&params, opts, on_step, |step| {
+        accumulate(unet, &current().layers, pairs, step, ac, opts, |g| {
+            Ok(g.into_iter().flat_map(|(d, u)| [d, u]).collect())
+        })
+    })?;
+    Ok(done.then(current))
 }

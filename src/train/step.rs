@@ -96,6 +96,25 @@ fn batch_loss(
     Ok((loss, value, noisy, pred))
 }
 
+/// Run `f` with `weights` carried by the UNet as functional terms, and take them out again whatever `f` returns;
+/// targets that name no projection of this UNet are an error before anything runs.
+fn with_functional<T>(
+    unet: &mut UNet,
+    weights: &crate::lora::LoraWeights,
+    f: impl FnOnce(&UNet) -> Result<T>,
+) -> Result<T> {
+    let report = unet.set_functional_lora(weights)?;
+    let out = match report.unmatched.first() {
+        Some(first) => Err(Error::Mismatch(format!(
+            "{} LoRA targets name no projection of this UNet (first: {first})",
+            report.unmatched.len()
+        ))),
+        None => f(unet),
+    };
+    let _ = unet.set_functional_lora(&Default::default());
+    out
+}
+
 /// The loss of `batch` with `layers` applied as functional terms, forward only (no gradient).
 pub fn eval_loss(
     unet: &mut UNet,
@@ -107,10 +126,7 @@ pub fn eval_loss(
     let constant = crate::lora::LoraWeights {
         layers: layers.iter().map(|l| LoraLayer { down: l.down.detach(), up: l.up.detach(), ..l.clone() }).collect(),
     };
-    unet.set_functional_lora(&constant)?;
-    let out = batch_loss(unet, batch, alphas_cumprod, opts).map(|r| r.1);
-    let _ = unet.set_functional_lora(&Default::default());
-    out
+    with_functional(unet, &constant, |unet| Ok(batch_loss(unet, batch, alphas_cumprod, opts)?.1))
 }
 
 /// What the UNet stage gives.
@@ -147,16 +163,7 @@ pub fn unet_stage(
             })
             .collect(),
     };
-    let report = unet.set_functional_lora(&functional)?;
-    if !report.unmatched.is_empty() {
-        unet.set_functional_lora(&Default::default())?;
-        return Err(Error::Mismatch(format!(
-            "{} LoRA targets name no projection of this UNet (first: {})",
-            report.unmatched.len(),
-            report.unmatched[0]
-        )));
-    }
-    let run = || -> Result<UnetGrads> {
+    with_functional(unet, &functional, |unet| {
         let (loss, value, noisy, pred) = batch_loss(unet, batch, alphas_cumprod, opts)?;
         let store = loss.backward()?;
         let grads = vars
@@ -164,10 +171,7 @@ pub fn unet_stage(
             .map(|(d, u)| Ok((grad_or_zero(&store, d.as_tensor())?, grad_or_zero(&store, u.as_tensor())?)))
             .collect::<Result<_>>()?;
         Ok(UnetGrads { loss: value, noisy: noisy.detach(), noise_pred: pred.detach(), grads })
-    };
-    let out = run();
-    let _ = unet.set_functional_lora(&Default::default());
-    out
+    })
 }
 
 /// Everything one full step reads: the hypernetwork's inputs, a batch, the schedule and the two strengths.
@@ -194,6 +198,12 @@ fn inner(pairs: &[(&Tensor, &Tensor)]) -> Result<Option<Tensor>> {
         });
     }
     Ok(acc)
+}
+
+/// The vector-Jacobian product ∂⟨y, g⟩/∂x: the gradient reaching `x` (a variable `y` was computed from) for the
+/// gradient `g` of `y`; zeros when `y` does not depend on `x`.
+pub fn vjp(y: &Tensor, g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    grad_or_zero(&(y * g)?.sum_all()?.backward()?, x)
 }
 
 fn grad_or_zero(store: &candle_core::backprop::GradStore, t: &Tensor) -> Result<Tensor> {
@@ -271,8 +281,7 @@ pub fn full_step(unet: &mut UNet, hyper: &HyperLora, inp: &FullInputs) -> Result
     // normalisation stage: ∂raw_mean
     let mut g_m = Vec::new();
     for (m, g) in m_vars.iter().zip(&g_c) {
-        let st = (normalize_tokens(m.as_tensor())? * g)?.sum_all()?.backward()?;
-        g_m.push(grad_or_zero(&st, m.as_tensor())?);
+        g_m.push(vjp(&normalize_tokens(m.as_tensor())?, g, m.as_tensor())?);
     }
     for (((_, name, _, _), c), (gc, gm)) in branches.iter().zip(&c_vals).zip(g_c.iter().zip(&g_m)) {
         out.push((format!("coeffs.{name}"), c.clone()));
