@@ -1,7 +1,5 @@
 //! The command line: one file per command, errors as `anyhow` with context.
 mod bench;
-mod bench_encode;
-mod bench_sdxl;
 mod demo;
 mod doctor;
 mod download;

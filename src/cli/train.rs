@@ -50,6 +50,9 @@ pub struct StepArgs {
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
+    /// Gradient checkpointing per transformer block: auto (on from 512 px), on, off. The gradients are the same.
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    pub gradient_checkpointing: String,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -60,10 +63,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 fn step(a: StepArgs) -> anyhow::Result<()> {
     refuse_existing(&a.out, a.force)?;
+    let checkpointing = crate::train::step::Checkpointing::parse(&a.gradient_checkpointing)?;
     let (session, _) = super::session_args::session(&a.models)?;
     let mut s = session.lock().map_err(|_| anyhow::anyhow!("session lock poisoned"))?;
     let t = std::time::Instant::now();
-    let out = s.train_step(&a.inputs)?;
+    let out = s.train_step(&a.inputs, checkpointing)?;
     let loss = out.iter().find(|(k, _)| k == "output.loss").map(|(_, t)| t.to_scalar::<f32>()).transpose()?;
     let raw = out
         .iter()

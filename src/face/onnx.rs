@@ -121,7 +121,7 @@ impl Scrfd {
             }
         }
         Err(Error::Mismatch(format!(
-            "{what}: no face detected at det sizes {DET_SIZES:?}, nor with a {pad}-pixel border added (score threshold {threshold})"
+            "{what}: no face detected at det sizes {DET_SIZES:?}, nor with a {pad}-pixel border added (score threshold {threshold}); give the face box instead (`--box X1,Y1,X2,Y2` on the command line, `box: [x1, y1, x2, y2]` in a script)"
         )))
     }
 }

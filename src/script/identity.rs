@@ -72,6 +72,20 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         Ok(trained)
     });
     let s = session.clone();
+    engine.register_fn("training_log", move || -> RResult<Map> {
+        let s = lock(&s)?;
+        let log = s.training_log();
+        let column = |f: &dyn Fn(&crate::train::finetune::StepReport) -> Dynamic| -> Dynamic {
+            Dynamic::from_array(log.iter().map(f).collect())
+        };
+        let mut m = Map::new();
+        m.insert("step".into(), column(&|r| Dynamic::from_int(r.step as i64)));
+        m.insert("loss".into(), column(&|r| Dynamic::from_float(r.loss)));
+        m.insert("lr".into(), column(&|r| Dynamic::from_float(r.lr)));
+        m.insert("grad_norm".into(), column(&|r| Dynamic::from_float(r.grad_norm)));
+        Ok(m)
+    });
+    let s = session.clone();
     register_scale(engine, move |a: Identity, k: f64| -> RResult<Identity> { from_lib(lock(&s)?.scale(&a, k)) });
 }
 
@@ -95,6 +109,7 @@ fn finetune_opts(o: &Map) -> RResult<crate::session::Finetune> {
             "strength",
             "sample_steps",
             "weight_decay",
+            "gradient_checkpointing",
         ],
         "finetune",
     )?;
@@ -137,6 +152,10 @@ fn finetune_opts(o: &Map) -> RResult<crate::session::Finetune> {
         loss: crate::train::step::LossOptions { min_snr_gamma: real("min_snr_gamma")? },
         seed: count("seed", 0)? as u64,
         strength: real("strength")?.unwrap_or(1.0),
+        checkpointing: match o.get("gradient_checkpointing") {
+            Some(s) => from_lib(crate::train::step::Checkpointing::parse(&string(s, "gradient_checkpointing")?))?,
+            None => d.checkpointing,
+        },
     };
     Ok(crate::session::Finetune {
         photos,

@@ -114,6 +114,18 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         o(Out::Plot(p));
         Ok(())
     };
+    let (s, o) = (session.clone(), output.clone());
+    engine.register_fn("plot_loss", move || -> RResult<()> {
+        let log = lock(&s)?.training_log().to_vec();
+        if log.is_empty() {
+            return err("plot_loss: no fine-tune has run in this session yet (finetune or finetune_lora first)");
+        }
+        let steps: Vec<f64> = log.iter().map(|r| r.step as f64).collect();
+        let losses: Vec<f64> = log.iter().map(|r| r.loss).collect();
+        let title = format!("training loss, {} of {} steps", log.len(), log[0].total);
+        o(Out::Plot(from_lib(crate::render::plot::Plot::new(&steps, &losses, &title, "step", "loss"))?));
+        Ok(())
+    });
     let f = plot.clone();
     engine.register_fn("plot", move |xs: Array, ys: Array| f(xs, ys, Map::new()));
     engine.register_fn("plot", move |xs: Array, ys: Array, m: Map| plot(xs, ys, m));

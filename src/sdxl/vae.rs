@@ -3,7 +3,8 @@
 use super::unet::{conv, no_zero, Resnet};
 use crate::error::{Error, Result};
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+use crate::nn::{linear, Conv2d, Linear};
+use candle_nn::{group_norm, GroupNorm, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -177,7 +178,7 @@ impl Vae {
                 .map(|j| Resnet::with(g, EPS, if j == 0 { inp } else { out }, out, None, b.pp("resnets").pp(j)))
                 .collect::<candle_core::Result<_>>()?;
             let resample = if i + 1 < n {
-                Some(candle_nn::conv2d(
+                Some(crate::nn::conv2d(
                     out,
                     out,
                     3,

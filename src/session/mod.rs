@@ -119,6 +119,8 @@ pub struct Session {
     listener: Listener,
     cancel: Arc<AtomicBool>,
     preview_every: usize,
+    /// The steps of the last fine-tune (as far as it got), for `training_log` and `plot_loss`.
+    training_log: Vec<crate::train::finetune::StepReport>,
 }
 
 /// The configured path of a model, or an error naming the flag that gives it.
@@ -142,6 +144,7 @@ impl Session {
             listener,
             cancel: Arc::new(AtomicBool::new(false)),
             preview_every: 0,
+            training_log: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::train::step;
 impl Session {
     /// One full training step on the inputs of `path` (`input.*` as in the fixture `training_step.safetensors`):
     /// the loss, the noise prediction, the coefficients and every gradient, named as there.
-    pub fn train_step(&mut self, path: &Path) -> Result<Vec<(String, Tensor)>> {
+    pub fn train_step(&mut self, path: &Path, checkpointing: step::Checkpointing) -> Result<Vec<(String, Tensor)>> {
         self.hyper()?;
         self.apply(None)?;
         let device = self.opts.device.clone();
@@ -14,7 +14,13 @@ impl Session {
         let (Some(sdxl), Some(hyper)) = (self.sdxl.as_mut(), self.hyper.as_ref()) else {
             return Err(Error::Mismatch("models not loaded".into()));
         };
-        step::full_step(&mut sdxl.unet, hyper, &inputs)
+        let (b, _, h, w) = inputs.batch.x0.dims4()?;
+        let on = checkpointing.at(8 * h.max(w));
+        step::check_memory(&sdxl.unet, b, 8 * h.max(w), on)?;
+        sdxl.unet.set_gradient_checkpointing(on);
+        let out = step::full_step(&mut sdxl.unet, hyper, &inputs);
+        sdxl.unet.set_gradient_checkpointing(false);
+        out
     }
 }
 
@@ -67,6 +73,7 @@ impl Session {
                 "training size {size} must be a positive multiple of 8 up to 8192"
             )));
         }
+        step::check_memory(&self.sdxl()?.unet, 1, size, f.options.checkpointing.at(size))?;
         let default_caption = f.prompt.clone().unwrap_or_else(|| format!("{TRIGGER}, a photo of a person"));
         let mut pairs = Vec::new();
         for path in &f.photos {
@@ -158,7 +165,14 @@ impl Session {
             log.push(r);
             progress(r)
         };
-        let (value, after) = train(unet, hyper, &ac, &mut on_step)?.ok_or(Error::Cancelled)?;
+        let size = 8 * pairs.first().map(|p| p.latents.dim(3)).transpose()?.unwrap_or(0);
+        unet.set_gradient_checkpointing(f.options.checkpointing.at(size));
+        let trained = train(unet, hyper, &ac, &mut on_step);
+        unet.set_gradient_checkpointing(false);
+        self.training_log = log.clone();
+        let (value, after) = trained?.ok_or(Error::Cancelled)?;
+        let sdxl = self.sdxl.as_mut().ok_or_else(|| Error::Mismatch("SDXL not loaded".into()))?;
+        let unet = &mut sdxl.unet;
         let eval_after = eval(unet, &after.layers, pairs, &ac, f.options.loss)?;
         let none = || Err("not measured".to_string());
         Ok((value, FinetuneReport { eval_before, eval_after, log, face_before: none(), face_after: none() }))
@@ -204,6 +218,12 @@ impl Session {
         report.face_before = face_before;
         report.face_after = self.sample_score(&trained, f, size);
         Ok((trained, report))
+    }
+
+    /// The steps of the last fine-tune in this session (as far as it got when cancelled): step, loss, lr and
+    /// gradient norm.
+    pub fn training_log(&self) -> &[crate::train::finetune::StepReport] {
+        &self.training_log
     }
 
     /// face_score of one image made with `id`'s LoRA (the first photo's caption, the run's seed), or why not.

@@ -6,7 +6,7 @@
 //! Randomness (timesteps, noise) comes from the seed alone: two runs with one seed on one device are equal bit for
 //! bit.
 use super::adamw::{clip_grad_norm, lr_at, AdamW, AdamWConfig, Schedule};
-use super::step::{eval_loss, unet_stage, vjp, Batch, LossOptions};
+use super::step::{eval_loss, unet_stage, vjp, Batch, Checkpointing, LossOptions};
 use crate::error::{Error, Result};
 use crate::hyper::synth::{Bases, Branch};
 use crate::hyper::ALPHA_RATIO;
@@ -41,6 +41,8 @@ pub struct FinetuneOptions {
     pub seed: u64,
     /// The LoRA's strength during training (ΔW = strength · alpha/rank · up·down).
     pub strength: f64,
+    /// Gradient checkpointing per transformer block (default: from 512 px up).
+    pub checkpointing: Checkpointing,
 }
 
 impl Default for FinetuneOptions {
@@ -54,6 +56,7 @@ impl Default for FinetuneOptions {
             loss: LossOptions::default(),
             seed: 0,
             strength: 1.0,
+            checkpointing: Checkpointing::Auto,
         }
     }
 }

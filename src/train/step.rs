@@ -38,6 +38,61 @@ pub struct LossOptions {
     pub min_snr_gamma: Option<f64>,
 }
 
+/// Gradient checkpointing per transformer block (`UNet::set_gradient_checkpointing`): on, off, or on from a
+/// training size of 512 px up (the default), where the blocks' activations dominate the memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Checkpointing {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Checkpointing {
+    /// The size from which `Auto` turns checkpointing on.
+    pub const AUTO_FROM: usize = 512;
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Checkpointing::Auto),
+            "on" => Ok(Checkpointing::On),
+            "off" => Ok(Checkpointing::Off),
+            o => Err(Error::InvalidValue(format!("gradient checkpointing `{o}`: use auto, on or off"))),
+        }
+    }
+    /// Whether it is on for a training size of `size` pixels.
+    pub fn at(self, size: usize) -> bool {
+        match self {
+            Checkpointing::Auto => size >= Self::AUTO_FROM,
+            Checkpointing::On => true,
+            Checkpointing::Off => false,
+        }
+    }
+}
+
+/// Refuse a training step on `batch` latents of `size`² whose activation estimate
+/// (`UNetConfig::training_elements`) does not fit in the memory available (CPU), before anything is allocated:
+/// the error names the memory needed and available, and what would lower it.
+pub fn check_memory(unet: &UNet, batch: usize, size: usize, checkpointing: bool) -> Result<()> {
+    let dev = unet.device();
+    if !dev.is_cpu() {
+        return Ok(());
+    }
+    let elem = unet.dtype().size_in_bytes() as u128;
+    let need = unet.config().training_elements(batch, size, size, checkpointing) * elem;
+    let Some(avail) = crate::sdxl::model::available_memory() else { return Ok(()) };
+    if need > avail {
+        let gb = |b: u128| b as f64 / 1e9;
+        return Err(Error::InvalidValue(format!(
+            "a training step at {size}² (batch {batch}, gradient checkpointing {}) needs about {:.1} GB for the UNet's activations; {:.1} GB are available: {}",
+            if checkpointing { "on" } else { "off" },
+            gb(need),
+            gb(avail),
+            if checkpointing { "use a smaller size" } else { "turn gradient checkpointing on or use a smaller size" }
+        )));
+    }
+    Ok(())
+}
+
 /// DDPM `add_noise`: `sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise`, row by row (ᾱ from the scheduler's `alphas_cumprod`).
 pub fn add_noise(x0: &Tensor, noise: &Tensor, timesteps: &[usize], alphas_cumprod: &[f64]) -> Result<Tensor> {
     let b = x0.dim(0)?;

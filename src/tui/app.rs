@@ -45,6 +45,8 @@ pub struct Job {
     pub total: usize,
     /// Seconds from sampling start to the last step.
     pub elapsed: f64,
+    /// A training job's last loss and learning rate.
+    pub train: Option<(f64, f64)>,
 }
 
 impl Job {
@@ -54,7 +56,8 @@ impl Job {
         }
         let rate = if self.elapsed > 0.0 { self.step as f64 / self.elapsed } else { 0.0 };
         let eta = if rate > 0.0 { (self.total - self.step.min(self.total)) as f64 / rate } else { 0.0 };
-        format!("step {}/{} {:.2} it/s eta {:.0} s", self.step, self.total, rate, eta)
+        let train = self.train.map(|(loss, lr)| format!(" loss {loss:.5} lr {lr:.2e}")).unwrap_or_default();
+        format!("step {}/{}{train} {:.2} it/s eta {:.0} s", self.step, self.total, rate, eta)
     }
 }
 
@@ -194,12 +197,12 @@ impl App {
             Msg::Event(e) => match e {
                 Event::Step { step, total, elapsed } => {
                     if let Some(j) = &mut self.job {
-                        (j.step, j.total, j.elapsed) = (step, total, elapsed);
+                        (j.step, j.total, j.elapsed, j.train) = (step, total, elapsed, None);
                     }
                 }
                 Event::Train { step, total, loss, lr, elapsed } => {
                     if let Some(j) = &mut self.job {
-                        (j.step, j.total, j.elapsed) = (step, total, elapsed);
+                        (j.step, j.total, j.elapsed, j.train) = (step, total, elapsed, Some((loss, lr)));
                     }
                     if step == total || step % 10 == 0 {
                         self.info(format!("train step {step}/{total}: loss {loss:.5}, lr {lr:.2e}"));

@@ -298,6 +298,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                                     step: 0,
                                     total: 0,
                                     elapsed: 0.0,
+                                    train: None,
                                 });
                                 code_tx.send(code)?;
                             }

@@ -388,6 +388,27 @@ fn tui_echoes_keys_promptly_while_a_job_runs() {
 
 /// The line REPL on a terminal with the default TERM: Ctrl-C typed on the terminal, and a `kill -INT`, stop a
 /// running job; the REPL keeps its variables and takes the next line.
+/// A fine-tune typed into the TUI on the demo set: its loss curve is plotted in the preview pane by `plot_loss()`,
+/// and `training_log()` has one row per step.
+#[test]
+fn tui_plots_the_loss_curve_of_a_fine_tune() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let demo = crate::common::demo_dir();
+    let hist = tempfile::tempdir().unwrap();
+    let mut env = demo_env(&demo);
+    env.push(("HYPERLORA_HISTORY".into(), hist.path().join("h").display().to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut t = FakeTerm::spawn(Answer::Plain, &["--demo"], &env);
+    t.wait_for("hl>", 20);
+    t.type_text("let ft = finetune(identity(#{ path: demo_photo, box: demo_box }), #{ photos: [demo_photo], steps: 4 });\r");
+    t.wait_for("ft Identity", 120);
+    t.type_text("plot_loss()\r");
+    t.wait_for("plot: training loss, 4 of 4 steps (4 points)", 30);
+    t.type_text("training_log().loss.len() * 1000 + 7\r");
+    t.wait_for("4007", 30);
+    t.type_text("\x04");
+}
+
 #[test]
 fn repl_ctrl_c_stops_a_running_job_and_keeps_the_variables() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

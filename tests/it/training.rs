@@ -21,7 +21,34 @@ fn values(f: &StFile, key: &str) -> Vec<f32> {
 #[test]
 fn train_step_matches_pytorch_autograd() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("step.safetensors");
+    step_against_fixture(&tmp.path().join("step.safetensors"), "auto");
+}
+
+/// With gradient checkpointing on (each transformer block recomputed in backward) the step still matches the
+/// fixture, and equals the step without it to 1e-5 × each group's scale (f32 sums in another order).
+#[test]
+fn gradient_checkpointing_gives_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let on = step_against_fixture(&tmp.path().join("on.safetensors"), "on");
+    let off = step_against_fixture(&tmp.path().join("off.safetensors"), "off");
+    let mut worst: BTreeMap<String, (f32, f32)> = BTreeMap::new();
+    for key in off.keys().into_iter().filter(|k| k.starts_with("grad.")) {
+        let (a, b) = (values(&on, &key), values(&off, &key));
+        let e = worst.entry(group(&key)).or_insert((0.0, 0.0));
+        for (x, y) in a.iter().zip(&b) {
+            e.0 = e.0.max((x - y).abs());
+            e.1 = e.1.max(y.abs());
+            assert!(x.is_finite(), "{key}: {x}");
+        }
+    }
+    assert_eq!(worst.len(), 7);
+    for (grp, (d, scale)) in worst {
+        assert!(scale > 1e-4 && d <= 1e-5 * scale, "{grp}: max |Δ| {d:e} against a scale of {scale:e}");
+    }
+}
+
+/// Run `train step` on the fixture's inputs (checkpointing `mode`) and check it against the fixture.
+fn step_against_fixture(out: &std::path::Path, mode: &str) -> StFile {
     let o = hyperlora(&[
         "train",
         "step",
@@ -31,11 +58,13 @@ fn train_step_matches_pytorch_autograd() {
         fixture("hyperlora-tiny-base").to_str().unwrap(),
         "--inputs",
         fixture(STEP).to_str().unwrap(),
+        "--gradient-checkpointing",
+        mode,
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = StFile::open(&out).unwrap();
+    let got = StFile::open(out).unwrap();
     let want = StFile::open(fixture(STEP)).unwrap();
 
     // every gradient the fixture has, and no other
@@ -85,6 +114,7 @@ fn train_step_matches_pytorch_autograd() {
         assert!(*scale > 1e-4, "{grp}: the reference gradient is ~zero ({scale:e})");
         assert!(*d <= 1e-4 * scale, "{grp}: max |Δ| {d:e} at {at} > 1e-4 × {scale:e}");
     }
+    got
 }
 
 /// `adamw_step1.raw_mean.id`: the raw mean of the fixture's photo after one AdamW step (lr 1e-2, betas (0.9,
@@ -208,7 +238,9 @@ fn finetune_refuses_bad_requests_clearly() {
     for (args, want) in [
         (vec!["--steps", "0", "--out", o], "steps must be 1"),
         (vec!["--lr", "NaN", "--out", o], "learning rate NaN"),
-        (vec!["--size", "4096", "--out", o], "smaller than the training size 4096"),
+        (vec!["--size", "1024", "--out", o], "is 512×512, smaller than the training size 1024"),
+        // the memory estimate is checked before anything is encoded (the tiny UNet at 8192²: terabytes)
+        (vec!["--size", "8192", "--out", o], "needs about"),
         (vec!["--schedule", "linear", "--out", o], "schedule `linear`"),
     ] {
         let r = finetune(&args);
@@ -216,6 +248,48 @@ fn finetune_refuses_bad_requests_clearly() {
         assert!(!r.status.success() && err.contains(want), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote a file");
     }
+}
+
+/// Ctrl-C (a real SIGINT) mid fine-tune: it stops between steps, says so, exits non-zero, and writes neither the
+/// identity nor the loss log.
+#[test]
+fn finetune_stops_on_ctrl_c_and_writes_nothing() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ft.safetensors");
+    let b = hyperlora::demo::PHOTO_FACE_BOX;
+    let bx = format!("{},{},{},{}", b[0], b[1], b[2], b[3]);
+    let demo = demo_dir();
+    let photo = hyperlora::demo::DemoSet::in_dir(&demo).photo;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["finetune", "--demo", "--box", &bx, "--steps", "100000", "--sample-steps", "0", "--out"])
+        .arg(&out)
+        .arg(&photo)
+        .env("HYPERLORA_DEMO_DIR", &demo)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen += &line;
+        seen.push('\n');
+        // the first step's line: training runs (no bar on a pipe, a line instead)
+        if line.starts_with("train step 1/100000: loss ") {
+            break;
+        }
+    }
+    assert!(seen.contains("train step 1/100000"), "no step reported:\n{seen}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let rest = rest.join("\n");
+    assert!(!status.success(), "exit 0 after Ctrl-C:\n{rest}");
+    assert!(rest.contains("cancelled"), "{rest}");
+    assert!(!out.exists() && !out.with_extension("loss.csv").exists(), "a file was written after Ctrl-C");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "something was left in the output folder");
 }
 
 fn demo_session() -> (hyperlora::session::Session, hyperlora::Identity, std::path::PathBuf) {

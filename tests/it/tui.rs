@@ -51,7 +51,7 @@ fn busy_app() -> App {
         vars: app.values.clone(),
         cancelled: false,
     });
-    app.job = Some(Job { code: "generate".into(), started: Instant::now(), step: 3, total: 20, elapsed: 1.5 });
+    app.job = Some(Job { code: "generate".into(), started: Instant::now(), step: 3, total: 20, elapsed: 1.5, train: None });
     app.models = vec!["sdxl".into(), "hyperlora".into()];
     app
 }
@@ -180,7 +180,7 @@ fn keys_edit_submit_recall_and_cancel() {
     app.on_key(key(KeyCode::Tab), &["simple".into()]);
     assert_eq!(app.completions, ["similarity", "similarity_by_module", "simple"]);
     // Ctrl-C: cancels a running job, else clears the line; Ctrl-D quits on an empty line
-    app.job = Some(Job { code: "x".into(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0 });
+    app.job = Some(Job { code: "x".into(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0, train: None });
     assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &[]), Action::Cancel);
     typed(&mut app, "2");
     assert_eq!(app.on_key(key(KeyCode::Enter), &[]), Action::None, "no second job while one runs");
@@ -272,6 +272,16 @@ fn end_to_end_in_tmux() {
     t.line("me.photos + 41");
     t.wait_for("│42", 30);
     t.cmd(&["send-keys", "-t", "hl", "C-d"]);
+}
+
+/// A training job's status line carries its loss and learning rate beside the step and rate.
+#[test]
+fn the_status_bar_shows_a_training_steps_loss_and_lr() {
+    let mut app = busy_app();
+    let e = hyperlora::session::Event::Train { step: 7, total: 50, loss: 0.123456, lr: 0.01, elapsed: 3.5 };
+    app.on_msg(Msg::Event(e));
+    let s = screen(&app, 120, 40);
+    assert!(s.contains("step 7/50 loss 0.12346 lr 1.00e-2 2.00 it/s"), "{s}");
 }
 
 #[test]

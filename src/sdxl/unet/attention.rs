@@ -5,10 +5,12 @@ use crate::error::{Error, Result};
 use crate::nn::{layer_norm, LayerNorm};
 use crate::sdxl::profile;
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use crate::nn::{linear, Linear};
+use candle_nn::{group_norm, GroupNorm, VarBuilder};
 
 /// A Linear whose weight can be patched by a LoRA merge; `target` is its diffusers path. The loaded weight is
 /// kept (shared, not copied) so that removing a LoRA restores it bit for bit — never by subtracting ΔW.
+#[derive(Clone)]
 pub struct Projection {
     pub target: String,
     pub(crate) original: Tensor,
@@ -75,6 +77,7 @@ impl Projection {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Attention {
     pub(crate) to_q: Projection,
     pub(crate) to_k: Projection,
@@ -138,9 +141,13 @@ impl Attention {
     pub(crate) fn projections_mut(&mut self) -> [&mut Projection; 4] {
         [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out]
     }
+    fn projections(&self) -> [&Projection; 4] {
+        [&self.to_q, &self.to_k, &self.to_v, &self.to_out]
+    }
 }
 
 /// diffusers `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward (exact erf GELU).
+#[derive(Clone)]
 pub(crate) struct TransformerBlock {
     pub(crate) norm1: LayerNorm,
     pub(crate) attn1: Attention,
@@ -163,6 +170,22 @@ impl TransformerBlock {
             ff_proj: linear(dim, inner * 2, vb.pp("ff").pp("net").pp("0").pp("proj"))?,
             ff_out: linear(inner, dim, vb.pp("ff").pp("net").pp("2"))?,
         })
+    }
+    /// The factors of every functional LoRA term of its projections (down, up, term by term, attn1 then attn2).
+    pub(crate) fn factors(&self) -> Vec<Tensor> {
+        let projections = self.attn1.projections().into_iter().chain(self.attn2.projections());
+        projections.flat_map(|p| p.functional.iter().flat_map(|(d, u, _)| [d.clone(), u.clone()])).collect()
+    }
+    /// The same block with its functional terms' factors detached (a forward that builds no graph through them).
+    pub(crate) fn detached(&self) -> Self {
+        let mut b = self.clone();
+        for p in b.attn1.projections_mut().into_iter().chain(b.attn2.projections_mut()) {
+            for (d, u, _) in p.functional.iter_mut() {
+                *d = d.detach();
+                *u = u.detach();
+            }
+        }
+        b
     }
     pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
         let dev = x.device();
@@ -187,6 +210,8 @@ pub(crate) struct Transformer2D {
     pub(crate) proj_in: Linear,
     pub(crate) blocks: Vec<TransformerBlock>,
     pub(crate) proj_out: Linear,
+    /// Training: recompute each block in backward instead of keeping its activations (`checkpoint`).
+    pub(crate) checkpointing: bool,
 }
 
 impl Transformer2D {
@@ -204,6 +229,7 @@ impl Transformer2D {
                 .map(|i| TransformerBlock::new(ch, c.cross_attention_dim, heads, vb.pp("transformer_blocks").pp(i)))
                 .collect::<candle_core::Result<_>>()?,
             proj_out: linear(ch, ch, vb.pp("proj_out"))?,
+            checkpointing: false,
         })
     }
     pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
@@ -214,7 +240,10 @@ impl Transformer2D {
             self.proj_in.forward(&t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
         })?;
         for blk in &self.blocks {
-            t = blk.forward(&t, context)?;
+            t = match self.checkpointing {
+                true => super::checkpoint::forward(blk, &t, context)?,
+                false => blk.forward(&t, context)?,
+            };
         }
         let t = profile::time(profile::PROJ_IN_OUT, dev, || {
             self.proj_out.forward(&t)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))

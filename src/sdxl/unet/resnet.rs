@@ -2,7 +2,8 @@
 use super::UNetConfig;
 use crate::sdxl::profile;
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use crate::nn::{conv2d, linear, Conv2d, Linear};
+use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
 
 /// diffusers `ResnetBlock2D` (time embedding, if any, added after conv1; 1×1 shortcut when channels change).
 pub(crate) struct Resnet {

@@ -1,6 +1,7 @@
 //! `hyperlora bench sdxl` and `hyperlora bench lora` (direct model calls on purpose: they time the engine, not
 //! the session's caches).
-use super::bench::{median, Args, Table};
+use super::table::{median, Table};
+use super::Args;
 use crate::hyper::modules::{sdxl_release_modules, Proj};
 use crate::sdxl::model::{sdxl_base_unet_config, GenerateRequest, Sdxl, SdxlOptions};
 use crate::sdxl::pipeline::{denoise, seeded_noise, time_ids, Conditioning, SampleSpec};
@@ -22,7 +23,7 @@ struct Diffusers {
 /// Run the comparison script (built in) with `python`: the same shapes (SDXL base, or `--model`'s UNet config),
 /// size, steps, CFG, sampler and dtype; on the CPU with as many threads as ours.
 fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Result<Diffusers> {
-    const SCRIPT: &str = include_str!("../../bench/compare_diffusers.py");
+    const SCRIPT: &str = include_str!("../../../bench/compare_diffusers.py");
     let dtype = match a.dtype.dtype() {
         DType::F16 => "fp16",
         DType::BF16 => "bf16",
@@ -30,7 +31,7 @@ fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Re
     };
     let mut cmd = std::process::Command::new(python);
     cmd.arg("-").args(["--device", if dev.is_cpu() { "cpu" } else { a.device.as_str() }, "--dtype", dtype]);
-    cmd.args(["--size", &a.size.to_string(), "--steps", &a.steps.to_string(), "--cfg", "5"]);
+    cmd.args(["--size", &a.size.unwrap_or(1024).to_string(), "--steps", &a.steps.to_string(), "--cfg", "5"]);
     if dev.is_cpu() {
         cmd.args(["--threads", &rayon::current_num_threads().to_string()]);
     }
@@ -41,7 +42,7 @@ fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Re
         }
     }
     eprintln!("timing diffusers with {} …", python.display());
-    super::bench::run_script(cmd, SCRIPT, "diffusers")
+    super::table::run_script(cmd, SCRIPT, "diffusers")
 }
 
 /// One sampling step (UNet batch 2) again with the device synchronised around each block kind
@@ -145,14 +146,14 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     let cond =
         Conditioning { embeds: ctx.clone(), pooled: Tensor::randn(0f32, 1.0, (1, pooled_dim), &dev)?.to_dtype(dtype)? };
     let uncond = Conditioning::zeros_like(&cond)?;
-    let lat = a.size / 8;
+    let lat = a.size.unwrap_or(1024) / 8;
     let spec = SampleSpec {
         sampler: SamplerKind::DpmPp2mKarras,
         steps: a.steps,
         cfg: 5.0,
         cond: &cond,
         uncond: &uncond,
-        time_ids: time_ids(a.size, a.size, &dev)?,
+        time_ids: time_ids(a.size.unwrap_or(1024), a.size.unwrap_or(1024), &dev)?,
         strength: 1.0,
     };
     let noise = seeded_noise(1, &[1, 4, lat, lat], &dev)?.to_dtype(dtype)?;
@@ -168,7 +169,7 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     sync(&dev)?;
     let total = t.elapsed();
     table.row(
-        &format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, a.size),
+        &format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, a.size.unwrap_or(1024)),
         total,
         format!("{:.3} s/step", total.as_secs_f64() / a.steps as f64),
     );
@@ -206,15 +207,15 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
         let t = Instant::now();
         run_rest()?;
         let rest = t.elapsed();
-        table.row(&format!("text encoders + VAE decode at {}² (f32 VAE)", a.size), rest, String::new());
+        table.row(&format!("text encoders + VAE decode at {}² (f32 VAE)", a.size.unwrap_or(1024)), rest, String::new());
         table.row("whole image = sampling + the above", total + rest, "s/image".into());
     }
     if let Some(m) = &model {
         let t = Instant::now();
         let req = GenerateRequest {
             steps: a.steps,
-            width: a.size,
-            height: a.size,
+            width: a.size.unwrap_or(1024),
+            height: a.size.unwrap_or(1024),
             ..GenerateRequest::new("fcsks fxhks fhyks, a portrait")
         };
         m.generate(&req, &mut |_, _| ControlFlow::Continue(()))?;
@@ -248,7 +249,7 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
             let rows = 2 * if matches!(p, Proj::K | Proj::V) && m.cross_attention_dim.is_some() {
                 77
             } else {
-                tokens(m.hidden_size, a.size)
+                tokens(m.hidden_size, a.size.unwrap_or(1024))
             };
             let w = Tensor::randn(0f32, 0.02, (o, i), &dev)?.to_dtype(dtype)?;
             let down = Tensor::randn(0f32, 0.02, (r, i), &dev)?;
@@ -281,7 +282,7 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     table.row(
-        &format!("runtime terms: x·Dᵀ·Uᵀ on every projection, one UNet forward at {}² with CFG", a.size),
+        &format!("runtime terms: x·Dᵀ·Uᵀ on every projection, one UNet forward at {}² with CFG", a.size.unwrap_or(1024)),
         runtime,
         format!("paid every step: {:.2} s over {} steps", runtime.as_secs_f64() * a.steps as f64, a.steps),
     );

@@ -1,8 +1,9 @@
 //! `hyperlora bench encode`: time per photo of each encoder stage (real files when given, else real-size random
 //! stand-ins: CLIP ViT-L/14 shapes, an IResNet-100 recognizer, detector/landmark nets of about antelopev2's compute).
 //! Direct model calls on purpose: the stages are timed one by one, without the session's caches.
-use super::bench::{median, Args, Table};
-use super::bench_sdxl::RandomWeights;
+use super::table::{median, Table};
+use super::Args;
+use super::sdxl::RandomWeights;
 use crate::face::align::norm_crop_size;
 use crate::face::analyser::Antelope;
 use crate::face::cutout::id_condition;

@@ -1,11 +1,18 @@
-//! The two candle layers whose fast forward has no backward: candle-nn's fused `LayerNorm` and
-//! `softmax_last_dim` are custom ops without `bwd`. The model rooms (`sdxl/`, `hyper/`) call these instead; each
-//! runs the fused op when nothing asks for a gradient and a differentiable composition of primitive ops (each of
-//! which candle can differentiate) when its input or weights are on an autograd graph — the same code serves
-//! inference and training. Every other op on the training path (matmul, conv2d, group norm as composed by
-//! candle-nn, GELU-erf, SiLU, nearest upsampling, narrow/cat/reshape) has a backward in candle itself.
+//! Layers for the model rooms (`sdxl/`, `hyper/`) whose candle versions do not fit training:
+//! - candle-nn's fused `LayerNorm` and `softmax_last_dim` are custom ops without `bwd`. Each of ours runs the fused
+//!   op when nothing asks for a gradient and a differentiable composition of primitive ops when its input or
+//!   weights are on an autograd graph — the same code serves inference and training.
+//! - `frozen`: Linear and Conv2d whose backward gives only the input's gradient when the weight is frozen (candle's
+//!   also computes, and keeps until the end of the backward, a gradient for every frozen weight: 10 GB for SDXL's
+//!   UNet in f32).
+//!
+//! Every other op on the training path (matmul, group norm as composed by candle-nn, GELU-erf, SiLU, nearest
+//! upsampling, narrow/cat/reshape) has a backward in candle itself.
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+mod frozen;
+pub use frozen::{conv2d, linear, Conv2d, Linear, Precomputed};
 
 /// True when `t` is a variable or was computed from one: a backward pass will want its gradient.
 pub fn tracked(t: &Tensor) -> bool {
