@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join("hyperlora-example"));
 
     // the demo set stands in for every model not given
-    let (demo, _) = hyperlora::demo::ensure(&hyperlora::demo::default_dir())?;
+    let (demo, _) = hyperlora::synthetic::demo::ensure(&hyperlora::synthetic::demo::default_dir())?;
     let paths = ModelPaths {
         sdxl: flag("--sdxl").or(Some(demo.sdxl.clone())),
         sdxl_config: None,
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     let (photo, pick) = match flag("--photo") {
         Some(p) => (p, FacePick::Best),
         // the demo's face models are random: give the face box instead of detecting it
-        None => (demo.photo.clone(), FacePick::Box(hyperlora::demo::PHOTO_FACE_BOX)),
+        None => (demo.photo.clone(), FacePick::Box(hyperlora::synthetic::demo::PHOTO_FACE_BOX)),
     };
     let listener = Arc::new(|e: &Event| match e {
         Event::Loaded { component, seconds } => eprintln!("loaded {component} in {seconds:.1} s"),

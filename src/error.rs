@@ -46,7 +46,9 @@ pub enum Error {
     /// A download failed (network, server, checksum).
     #[error("{0}")]
     Network(String),
-    #[error("{path}: already exists; refusing to overwrite it (use --force / overwrite: true)")]
+    #[error(
+        "{path}: already exists; refusing to overwrite it (commands take --force; in a script, give `overwrite: true`)"
+    )]
     Exists { path: PathBuf },
     /// The user stopped a long job (Ctrl-C); the session and its values are intact.
     #[error("cancelled")]

@@ -4,13 +4,14 @@
 //! ([`identity`]: algebra, coefficient space, libraries, [`LoraMix`]) → LoRA weights ([`lora`]) → [`sdxl`] → image
 //! → [`render`] / [`term`]. The [`session`] owns the models and caches; [`script`], [`tui`] and [`cli`] (through
 //! [`front`]) are thin shells over it. [`models`] finds the files, [`files`] reads and writes them, [`weights`]
-//! loads safetensors strictly, [`synthetic`] writes models from code for the demo, tests and benchmarks.
+//! loads safetensors strictly, [`pixels`] is the RGB image below `face` and `vision`, [`synthetic`] writes models from code for the demo, tests and benchmarks.
 
 // basics
 pub mod cancel;
 pub mod error;
 pub mod files;
 pub mod nn;
+pub mod pixels;
 pub mod rng;
 pub mod weights;
 
@@ -39,10 +40,7 @@ pub mod tui;
 // models written from code
 pub mod synthetic;
 
-pub use encode::features;
 pub use error::{Error, Result};
-pub use files::{download, output, png_meta, provenance};
 pub use hyper::HyperLora;
-pub use identity::{library, mix, space, Identity};
-pub use mix::LoraMix;
-pub use synthetic::demo;
+pub use identity::mix::LoraMix;
+pub use identity::Identity;

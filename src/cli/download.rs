@@ -1,4 +1,4 @@
-use crate::download::{download, endpoint, plans};
+use crate::files::download::{download, endpoint, plans};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -73,7 +73,7 @@ pub fn face_picks(boxes: &[String], photos: usize, face: Option<usize>) -> anyho
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     // refuse before the (slow) encoding, not only when writing
-    crate::output::refuse_existing(&a.out, a.force)?;
+    crate::files::output::refuse_existing(&a.out, a.force)?;
     let picks = face_picks(&a.face_box, a.photos.len(), a.face)?;
     let paths = crate::session::ModelPaths {
         clip: Some(a.clip.clone()),

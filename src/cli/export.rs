@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    crate::output::refuse_existing(&a.out, a.force)?;
+    crate::files::output::refuse_existing(&a.out, a.force)?;
     let id = Identity::load(&a.identity)?;
     let dir = &a.hyper.hyperlora;
     let mut session = super::session_args::quiet_session(crate::session::ModelPaths {

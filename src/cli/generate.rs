@@ -6,8 +6,11 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// SDXL diffusers folder or single-file checkpoint (.safetensors).
-    #[arg(long, env = "HYPERLORA_SDXL", value_name = "DIR_OR_FILE")]
-    pub model: PathBuf,
+    #[arg(long, env = "HYPERLORA_SDXL", value_name = "DIR_OR_FILE", required_unless_present = "demo")]
+    pub model: Option<PathBuf>,
+    /// Use the embedded demo set's tiny SDXL (random weights) instead of --model.
+    #[arg(long)]
+    pub demo: bool,
     /// For a single-file checkpoint whose dimensions differ from SDXL base: a diffusers-layout folder with its
     /// configs (tokenizers are built in; a tokenizer*/ folder there overrides them).
     #[arg(long, value_name = "DIR")]
@@ -29,16 +32,19 @@ pub struct Args {
     pub cfg: f64,
     #[arg(long, value_enum, default_value = "dpmpp_2m_karras")]
     pub sampler: SamplerKind,
-    #[arg(long, default_value_t = 1024)]
-    pub width: usize,
-    #[arg(long, default_value_t = 1024)]
-    pub height: usize,
+    /// Image width (default: the init image's with --init-image, else the model's native size — 1024 for SDXL base,
+    /// the demo set's own on the demo set).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height (default as --width).
+    #[arg(long)]
+    pub height: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Unit-Gaussian starting latents (.safetensors, first tensor or `latents`) instead of seeded noise.
     #[arg(long, value_name = "FILE")]
     pub init_latents: Option<PathBuf>,
-    /// img2img: start from this image (resized to --width × --height when it differs).
+    /// img2img: start from this image (its size kept unless --width/--height say otherwise).
     #[arg(long, value_name = "PNG")]
     pub init_image: Option<PathBuf>,
     /// img2img: fraction of the schedule to run (1.0 = ignore the image's content).
@@ -68,11 +74,15 @@ fn out_paths(a: &Args) -> Vec<PathBuf> {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let outs = out_paths(&a);
     for p in &outs {
-        crate::output::refuse_existing(p, a.force)?;
+        crate::files::output::refuse_existing(p, a.force)?;
     }
     // the one-shot command is a session like every front end: same loading, LoRA import, sampling, PNG settings
-    let paths =
-        crate::session::ModelPaths { sdxl: Some(a.model.clone()), sdxl_config: a.config.clone(), ..Default::default() };
+    let sdxl = match (&a.model, a.demo) {
+        (_, true) => crate::front::args::demo_set()?.sdxl,
+        (Some(m), false) => m.clone(),
+        (None, false) => anyhow::bail!("give --model DIR_OR_FILE (or HYPERLORA_SDXL), or --demo"),
+    };
+    let paths = crate::session::ModelPaths { sdxl: Some(sdxl), sdxl_config: a.config.clone(), ..Default::default() };
     let opts =
         crate::session::SessionOptions { paths, device: crate::front::device(&a.device)?, dtype: a.dtype.dtype() };
     // the progress every command shows: loads, notes, a step bar
@@ -90,7 +100,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     g.seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     });
-    (g.steps, g.cfg, g.sampler, g.width, g.height, g.batch) = (a.steps, a.cfg, a.sampler, a.width, a.height, a.batch);
+    (g.steps, g.cfg, g.sampler, g.batch) = (a.steps, a.cfg, a.sampler, a.batch);
+    // 0: the init image's size, or the model's native size (the session decides)
+    (g.width, g.height) = (a.width.unwrap_or(0), a.height.unwrap_or(0));
     g.lora = (!mix.is_empty()).then_some(mix);
     if let Some(p) = &a.init_image {
         g.init = Some((crate::session::Image::load(p)?, a.strength));

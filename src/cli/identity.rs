@@ -1,5 +1,5 @@
 use super::HyperArgs;
-use crate::features::FeatureSet;
+use crate::encode::features::FeatureSet;
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    crate::output::refuse_existing(&a.out, a.force)?;
+    crate::files::output::refuse_existing(&a.out, a.force)?;
     let sets = a.features.iter().map(|p| FeatureSet::load(p)).collect::<crate::Result<Vec<_>>>()?;
     let set = FeatureSet::concat(&sets)?;
     let dir = &a.hyper.hyperlora;

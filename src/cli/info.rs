@@ -10,7 +10,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let ext = a.file.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if ext == "png" {
         // the settings are text chunks: read without decoding the pixels
-        let (w, h, text) = crate::png_meta::read_png_text(&a.file)?;
+        let (w, h, text) = crate::files::png_meta::read_png_text(&a.file)?;
         println!("{}: {w}×{h} PNG", a.file.display());
         if text.is_empty() {
             println!("  no generation settings (not made by hyperlora, or its text chunks were stripped)");
@@ -37,15 +37,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let id = crate::Identity::load(&a.file)?;
         println!("{}: {}", a.file.display(), id.summary());
         for s in id.sources() {
-            println!("  source {} {}", crate::provenance::short(&s.hash), s.label);
+            println!("  source {} {}", crate::files::provenance::short(&s.hash), s.label);
         }
         return Ok(());
     }
     let imp = crate::lora::file::import(&a.file)?;
     println!(
-        "{}: LoRA ({:?} spelling), {} layers, {} parameters, {} keys not understood",
+        "{}: LoRA ({} key spelling), {} layers, {} parameters, {} keys not understood",
         a.file.display(),
-        imp.spelling,
+        match imp.spelling {
+            Some(crate::lora::file::Spelling::Kohya) => "kohya",
+            Some(crate::lora::file::Spelling::Diffusers) => "diffusers",
+            Some(crate::lora::file::Spelling::Peft) => "PEFT",
+            None => "no known",
+        },
         imp.weights.layers.len(),
         imp.weights.num_params(),
         imp.unmatched.len()

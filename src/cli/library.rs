@@ -38,6 +38,11 @@ mod chrono_free {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let mut session = quiet_session(Default::default());
+    // these commands read a library: one that does not exist is a mistyped path, not an empty library
+    let (Cmd::Ls { dir } | Cmd::Show { dir, .. } | Cmd::Rm { dir, .. }) = &a.cmd;
+    if !dir.is_dir() {
+        anyhow::bail!("{}: no such library folder", dir.display());
+    }
     match a.cmd {
         Cmd::Ls { dir } => {
             let lib = session.library(&dir)?;
@@ -46,7 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 println!(
                     "{name:<24} {:>3} photo(s)  {}  {}  {}",
                     e.photos,
-                    crate::provenance::short(&e.hash),
+                    crate::files::provenance::short(&e.hash),
                     e.dtype,
                     date(e.saved)
                 );

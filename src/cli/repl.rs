@@ -84,6 +84,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // lines typed while a preview asked the terminal what it draws: they run next, an unfinished one is kept
     let mut queued: std::collections::VecDeque<String> = Default::default();
     let mut initial = String::new();
+    // inputs that ran without error, in order (what :save-session writes)
+    let mut succeeded: Vec<String> = Vec::new();
     loop {
         let typed = crate::term::show::take_typed();
         if !typed.is_empty() {
@@ -119,16 +121,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = rl.add_history_entry(code);
         let _ = rl.append_history(&hist);
         let report = |r: Result<rhai::Dynamic, crate::script::ScriptError>, source: &str| match r {
-            Ok(v) if v.is_unit() => {}
-            Ok(v) => println!("{}", describe(&v)),
-            Err(e) => eprintln!("{}", e.located(source)),
+            Ok(v) if v.is_unit() => true,
+            Ok(v) => {
+                println!("{}", describe(&v));
+                true
+            }
+            Err(e) => {
+                eprintln!("{}", e.located(source));
+                false
+            }
         };
         match command(code) {
-            Ok(None) => report(script.eval(code), "input"),
+            Ok(None) => {
+                if report(script.eval(code), "input") {
+                    succeeded.push(code.to_string());
+                }
+            }
             Ok(Some(Command::Quit)) => break,
             Ok(Some(Command::Help)) => println!("{}\ncommands: {COMMANDS}", api::help(None)),
-            Ok(Some(Command::Models)) => report(script.eval("models()"), "models"),
-            Ok(Some(Command::Unload(n))) => report(script.eval(&format!("unload({n:?})")), "unload"),
+            Ok(Some(Command::Models)) => _ = report(script.eval("models()"), "models"),
+            Ok(Some(Command::Unload(n))) => _ = report(script.eval(&format!("unload({n:?})")), "unload"),
             Ok(Some(Command::Vars)) => {
                 for (n, v) in script.variables() {
                     println!("{n} = {}", describe(&v));
@@ -136,11 +148,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             Ok(Some(Command::Mem)) => println!("resident memory {}", rss().unwrap_or_else(|| "unknown".into())),
             Ok(Some(Command::LoadSession(f))) => match std::fs::read_to_string(&f) {
-                Ok(t) => report(script.eval(&t), &f.display().to_string()),
+                Ok(t) => _ = report(script.eval(&t), &f.display().to_string()),
                 Err(e) => eprintln!("{}: cannot read: {e}", f.display()),
             },
-            Ok(Some(c @ (Command::Preview(_) | Command::SaveSession(_)))) => {
-                eprintln!("{c:?}: a TUI command (the line REPL keeps its history in {})", hist.display())
+            Ok(Some(Command::SaveSession(f))) => println!("{}", crate::front::input::save_session(&succeeded, &f)),
+            Ok(Some(Command::Preview(on))) => {
+                eprintln!(
+                    ":preview {}: the TUI's preview pane; here images show with `show(img)`",
+                    if on { "on" } else { "off" }
+                )
             }
             Err(e) => eprintln!("{e}"),
         }

@@ -61,6 +61,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         script.set(k, parse_value(v));
     }
-    let _ = script.eval(&code).map_err(|e| anyhow::anyhow!(e.located(&a.recipe.display().to_string())))?;
+    let _ = script.eval(&code).map_err(|e| {
+        let mut msg = e.located(&a.recipe.display().to_string());
+        // a recipe's free variable: say both ways to give it
+        if let Some(name) = e.message.strip_prefix("Variable not found: ").map(str::trim) {
+            msg += &match name.starts_with("demo_") {
+                true => format!(" — `{name}` is defined by --demo (or give it with --set {name}=VALUE)"),
+                false => format!(" — define it in the recipe, or give it with --set {name}=VALUE"),
+            };
+        }
+        anyhow::anyhow!(msg)
+    })?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The session for these flags (with the demo set filled in when asked), and the demo set if used.
-pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
+pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::synthetic::demo::DemoSet>)> {
     let (paths, hints) = resolve_paths(a)?;
     for h in hints {
         eprintln!("hint: {h}");
@@ -52,19 +52,28 @@ pub(super) fn listener() -> crate::session::Listener {
         Event::Note(n) => eprintln!("{n}"),
         Event::Train { step, total, loss, lr, elapsed } => {
             train_line(*step, *total, *loss, *lr, *elapsed);
-            advance(*step, *total, format!("loss {loss:.5} lr {lr:.2e} "))
+            advance(*step, *total, format!("loss {loss:.5} lr {lr:.2e} {}", rate(*step, *elapsed)))
         }
         Event::Preview { .. } => {}
-        Event::Step { step, total, .. } => advance(*step, *total, String::new()),
+        Event::Step { step, total, elapsed } => advance(*step, *total, rate(*step, *elapsed)),
     })
 }
 
-/// The progress bar on stderr, one template for every command: step n/N, a message (a training step's loss and lr),
-/// it/s, ETA.
+/// Steps per second since the work began (the session's own clock: a bar made at the first step would divide by
+/// the microseconds since it was made).
+fn rate(step: usize, elapsed: f64) -> String {
+    match elapsed > 0.0 {
+        true => format!("{:.2} it/s", step as f64 / elapsed),
+        false => String::new(),
+    }
+}
+
+/// The progress bar on stderr, one template for every command: step n/N, a message (a training step's loss and lr,
+/// then it/s), ETA.
 pub fn step_bar(total: usize) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(total as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg}{per_sec} eta {eta}")
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb

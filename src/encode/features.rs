@@ -3,7 +3,7 @@
 //! [N, 257, D] (CLIP vision `hidden_states[-2]`, spec §1.3) and optionally `clip_base` [M, 257, D] for the Base
 //! branch. Other tensors (boxes, landmarks) may ride along and are ignored here.
 use crate::error::{Error, Result};
-use crate::provenance::{sha256_hex, Source};
+use crate::files::provenance::{sha256_hex, Source};
 use crate::weights::{as_bytes, StFile};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -139,10 +139,10 @@ impl FeatureSet {
         &self,
         path: &Path,
         overwrite: bool,
-        extra: Vec<(String, crate::output::RawTensor)>,
+        extra: Vec<(String, crate::files::output::RawTensor)>,
         mut meta: std::collections::HashMap<String, String>,
     ) -> Result<()> {
-        use crate::output::{safetensors_bytes, write_file, RawTensor};
+        use crate::files::output::{safetensors_bytes, write_file, RawTensor};
         let mut t = vec![
             ("arcface".to_string(), RawTensor::from_tensor(&self.arcface, DType::F32)?),
             ("clip".to_string(), RawTensor::from_tensor(&self.clip, DType::F32)?),

@@ -3,13 +3,15 @@
 //! to the hypernetwork.
 pub mod features;
 
+use crate::encode::features::FeatureSet;
 use crate::error::{Error, Result};
 use crate::face::analyser::{Antelope, FaceAnalysis, FaceOptions};
-use crate::features::FeatureSet;
-use crate::output::{write_file, RawTensor};
-use crate::provenance::{sha256_hex, Source};
+use crate::files::output::{write_file, RawTensor};
+use crate::files::provenance::{sha256_hex, Source};
+use crate::pixels::photo::load_photo;
+use crate::pixels::Rgb8;
 use crate::vision::clip::ClipVision;
-use crate::vision::processor::{clip_pixel_values, load_photo, Rgb8};
+use crate::vision::processor::clip_pixel_values;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -91,7 +93,7 @@ pub fn feature_set(photos: &[Encoded]) -> Result<FeatureSet> {
     let arcface: Vec<f32> = photos.iter().flat_map(|p| p.face.embedding.iter().copied()).collect();
     let arcface = Tensor::from_vec(arcface, (photos.len(), e), &Device::Cpu)?;
     let clip = Tensor::cat(&photos.iter().map(|p| &p.clip).collect::<Vec<_>>(), 0)?;
-    let clip_base = crate::features::stack_base_rows(photos.iter().filter_map(|p| p.base_clip.as_ref()))?;
+    let clip_base = crate::encode::features::stack_base_rows(photos.iter().filter_map(|p| p.base_clip.as_ref()))?;
     FeatureSet::new(arcface, clip, clip_base, photos.iter().map(|p| p.source.clone()).collect())
 }
 
@@ -137,7 +139,7 @@ pub fn write_debug(e: &Encoded, dir: &Path, stem: &str, overwrite: bool) -> Resu
         ("aligned", &e.face.aligned),
     ] {
         let path = dir.join(format!("{stem}.{what}.png"));
-        let png = crate::png_meta::encode_png(
+        let png = crate::files::png_meta::encode_png(
             &img.data,
             img.width,
             img.height,

@@ -5,7 +5,7 @@ use super::cutout::{id_condition, IdCondition};
 use super::onnx::{ArcFace, Detection, Landmark106, Scrfd};
 use super::scrfd::Face;
 use crate::error::{Error, Result};
-use crate::vision::processor::Rgb8;
+use crate::pixels::Rgb8;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,8 @@
 //! operations are reproduced: rounded crop boxes (halves to even), bicubic resizes, `GaussianBlur` as three
 //! "extended box" passes per axis in 24-bit fixed point, mask compositing with Pillow's /255 rounding.
 use crate::error::{Error, Result};
-use crate::vision::processor::Rgb8;
+use crate::pixels::blur::{gaussian_blur, paste_masked};
+use crate::pixels::Rgb8;
 
 /// The outline landmarks: jaw contour through the chin, then both eyebrows. The spec calls them "41" but lists
 /// these 43 indices; the fixture's outline centre and boxes are computed from all 43.
@@ -95,84 +96,19 @@ pub fn polygon_mask(width: usize, height: usize, pts: &[[f64; 2]]) -> Rgb8 {
     Rgb8 { width, height, data: mask.into_iter().flat_map(|v| [v, v, v]).collect() }
 }
 
-/// Pillow's box radius for a Gaussian of σ = `radius` made of `passes` box blurs (computed in f32 as Pillow does).
-fn gaussian_box_radius(radius: f32, passes: u32) -> f32 {
-    let sigma2 = radius * radius / passes as f32;
-    let big_l = (12.0 * sigma2 + 1.0).sqrt();
-    let l = ((big_l - 1.0) / 2.0).floor();
-    let a = (2.0 * l + 1.0) * (l * (l + 1.0) - 3.0 * sigma2) / (6.0 * (sigma2 - (l + 1.0) * (l + 1.0)));
-    l + a
-}
-
-/// One "extended box" blur of a line: integer window of radius ⌊r⌋ plus the two next pixels weighted by the
-/// fractional part, edges repeated, 24-bit fixed point with rounding.
-fn box_line(line: &[u8], r: f32) -> Vec<u8> {
-    let ri = r as i64;
-    let ww = ((1u32 << 24) as f32 / (r * 2.0 + 1.0)) as u64;
-    let fw = ((1u64 << 24) - (ri as u64 * 2 + 1) * ww) / 2;
-    let last = line.len() as i64 - 1;
-    let at = |i: i64| line[i.clamp(0, last) as usize] as u64;
-    (0..=last)
-        .map(|x| {
-            let acc: u64 = (x - ri..=x + ri).map(at).sum();
-            let bulk = acc * ww + (at(x - ri - 1) + at(x + ri + 1)) * fw;
-            ((bulk + (1 << 23)) >> 24) as u8
-        })
-        .collect()
-}
-
-/// Pillow `ImageFilter.GaussianBlur(radius)` on each channel: 3 box passes along x, then 3 along y.
-pub fn gaussian_blur(img: &Rgb8, radius: f32) -> Rgb8 {
-    let r = gaussian_box_radius(radius, 3);
-    let (w, h) = (img.width, img.height);
-    let mut out = img.clone();
-    for c in 0..3 {
-        let mut plane: Vec<u8> = (0..w * h).map(|i| img.data[i * 3 + c]).collect();
-        for _ in 0..3 {
-            for y in 0..h {
-                let b = box_line(&plane[y * w..(y + 1) * w], r);
-                plane[y * w..(y + 1) * w].copy_from_slice(&b);
-            }
-        }
-        for _ in 0..3 {
-            for x in 0..w {
-                let col: Vec<u8> = (0..h).map(|y| plane[y * w + x]).collect();
-                for (y, v) in box_line(&col, r).into_iter().enumerate() {
-                    plane[y * w + x] = v;
-                }
-            }
-        }
-        for i in 0..w * h {
-            out.data[i * 3 + c] = plane[i];
-        }
+/// Spec §3.2 A–C for one photo.
+/// Landmarks that span more than 4× the photo (or are not finite) are not a face on it: refused before crops of
+/// that size are allocated and filled.
+fn check_span(img: &Rgb8, lm: &[[f64; 2]]) -> Result<()> {
+    let limit = 4.0 * img.width.max(img.height) as f64;
+    let (lo, hi) = lm.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p[0].min(p[1])), hi.max(p[0].max(p[1]))));
+    if lm.iter().flatten().any(|v| !v.is_finite()) || hi - lo > limit || lo < -limit || hi > 2.0 * limit {
+        return Err(Error::InvalidValue(format!(
+            "the face's landmarks span [{lo:.0}, {hi:.0}] on a {}×{} photo: not a face on it (a wrong box?)",
+            img.width, img.height
+        )));
     }
-    out
-}
-
-/// Pillow `dst.paste(src, (x, y), mask)`: out = (src·a + dst·(255 − a))/255 with Pillow's rounding; clipped.
-pub fn paste_masked(dst: &mut Rgb8, src: &Rgb8, mask: &Rgb8, x: i64, y: i64) {
-    let div255 = |a: u32| {
-        let t = a + 128;
-        ((t >> 8) + t) >> 8
-    };
-    for sy in 0..src.height {
-        let dy = y + sy as i64;
-        if dy < 0 || dy >= dst.height as i64 {
-            continue;
-        }
-        for sx in 0..src.width {
-            let dx = x + sx as i64;
-            if dx < 0 || dx >= dst.width as i64 {
-                continue;
-            }
-            let a = mask.data[(sy * mask.width + sx) * 3] as u32;
-            for c in 0..3 {
-                let o = (dy as usize * dst.width + dx as usize) * 3 + c;
-                let s = src.data[(sy * src.width + sx) * 3 + c] as u32;
-                dst.data[o] = div255(dst.data[o] as u32 * (255 - a) + s * a) as u8;
-            }
-        }
-    }
+    Ok(())
 }
 
 /// Everything the ID branch derives from one photo and its 106 landmarks.
@@ -187,21 +123,6 @@ pub struct IdCondition {
     pub paste_position: (i64, i64),
     pub clip_box: [i64; 4],
     pub arcface_box: [i64; 4],
-}
-
-/// Spec §3.2 A–C for one photo.
-/// Landmarks that span more than 4× the photo (or are not finite) are not a face on it: refused before crops of
-/// that size are allocated and filled.
-fn check_span(img: &Rgb8, lm: &[[f64; 2]]) -> Result<()> {
-    let limit = 4.0 * img.width.max(img.height) as f64;
-    let (lo, hi) = lm.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p[0].min(p[1])), hi.max(p[0].max(p[1]))));
-    if lm.iter().flatten().any(|v| !v.is_finite()) || hi - lo > limit || lo < -limit || hi > 2.0 * limit {
-        return Err(Error::InvalidValue(format!(
-            "the face's landmarks span [{lo:.0}, {hi:.0}] on a {}×{} photo: not a face on it (a wrong box?)",
-            img.width, img.height
-        )));
-    }
-    Ok(())
 }
 
 pub fn id_condition(img: &Rgb8, lm: &[[f64; 2]], remove_background: bool, grayscale: bool) -> Result<IdCondition> {

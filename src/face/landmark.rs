@@ -1,9 +1,9 @@
 //! The 106-point landmark model's crop and decoding (insightface `Landmark.get`, `2d106det.onnx`): a square crop
 //! centred on the box, scale 192/(1.5·max(w, h)), no rotation; raw [1, 212] → (106, 2) → (v + 1)·96 → inverse
 //! affine back to image coordinates. The model input is the crop as float 0–255, no normalisation.
-use super::align::{apply, invert, warp_affine, Affine};
 use crate::error::{Error, Result};
-use crate::vision::processor::Rgb8;
+use crate::pixels::warp::{apply, invert, warp_affine, Affine};
+use crate::pixels::Rgb8;
 
 pub const INPUT: usize = 192;
 

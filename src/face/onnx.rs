@@ -3,7 +3,7 @@
 //! insightface does: a graph whose first 8 nodes include Sub and Mul normalises itself, else (x − 127.5)/127.5).
 use super::scrfd::{self, Face, RawHeads};
 use crate::error::{Error, Result};
-use crate::vision::processor::Rgb8;
+use crate::pixels::Rgb8;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -243,7 +243,7 @@ impl Landmark106 {
     }
 
     /// The raw [212] output for a face box (x1, y1, x2, y2) in `img`, and the crop transform used.
-    pub fn raw(&self, img: &Rgb8, bbox: [f64; 4]) -> Result<(Vec<f32>, super::align::Affine)> {
+    pub fn raw(&self, img: &Rgb8, bbox: [f64; 4]) -> Result<(Vec<f32>, crate::pixels::warp::Affine)> {
         let s = super::landmark::INPUT;
         let (crop, m) = super::landmark::crop(img, bbox);
         let out = run(&self.plan, &self.path, scrfd::chw_normalized(&crop, self.mean, self.std), [1, 3, s, s])?;

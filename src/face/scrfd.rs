@@ -2,7 +2,7 @@
 //! square at the top-left, strides 8/16/32 with 2 anchors per centre (no +0.5 offset), distance → box and 5
 //! keypoints, score ≥ threshold, greedy NMS at IoU 0.4 with the +1 area convention, faces by score.
 use crate::error::{Error, Result};
-use crate::vision::processor::Rgb8;
+use crate::pixels::Rgb8;
 
 pub const STRIDES: [usize; 3] = [8, 16, 32];
 pub const ANCHORS: usize = 2;

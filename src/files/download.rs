@@ -72,7 +72,7 @@ pub fn verify(path: &Path) -> Result<()> {
     let mut f = std::fs::File::open(&blob).map_err(|e| Error::io(&blob, e))?;
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(&blob, e))?;
-    let got = crate::provenance::hex(&h.finalize());
+    let got = crate::files::provenance::hex(&h.finalize());
     if got != name.to_lowercase() {
         return Err(Error::invalid(
             path,

@@ -149,7 +149,7 @@ pub fn output_state(path: &Path) -> OutputState {
     }
     let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     let checked = match ext.as_str() {
-        "png" => crate::png_meta::read_png(path).map(|_| ()),
+        "png" => crate::files::png_meta::read_png(path).map(|_| ()),
         "safetensors" => crate::weights::StFile::open(path).map(|_| ()),
         _ => Ok(()),
     };

@@ -37,7 +37,7 @@ pub fn encode_png(rgb: &[u8], width: usize, height: usize, text: &[(String, Stri
 /// Write a generated image; never over an existing file unless `overwrite`.
 pub fn write_png(path: &Path, img: &Tensor, text: &[(String, String)], overwrite: bool) -> Result<()> {
     let (rgb, w, h) = to_rgb8(img)?;
-    crate::output::write_file(path, &encode_png(&rgb, w, h, text)?, overwrite)
+    crate::files::output::write_file(path, &encode_png(&rgb, w, h, text)?, overwrite)
 }
 
 /// The largest PNG side decoded (a header can claim 2³¹ pixels; a few kilobytes must not ask for gigabytes).

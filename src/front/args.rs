@@ -87,6 +87,11 @@ pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)>
     let mut hints = Vec::new();
     if a.demo {
         // the demo set stands in for everything not named explicitly; no config file or searches
+        let d = demo_set()?;
+        paths.sdxl.get_or_insert(d.sdxl.clone());
+        paths.hyperlora.get_or_insert(d.hyperlora.clone());
+        paths.clip.get_or_insert(d.clip.clone());
+        paths.antelopev2.get_or_insert(d.antelopev2.clone());
         return Ok((paths, hints));
     }
     let cfg = crate::models::load_config(&crate::models::config_path())?.unwrap_or_default();
@@ -111,7 +116,7 @@ pub fn session_with(
     a: &ModelArgs,
     mut paths: ModelPaths,
     listener: crate::session::Listener,
-) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::demo::DemoSet>)> {
+) -> anyhow::Result<(Arc<Mutex<Session>>, Option<crate::synthetic::demo::DemoSet>)> {
     let demo = if a.demo {
         let d = demo_set()?;
         paths.sdxl.get_or_insert(d.sdxl.clone());
@@ -150,18 +155,18 @@ pub fn quiet_session(paths: ModelPaths) -> Session {
     )
 }
 
-pub fn demo_set() -> anyhow::Result<crate::demo::DemoSet> {
-    let dir = crate::demo::default_dir();
+pub fn demo_set() -> anyhow::Result<crate::synthetic::demo::DemoSet> {
+    let dir = crate::synthetic::demo::default_dir();
     if !dir.join("complete").is_file() {
         eprintln!("writing the tiny demo set (random weights) to {} …", dir.display());
     }
-    let (set, _) = crate::demo::ensure(&dir)?;
+    let (set, _) = crate::synthetic::demo::ensure(&dir)?;
     Ok(set)
 }
 
 /// Set the demo set's variables in a script: `demo_photo`, `demo_box`, `size` (128) and `steps` (6).
-pub fn define_demo(script: &mut crate::script::Script, d: &crate::demo::DemoSet) {
-    let b = crate::demo::PHOTO_FACE_BOX;
+pub fn define_demo(script: &mut crate::script::Script, d: &crate::synthetic::demo::DemoSet) {
+    let b = crate::synthetic::demo::PHOTO_FACE_BOX;
     script.set("demo_photo", rhai::Dynamic::from(d.photo.display().to_string()));
     script.set("demo_box", rhai::Dynamic::from(b.iter().map(|v| rhai::Dynamic::from(*v)).collect::<rhai::Array>()));
     script.set("size", rhai::Dynamic::from(128_i64));

@@ -99,6 +99,37 @@ pub fn command(line: &str) -> Result<Option<Command>, String> {
     }))
 }
 
+/// What `:save-session` writes: the inputs that ran without error, in order, each ended as a statement so that the
+/// file replays in `:load-session` and `hyperlora run` (a typed `let a = 5` has no `;`, which a script needs between
+/// statements; after a `//` comment the `;` goes on a line of its own).
+pub fn session_script(inputs: &[String]) -> String {
+    let mut out = String::from("// hyperlora session: the inputs that ran without error, in order\n");
+    for input in inputs {
+        let code = input.trim_end();
+        out.push_str(code);
+        let last = code.lines().last().unwrap_or_default();
+        if !code.ends_with(';') {
+            out.push_str(if last.contains("//") { "\n;" } else { ";" });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Write `session_script(inputs)` to `path` (never replacing a file), and say so in one line.
+pub fn save_session(inputs: &[String], path: &std::path::Path) -> String {
+    match crate::files::output::write_file(path, session_script(inputs).as_bytes(), false) {
+        Ok(()) => format!(
+            "saved {} inputs to {} (replay with :load-session {} or hyperlora run {})",
+            inputs.len(),
+            path.display(),
+            path.display(),
+            path.display()
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Resident memory (VmRSS) in GB, where /proc tells it.
 pub fn rss() -> Option<String> {
     std::fs::read_to_string("/proc/self/status")

@@ -8,10 +8,9 @@ pub mod resampler;
 pub mod synth;
 pub mod trainable;
 
+use crate::encode::features::FeatureSet;
 use crate::error::{Error, Result};
-use crate::features::FeatureSet;
-use crate::identity::{hex, Identity, Variant};
-use crate::lora::LoraWeights;
+use crate::files::provenance::hex;
 use crate::weights::StFile;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -23,6 +22,15 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use synth::Bases;
 pub use synth::Branch;
+
+/// The HyperLoRA variant an identity belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Variant {
+    /// Hex SHA-256 over the variant's files (see `HyperLora::load`).
+    pub hash: String,
+    /// Human name, usually the folder name (`sdxl_hyper_id_lora_v1_fidelity`).
+    pub label: String,
+}
 
 /// The trigger phrase the released weights were trained with (spec §4.3).
 pub const TRIGGER: &str = "fcsks fxhks fhyks";
@@ -330,59 +338,15 @@ impl HyperLora {
         })
     }
 
-    /// Fuse every image of the feature set into one identity (mean of raw outputs over images).
-    pub fn identity(&self, f: &FeatureSet) -> Result<Identity> {
+    /// The coefficient tokens of a feature set: the raw ID tokens fused over its photos (mean of the raw outputs),
+    /// and the Base branch's with its photo count when the set has Base features. `identity/` makes an `Identity`
+    /// of them.
+    pub fn fused(&self, f: &FeatureSet) -> Result<(Tensor, Option<(Tensor, usize)>)> {
         let raw = resampler::fuse(&self.raw_id(&f.arcface, &f.clip)?)?;
         let base = match &f.clip_base {
             Some(cb) => Some((resampler::fuse(&self.raw_base(cb)?)?, cb.dim(0)?)),
             None => None,
         };
-        Identity::new(raw, f.arcface.dim(0)?, base, f.sources.clone(), self.variant.clone())
-    }
-
-    /// An identity must come from this variant.
-    pub fn check_identity(&self, id: &Identity) -> Result<()> {
-        if id.variant().hash != self.variant.hash {
-            return Err(Error::Incompatible(format!(
-                "identity {} was made with HyperLoRA variant `{}` ({}), but the loaded variant is `{}` ({}); re-create it from its photos with this variant",
-                id.short_hash(),
-                id.variant().label,
-                crate::provenance::short(&id.variant().hash),
-                self.variant.label,
-                crate::provenance::short(&self.variant.hash)
-            )));
-        }
-        let q = self.config.resampler.num_queries;
-        if id.dims() != (q, self.config.hyper_dim) {
-            return Err(Error::Mismatch(format!(
-                "identity has {:?} coefficients, this variant needs [{q}, {}]",
-                id.dims(),
-                self.config.hyper_dim
-            )));
-        }
-        Ok(())
-    }
-
-    /// The identity's LoRA factors (scale 1) for one branch.
-    pub fn synthesize(&self, id: &Identity, branch: Branch) -> Result<LoraWeights> {
-        self.check_identity(id)?;
-        let coeffs = match branch {
-            Branch::Id => id.coefficients()?,
-            Branch::Base => {
-                if !self.has_base() {
-                    return Err(Error::Mismatch(format!(
-                        "a Base weight needs the Base branch, but {} has no {BASE_RESAMPLER_FILE}",
-                        self.dir.display()
-                    )));
-                }
-                id.base_coefficients()?.ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "identity {} has no Base coefficients (it was made without Base-condition images)",
-                        id.short_hash()
-                    ))
-                })?
-            }
-        };
-        Ok(LoraWeights { layers: self.bases.synthesize(&coeffs, branch)? })
+        Ok((raw, base))
     }
 }

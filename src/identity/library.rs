@@ -89,7 +89,7 @@ impl Library {
 
     fn write_index(&self, i: &Index) -> Result<()> {
         let text = serde_json::to_string_pretty(i).map_err(|e| Error::InvalidValue(format!("library index: {e}")))?;
-        crate::output::write_file(&self.dir.join(INDEX), text.as_bytes(), true)
+        crate::files::output::write_file(&self.dir.join(INDEX), text.as_bytes(), true)
     }
 
     /// The variant of the identities here, if any was saved.
@@ -108,9 +108,9 @@ impl Library {
                     "library {}: holds identities of variant {} ({}), this identity is of {} ({})",
                     self.dir.display(),
                     v.label,
-                    crate::provenance::short(&v.hash),
+                    crate::files::provenance::short(&v.hash),
                     id.variant().label,
-                    crate::provenance::short(&id.variant().hash)
+                    crate::files::provenance::short(&id.variant().hash)
                 )));
             }
         }

@@ -171,9 +171,11 @@ impl LoraMix {
                     "{}:{}:{}",
                     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
                     t.weight,
-                    crate::provenance::short(hash)
+                    crate::files::provenance::short(hash)
                 ),
-                TermSource::Trained { hash, .. } => format!("trained:{}:{}", t.weight, crate::provenance::short(hash)),
+                TermSource::Trained { hash, .. } => {
+                    format!("trained:{}:{}", t.weight, crate::files::provenance::short(hash))
+                }
                 TermSource::Identity(id) => {
                     let base = if t.base_weight != 0.0 { format!(":base {}", t.base_weight) } else { String::new() };
                     format!("identity:{}:{}{base}", id.short_hash(), t.weight)

@@ -2,12 +2,13 @@
 //! over the photos (spec §2.3: fusion is a mean *before* normalisation), plus where they came from. Algebra runs
 //! in this raw space; the normalised coefficients that drive the LoRA are derived on use.
 mod gram;
+mod hyper;
 pub mod library;
 pub mod mix;
 pub mod space;
 
 use crate::error::{Error, Result};
-use crate::output::{safetensors_bytes, write_file, RawTensor};
+use crate::files::output::{safetensors_bytes, write_file, RawTensor};
 use crate::weights::StFile;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -26,16 +27,9 @@ pub fn normalize_tokens(m: &Tensor) -> candle_core::Result<Tensor> {
 pub const IDENTITY_FORMAT: &str = "hyperlora.identity";
 pub const IDENTITY_FORMAT_VERSION: &str = "1";
 
-/// The HyperLoRA variant an identity belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Variant {
-    /// Hex SHA-256 over the variant's files (see `HyperLora::load`).
-    pub hash: String,
-    /// Human name, usually the folder name (`sdxl_hyper_id_lora_v1_fidelity`).
-    pub label: String,
-}
+pub use crate::hyper::Variant;
 
-pub use crate::provenance::{hex, sha256_hex, Source};
+pub use crate::files::provenance::{hex, sha256_hex, Source};
 
 /// Where a fine-tuned identity came from: the identity it started at, and the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +51,7 @@ impl Finetuned {
     pub fn describe(&self) -> String {
         format!(
             "fine-tuned from {} ({} steps, lr {}, {} photo{}: {}; eval loss {:.5} -> {:.5})",
-            crate::provenance::short(&self.from),
+            crate::files::provenance::short(&self.from),
             self.steps,
             self.lr,
             self.photos.len(),
@@ -188,7 +182,7 @@ impl Identity {
     }
 
     pub fn short_hash(&self) -> String {
-        crate::provenance::short(&self.hash()).to_string()
+        crate::files::provenance::short(&self.hash()).to_string()
     }
 
     fn check_compatible(&self, other: &Identity) -> Result<()> {
@@ -196,9 +190,9 @@ impl Identity {
             return Err(Error::Incompatible(format!(
                 "cannot combine identities of different HyperLoRA variants: {} ({}) and {} ({})",
                 self.variant.label,
-                crate::provenance::short(&self.variant.hash),
+                crate::files::provenance::short(&self.variant.hash),
                 other.variant.label,
-                crate::provenance::short(&other.variant.hash)
+                crate::files::provenance::short(&other.variant.hash)
             )));
         }
         if self.raw.dims() != other.raw.dims() {

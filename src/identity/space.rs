@@ -326,7 +326,7 @@ impl Coeffs {
             )));
         }
         let src = Source {
-            hash: crate::provenance::sha256_hex(crate::weights::as_bytes(&self.data)),
+            hash: crate::files::provenance::sha256_hex(crate::weights::as_bytes(&self.data)),
             label: how.to_string(),
         };
         Identity::new(self.to_tensor()?, like.photos().max(1), None, vec![src], like.variant().clone())

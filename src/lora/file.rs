@@ -3,7 +3,7 @@
 //! and reports every key it could not place.
 use super::{cpu_f32, names, LoraLayer, LoraWeights};
 use crate::error::{Error, Result};
-use crate::output::{safetensors_bytes, write_file, RawTensor};
+use crate::files::output::{safetensors_bytes, write_file, RawTensor};
 use crate::weights::StFile;
 use candle_core::{DType, Device};
 use std::collections::{BTreeMap, HashMap};

@@ -136,16 +136,55 @@ impl Module for Conv2d {
         }
         let y = x.detach().conv2d(w, cfg.padding, cfg.stride, cfg.dilation, 1)?;
         let (w, in_h) = (w.clone(), x.dim(2)?);
-        // as candle's own backward for the input: the transposed convolution, padded out to the input's height
-        let y = input_only(x, y, move |g| {
-            let full = (g.dim(2)? - 1) * cfg.stride + cfg.dilation * (w.dim(2)? - 1) + 1 - 2 * cfg.padding;
-            g.conv_transpose2d(&w, cfg.padding, in_h - full, cfg.stride, cfg.dilation)
-        })?;
+        let y = input_only(x, y, move |g| conv2d_input_grad(g, &w, cfg, in_h))?;
         match self.0.bias() {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
         }
     }
+}
+
+/// The gradient of a convolution's input. On the CPU, with stride 1 (every convolution of SDXL's UNet but its two
+/// downsamplers): one matrix product `Wᵀ·g` (the weight's rows as they lie, no copy) giving each input tap's
+/// contribution, then `col2im` adding the k² shifted planes into place — the forward's im2col and product run
+/// backwards, at the forward's cost. candle's own `conv_transpose2d` takes a dot product per output pixel and
+/// channel on the CPU, up to 5× the forward's time. Elsewhere (GPU, other strides): candle's transposed convolution,
+/// padded out to the input's height as its own backward does.
+fn conv2d_input_grad(g: &Tensor, w: &Tensor, cfg: Conv2dConfig, in_h: usize) -> Result<Tensor> {
+    let (o, i, kh, kw) = w.dims4()?;
+    let (b, _, oh, ow) = g.dims4()?;
+    let p = cfg.padding;
+    // stride 1: the input is the output grown by k − 1 − 2p
+    let (ih, iw) = ((oh + kh - 1).saturating_sub(2 * p), (ow + kw - 1).saturating_sub(2 * p));
+    if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 && cfg.stride == 1 && cfg.dilation == 1 && ih == in_h
+    {
+        let wt = w.reshape((o, i * kh * kw))?.t()?;
+        let cols = wt.broadcast_left(b)?.matmul(&g.reshape((b, o, oh * ow))?.contiguous()?)?;
+        let cols = cols.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; b * i * ih * iw];
+        for (bi, per_b) in cols.chunks_exact(i * kh * kw * oh * ow).enumerate() {
+            for (row, plane) in per_b.chunks_exact(oh * ow).enumerate() {
+                let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+                let dst = &mut out[(bi * i + c) * ih * iw..(bi * i + c + 1) * ih * iw];
+                for yo in 0..oh {
+                    let y = yo + ky;
+                    if y < p || y - p >= ih {
+                        continue;
+                    }
+                    let (src_row, dst_row) = (&plane[yo * ow..(yo + 1) * ow], &mut dst[(y - p) * iw..(y - p + 1) * iw]);
+                    // x = xo + kx − p within [0, iw)
+                    let x0 = p.saturating_sub(kx);
+                    let x1 = (iw + p).saturating_sub(kx).min(ow);
+                    for xo in x0..x1 {
+                        dst_row[xo + kx - p] += src_row[xo];
+                    }
+                }
+            }
+        }
+        return Tensor::from_vec(out, (b, i, ih, iw), g.device());
+    }
+    let full = (oh - 1) * cfg.stride + cfg.dilation * (kh - 1) + 1 - 2 * p;
+    g.conv_transpose2d(w, p, in_h - full, cfg.stride, cfg.dilation)
 }
 
 #[cfg(test)]
@@ -180,16 +219,20 @@ mod tests {
             (Conv2dConfig { padding: 1, stride: 2, ..Default::default() }, 3, 8),
             (Conv2dConfig { padding: 0, stride: 1, ..Default::default() }, 1, 5),
         ];
-        let mut cases: Vec<(Box<dyn Fn(&Tensor) -> Result<Tensor>>, Box<dyn Fn(&Tensor) -> Result<Tensor>>, Tensor, Tensor)> =
-            vec![(
-                Box::new(move |x| lin.forward(x)),
-                {
-                    let l = candle_nn::Linear::new(lw.clone(), Some(lb));
-                    Box::new(move |x| l.forward(x))
-                },
-                rand(&[2, 3, 7], 3),
-                lw,
-            )];
+        let mut cases: Vec<(
+            Box<dyn Fn(&Tensor) -> Result<Tensor>>,
+            Box<dyn Fn(&Tensor) -> Result<Tensor>>,
+            Tensor,
+            Tensor,
+        )> = vec![(
+            Box::new(move |x| lin.forward(x)),
+            {
+                let l = candle_nn::Linear::new(lw.clone(), Some(lb));
+                Box::new(move |x| l.forward(x))
+            },
+            rand(&[2, 3, 7], 3),
+            lw,
+        )];
         for (i, (cfg, k, side)) in convs.into_iter().enumerate() {
             let w = rand(&[4, 3, k, k], 10 + i as u64);
             let b = rand(&[4], 20 + i as u64);
@@ -214,6 +257,39 @@ mod tests {
             if w.rank() == 4 {
                 assert!(gb.get(&w).is_some(), "candle's conv2d keeps one (what this avoids)");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use candle_core::Device;
+
+    /// Not a test: which input gradient is faster on this CPU (run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn conv_input_grad_speed() {
+        for (c, side) in [(320usize, 32usize), (640, 16), (1280, 8)] {
+            let w = Tensor::randn(0f32, 0.02, (c, c, 3, 3), &Device::Cpu).unwrap();
+            let g = Tensor::randn(0f32, 1.0, (1, c, side, side), &Device::Cpu).unwrap();
+            let cfg = Conv2dConfig { padding: 1, stride: 1, ..Default::default() };
+            let t = std::time::Instant::now();
+            for _ in 0..3 {
+                conv2d_input_grad(&g, &w, cfg, side).unwrap();
+            }
+            let ours = t.elapsed() / 3;
+            let t = std::time::Instant::now();
+            for _ in 0..3 {
+                g.conv_transpose2d(&w, 1, 0, 1, 1).unwrap();
+            }
+            let theirs = t.elapsed() / 3;
+            let t = std::time::Instant::now();
+            for _ in 0..3 {
+                g.conv2d(&w, 1, 1, 1, 1).unwrap();
+            }
+            let fwd = t.elapsed() / 3;
+            eprintln!("{c}×{side}²: ours (Wᵀ·g, col2im) {ours:?}, conv_transpose2d {theirs:?}, forward conv2d {fwd:?}");
         }
     }
 }

@@ -140,7 +140,7 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
                 // `pending` found a broken file here under --resume: it is made again
                 ow = true;
             } else if run.ctx.resume && !ow {
-                if let crate::output::OutputState::Complete = crate::output::output_state(path) {
+                if let crate::files::output::OutputState::Complete = crate::files::output::output_state(path) {
                     o(Out::Text(format!("resume: {p} is already done; kept")));
                     img.path = Some(path.to_path_buf());
                     return Ok(img.clone());

@@ -106,12 +106,100 @@ fn from_eval(mut e: EvalAltResult) -> ScriptError {
         EvalAltResult::ErrorTooManyOperations(_) => {
             "stopped: the script ran more operations than the sandbox allows (a runaway loop?)".to_string()
         }
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => not_found(sig),
         _ => {
             let _ = e.take_position();
-            e.to_string()
+            plain_types(&e.to_string())
         }
     };
     ScriptError { message, line: pos.line(), column: pos.position(), cancelled }
+}
+
+/// The script's names for the types Rhai reports by their Rust paths (`hyperlora::session::image::Image`, `i64`,
+/// `rhai::Map`…), wherever they appear in a message.
+pub fn plain_types(message: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_' || c == ':' || c == '&';
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(is_word) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let end = rest.find(|c: char| !is_word(c)).unwrap_or(rest.len());
+        let word = &rest[..end];
+        let path = word.contains("::");
+        let last = word.rsplit("::").next().unwrap_or(word).trim_start_matches('&');
+        out.push_str(match last {
+            "Identity" if path => "identity",
+            "LoraMix" if path => "lora mix",
+            "Image" if path => "image",
+            "Coeffs" if path => "coeffs",
+            "Library" if path => "library",
+            "Map" if path => "map",
+            "Array" if path => "array",
+            "Dynamic" if path => "value",
+            "String" => "string",
+            "ImmutableString" => "string",
+            "str" if word.starts_with('&') => "string",
+            "i64" => "int",
+            "f64" => "float",
+            _ if path && word.starts_with("hyperlora::") => last,
+            _ => word,
+        });
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Rhai's "Function not found: generate (i64)" in the user's words: a function of the API called with other
+/// arguments gets its usage line from `help`; an unknown name gets the closest registered one.
+fn not_found(sig: &str) -> String {
+    let (name, args) = match sig.split_once(" (") {
+        Some((n, a)) => {
+            // "&str | ImmutableString | String" is one type to the user
+            let a = plain_types(a.trim_end_matches(')'));
+            let one = |alts: &str| {
+                let mut seen: Vec<&str> = Vec::new();
+                for t in alts.split(" | ") {
+                    if !seen.contains(&t) {
+                        seen.push(t);
+                    }
+                }
+                seen.join(" | ")
+            };
+            (n.trim(), format!("({})", a.split(", ").map(one).collect::<Vec<_>>().join(", ")))
+        }
+        None => (sig.trim(), String::new()),
+    };
+    let usage = api::API.iter().find(|(n, _, _)| *n == name);
+    match usage {
+        Some((_, usage, _)) => format!("{name}{args} does not fit: use {usage}  (help(\"{name}\") for more)"),
+        None => {
+            let best = api::API
+                .iter()
+                .map(|(n, _, _)| (edit_distance(name, n), *n))
+                .filter(|(d, n)| *d <= (n.len() / 3).max(2))
+                .min();
+            match best {
+                Some((_, n)) => format!("unknown function {name}{args}: did you mean `{n}`? (help() lists them all)"),
+                None => format!("unknown function {name}{args} (help() lists the API)"),
+            }
+        }
+    }
+}
+
+/// Levenshtein distance (by characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn err<T>(msg: impl Into<String>) -> RResult<T> {
@@ -264,14 +352,23 @@ pub fn describe(d: &Dynamic) -> String {
         describe_mix(&m)
     } else if let Some(i) = d.clone().try_cast::<Image>() {
         i.summary()
-    } else if let Some(c) = d.clone().try_cast::<crate::space::Coeffs>() {
+    } else if let Some(c) = d.clone().try_cast::<crate::identity::space::Coeffs>() {
         c.summary()
-    } else if let Some(l) = d.clone().try_cast::<crate::library::Library>() {
+    } else if let Some(l) = d.clone().try_cast::<crate::identity::library::Library>() {
         space::describe_library(&l)
     } else if d.is_string() {
         d.to_string()
+    } else if d.is_array() {
+        let items = d.clone().into_array().unwrap_or_default();
+        let shown: Vec<String> = items.iter().take(20).map(describe).collect();
+        let more = if items.len() > 20 { format!(", … ({} in all)", items.len()) } else { String::new() };
+        format!("[{}{more}]", shown.join(", "))
+    } else if d.is_map() {
+        let m = d.clone().try_cast::<rhai::Map>().unwrap_or_default();
+        let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}: {}", describe(v))).collect();
+        format!("#{{{}}}", shown.join(", "))
     } else {
-        format!("{d:?}")
+        plain_types(&format!("{d:?}"))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Identity space: coefficient values, their vector operations, PCA, nearest neighbours, walks, libraries.
 use super::*;
-use crate::library::Library;
-use crate::space::{block_of, orthogonalize, similarity_by_module, Coeffs};
+use crate::identity::library::Library;
+use crate::identity::space::{block_of, orthogonalize, similarity_by_module, Coeffs};
 
 /// An identity or a coefficient value as coefficients (identities: their raw tokens).
 fn coeffs_of(s: &Arc<Mutex<Session>>, d: &Dynamic, what: &str) -> RResult<Coeffs> {
@@ -216,7 +216,12 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>) {
         };
         from_lib(lock(&s)?.check_identity(&id))?;
         let e = from_lib(l.save(name, &id, dtype, ow))?;
-        Ok(format!("{name} → {} ({}, {})", l.dir().join(&e.file).display(), e.dtype, crate::provenance::short(&e.hash)))
+        Ok(format!(
+            "{name} → {} ({}, {})",
+            l.dir().join(&e.file).display(),
+            e.dtype,
+            crate::files::provenance::short(&e.hash)
+        ))
     };
     let f = save.clone();
     engine.register_fn("save", move |l: &mut Library, name: ImmutableString, id: Identity| f(l, &name, id, Map::new()));

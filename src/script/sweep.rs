@@ -1,6 +1,6 @@
 //! Sweeps over many machines: this process's share of the items, and resuming a run that was cut short.
 use super::*;
-use crate::output::OutputState;
+use crate::files::output::OutputState;
 
 pub(super) fn register(engine: &mut Engine, output: &Output, run: &Run) {
     let state = |r: &Run| -> RResult<RunContext> {
@@ -20,10 +20,10 @@ pub(super) fn register(engine: &mut Engine, output: &Output, run: &Run) {
     engine.register_fn("pending", move |p: ImmutableString| -> RResult<bool> {
         let path = Path::new(p.as_str());
         let mut run = r.lock().or_else(|_| err("the run state is unusable after an earlier crash"))?;
-        match crate::output::output_state(path) {
+        match crate::files::output::output_state(path) {
             OutputState::Missing => Ok(true),
             _ if !run.ctx.resume => err(format!(
-                "{p} exists (made by an earlier run?); nothing is overwritten: pass --resume to skip finished items"
+                "{p} exists (made by an earlier run?); nothing is overwritten: `hyperlora run --resume` skips finished items (in the REPL or TUI, move the file away or pick another name)"
             )),
             OutputState::Complete => {
                 o(Out::Text(format!("resume: {p} is done; skipped")));

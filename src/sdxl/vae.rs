@@ -2,8 +2,8 @@
 //! config's `scaling_factor` (0.13025 for SDXL, not SD1.5's 0.18215). Run it in f32: SDXL's VAE overflows in f16.
 use super::unet::{conv, no_zero, Resnet};
 use crate::error::{Error, Result};
-use candle_core::{DType, Module, Tensor};
 use crate::nn::{linear, Conv2d, Linear};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{group_norm, GroupNorm, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;

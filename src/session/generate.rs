@@ -10,6 +10,8 @@ pub struct Generate {
     pub steps: usize,
     pub cfg: f64,
     pub sampler: SamplerKind,
+    /// Image size; 0 takes the init image's size (img2img) or else the model's native size (`sample_size` × 8:
+    /// 1024 for SDXL base, the demo set's own on the demo set).
     pub width: usize,
     pub height: usize,
     pub lora: Option<LoraMix>,
@@ -31,8 +33,8 @@ impl Generate {
             steps: r.steps,
             cfg: r.cfg,
             sampler: r.sampler,
-            width: r.width,
-            height: r.height,
+            width: 0,
+            height: 0,
             lora: None,
             batch: 1,
             init: None,
@@ -96,6 +98,17 @@ impl Session {
     /// Generate `g.batch` images in one UNet batch; image i has seed `g.seed + i` and equals the one made alone
     /// with that seed.
     pub fn generate_batch(&mut self, g: &Generate) -> Result<Vec<Image>> {
+        let mut sized;
+        let g = if g.width == 0 || g.height == 0 {
+            let native = self.sdxl()?.unet.config().native_size();
+            let (w, h) = g.init.as_ref().map(|(img, _)| (img.width, img.height)).unwrap_or((native, native));
+            sized = g.clone();
+            sized.width = if g.width == 0 { w } else { g.width };
+            sized.height = if g.height == 0 { h } else { g.height };
+            &sized
+        } else {
+            g
+        };
         self.cancel.store(false, Ordering::Relaxed);
         let _heard = crate::cancel::scope(self.cancel.clone());
         finite(g.cfg, "cfg")?;
@@ -156,7 +169,7 @@ impl Session {
         let loras = g.lora.as_ref().map(|m| m.settings_line()).unwrap_or_default();
         let mut images = Vec::with_capacity(out.images.len());
         for (i, t) in out.images.iter().enumerate() {
-            let (rgb, w, h) = crate::png_meta::to_rgb8(t)?;
+            let (rgb, w, h) = crate::files::png_meta::to_rgb8(t)?;
             let seed = g.seed.wrapping_add(i as u64);
             let mut settings = vec![
                 ("prompt".to_string(), prompt.clone()),

@@ -18,7 +18,7 @@ pub struct Image {
 impl Image {
     /// Pixels as [1, 3, H, W] in [-1, 1] (the VAE's input).
     pub fn to_tensor(&self) -> Result<Tensor> {
-        crate::png_meta::rgb8_to_tensor(&self.rgb, self.width, self.height)
+        crate::files::png_meta::rgb8_to_tensor(&self.rgb, self.width, self.height)
     }
 
     /// This image at `width` × `height` (Catmull-Rom), or itself when it already has that size.
@@ -45,8 +45,8 @@ impl Image {
 
     /// A PNG (or JPEG/WebP) file as an image value, with its PNG text as settings.
     pub fn load(path: &Path) -> Result<Image> {
-        let rgb8 = crate::vision::processor::load_photo(path)?;
-        let settings = crate::png_meta::read_png_text(path).map(|(_, _, t)| t).unwrap_or_default();
+        let rgb8 = crate::pixels::photo::load_photo(path)?;
+        let settings = crate::files::png_meta::read_png_text(path).map(|(_, _, t)| t).unwrap_or_default();
         let prompt = settings.iter().find(|(k, _)| k == "prompt").map(|(_, v)| v.clone()).unwrap_or_default();
         let seed = settings.iter().find(|(k, _)| k == "seed").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         Ok(Image {
@@ -115,8 +115,8 @@ impl Session {
 
     /// Write an image as PNG with its settings (never over an existing file unless `overwrite`).
     pub fn save_image(&self, img: &mut Image, path: &Path, overwrite: bool) -> Result<()> {
-        let png = crate::png_meta::encode_png(&img.rgb, img.width, img.height, &img.settings)?;
-        crate::output::write_file(path, &png, overwrite)?;
+        let png = crate::files::png_meta::encode_png(&img.rgb, img.width, img.height, &img.settings)?;
+        crate::files::output::write_file(path, &png, overwrite)?;
         img.path = Some(path.to_path_buf());
         Ok(())
     }

@@ -83,10 +83,13 @@ impl Session {
                 report.unmatched.len()
             )));
         }
-        self.emit(Event::Note(format!(
-            "LoRA: {} projections merged, {} restored, {} unchanged",
-            report.merged, report.restored, report.unchanged
-        )));
+        // nothing merged or restored (no LoRA in play, or the same one again): nothing to say
+        if report.merged + report.restored > 0 {
+            self.emit(Event::Note(format!(
+                "LoRA: {} projections merged, {} restored, {} unchanged",
+                report.merged, report.restored, report.unchanged
+            )));
+        }
         self.applied = mix.cloned();
         Ok(())
     }

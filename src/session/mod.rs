@@ -2,19 +2,19 @@
 //! hash, text encodings by prompt, LoRA factors by identity hash) and the LoRA mix currently merged into the
 //! UNet. It is the one API that the scripts, the TUI and the CLI call; it knows nothing of Rhai or terminals —
 //! it reports through a listener.
+use crate::encode::features::FeatureSet;
 use crate::encode::{encode_photo, Encoded};
 use crate::error::{Error, Result};
 use crate::face::analyser::Antelope;
-use crate::features::FeatureSet;
 use crate::hyper::synth::Branch;
 use crate::hyper::{HyperLora, LoadOptions, TRIGGER};
+use crate::identity::mix::{LoraMix, TermSource};
 use crate::identity::{sha256_hex, Identity};
 use crate::lora::LoraWeights;
-use crate::mix::{LoraMix, TermSource};
+use crate::pixels::Rgb8;
 use crate::sdxl::model::{GenerateRequest, Sdxl, SdxlOptions};
 use crate::sdxl::pipeline::Conditioning;
 use crate::vision::clip::{load_clip_vision, ClipVision};
-use crate::vision::processor::Rgb8;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::ops::ControlFlow;

@@ -100,7 +100,7 @@ impl Session {
             &Device::Cpu,
         )?;
         let clip = Tensor::cat(&feats.iter().map(|f| &f.clip).collect::<Vec<_>>(), 0)?;
-        let clip_base = crate::features::stack_base_rows(feats.iter().filter_map(|f| f.base_clip.as_ref()))?;
+        let clip_base = crate::encode::features::stack_base_rows(feats.iter().filter_map(|f| f.base_clip.as_ref()))?;
         let set = FeatureSet::new(arcface, clip, clip_base, feats.iter().map(|f| f.source.clone()).collect())?;
         self.hyper()?.identity(&set)
     }

@@ -1,8 +1,8 @@
 //! Identity space through the session: coefficient values with the loaded variant's module names, PCA,
 //! nearest neighbours, walks, and identity libraries checked against the loaded variant.
 use super::*;
-use crate::library::Library;
-use crate::space::{Coeffs, Pca};
+use crate::identity::library::Library;
+use crate::identity::space::{Coeffs, Pca};
 
 impl Session {
     fn module_names(&mut self) -> Result<Arc<Vec<String>>> {
@@ -25,7 +25,7 @@ impl Session {
     /// Principal directions of a set of identities (raw tokens).
     pub fn pca(&mut self, ids: &[Identity], k: usize) -> Result<Pca> {
         let xs = ids.iter().map(|i| self.coeffs(i)).collect::<Result<Vec<_>>>()?;
-        crate::space::pca(&xs, k)
+        crate::identity::space::pca(&xs, k)
     }
 
     /// The `k` most similar of `candidates` (by `similarity`), best first, with their cosine.

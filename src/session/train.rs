@@ -94,7 +94,7 @@ impl Session {
             for y in top..top + size {
                 rgb.extend_from_slice(&r.rgb[(y * rw + left) * 3..(y * rw + left + size) * 3]);
             }
-            let pixels = crate::png_meta::rgb8_to_tensor(&rgb, size, size)?;
+            let pixels = crate::files::png_meta::rgb8_to_tensor(&rgb, size, size)?;
             let caption = match std::fs::read_to_string(path.with_extension("txt")) {
                 Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
                 _ => default_caption.clone(),
@@ -266,7 +266,7 @@ impl Session {
                 h.update(crate::weights::as_bytes(&t.flatten_all()?.to_vec1::<f32>()?));
             }
         }
-        let hash = crate::provenance::hex(&h.finalize());
+        let hash = crate::files::provenance::hex(&h.finalize());
         let name = format!(
             "LoRA fine-tuned from {} ({} steps, lr {}, eval loss {eval_before:.5} -> {eval_after:.5})",
             mix.summary(),

@@ -130,7 +130,7 @@ pub fn gather(
     }
     let out = out.unwrap_or(dir);
     let index = out.join("index.csv");
-    crate::output::refuse_existing(&index, overwrite)?;
+    crate::files::output::refuse_existing(&index, overwrite)?;
     let files = pngs(dir)?;
     let mut report = Report { index: index.clone(), ..Default::default() };
     // recipe → (row, pixels) in file order
@@ -138,7 +138,7 @@ pub fn gather(
     for (i, p) in files.iter().enumerate() {
         progress(i, files.len());
         let file = relative(dir, p);
-        let (rgb, w, h, settings) = match crate::png_meta::read_png(p) {
+        let (rgb, w, h, settings) = match crate::files::png_meta::read_png(p) {
             Ok(x) => x,
             Err(e) => {
                 report.skipped.push((file, e.to_string()));
@@ -164,7 +164,7 @@ pub fn gather(
     }
     let sheet_path = |recipe: &str| out.join(format!("sheet-{}.png", slug(recipe)));
     for recipe in groups.keys() {
-        crate::output::refuse_existing(&sheet_path(recipe), overwrite)?;
+        crate::files::output::refuse_existing(&sheet_path(recipe), overwrite)?;
     }
 
     let mut csv = csv::Writer::from_writer(Vec::new());
@@ -176,7 +176,7 @@ pub fn gather(
         }
     }
     let bytes = csv.into_inner().map_err(|e| Error::Mismatch(format!("cannot write index.csv: {e}")))?;
-    crate::output::write_file(&index, &bytes, overwrite)?;
+    crate::files::output::write_file(&index, &bytes, overwrite)?;
 
     for (recipe, rows) in groups {
         // cells small enough for the sheet to stay under the grid's pixel limit
@@ -198,8 +198,8 @@ pub fn gather(
             .collect();
         let sheet = grid::grid(&cells, None, Some(&format!("{recipe}: {n} image(s)")))?;
         let path = sheet_path(&recipe);
-        let png = crate::png_meta::encode_png(&sheet.rgb, sheet.width, sheet.height, &sheet.settings)?;
-        crate::output::write_file(&path, &png, overwrite)?;
+        let png = crate::files::png_meta::encode_png(&sheet.rgb, sheet.width, sheet.height, &sheet.settings)?;
+        crate::files::output::write_file(&path, &png, overwrite)?;
         report.sheets.push((recipe, path, n));
     }
     Ok(report)

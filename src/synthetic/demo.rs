@@ -4,9 +4,9 @@
 //! whole path (photo → identity → LoRA → image), not image quality.
 use super::onnx;
 use crate::error::{Error, Result};
+use crate::files::output::{safetensors_bytes, RawTensor};
 use crate::hyper::config::{HyperConfig, ResamplerConfig};
 use crate::hyper::modules::ModuleSpec;
-use crate::output::{safetensors_bytes, RawTensor};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};

@@ -116,7 +116,13 @@ pub fn write_variant(
 }
 
 /// Random unit ArcFace embeddings [n, e] and CLIP-like hidden states [n, tokens, w] (f32).
-pub fn random_features(n: usize, e: usize, tokens: usize, w: usize, seed: u64) -> Result<crate::features::FeatureSet> {
+pub fn random_features(
+    n: usize,
+    e: usize,
+    tokens: usize,
+    w: usize,
+    seed: u64,
+) -> Result<crate::encode::features::FeatureSet> {
     use candle_core::{Device, Tensor};
     let mut rng = Rng::new(seed);
     let mut a = vec![0f32; n * e];
@@ -133,7 +139,7 @@ pub fn random_features(n: usize, e: usize, tokens: usize, w: usize, seed: u64) -
             label: format!("random#{i}"),
         })
         .collect();
-    crate::features::FeatureSet::new(
+    crate::encode::features::FeatureSet::new(
         Tensor::from_vec(a, (n, e), &Device::Cpu)?,
         Tensor::from_vec(c, (n, tokens, w), &Device::Cpu)?,
         None,

@@ -75,19 +75,8 @@ fn ui_command(app: &mut App, code: &str) -> Option<Action> {
         }
         Ok(Some(Command::Preview(on))) => app.preview = on,
         Ok(Some(Command::SaveSession(f))) => {
-            let text = format!(
-                "// hyperlora session: the inputs that ran without error, in order\n{}\n",
-                app.succeeded.join("\n")
-            );
-            match crate::output::write_file(&f, text.as_bytes(), false) {
-                Ok(()) => app.info(format!(
-                    "saved {} inputs to {} (replay with :load-session {})",
-                    app.succeeded.len(),
-                    f.display(),
-                    f.display()
-                )),
-                Err(e) => app.info(e.to_string()),
-            }
+            let said = crate::front::input::save_session(&app.succeeded, &f);
+            app.info(said)
         }
     }
     Some(Action::None)

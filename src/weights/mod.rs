@@ -383,7 +383,7 @@ pub fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::{safetensors_bytes, RawTensor};
+    use crate::files::output::{safetensors_bytes, RawTensor};
 
     /// `weighted_rows` equals the sum of the rows read as f32, for every float dtype on disk, and the value-by-value
     /// conversion of misaligned bytes equals the in-place one.

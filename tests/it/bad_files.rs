@@ -1,7 +1,7 @@
 //! Bad inputs get errors that name the file, the key and both shapes — never a panic, never a silent fallback.
 use crate::common::*;
+use hyperlora::files::output::RawTensor;
 use hyperlora::hyper::{HyperLora, LoadOptions};
-use hyperlora::output::RawTensor;
 use hyperlora::Error;
 
 fn load(dir: &std::path::Path) -> Result<HyperLora, Error> {

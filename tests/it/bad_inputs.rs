@@ -170,8 +170,8 @@ fn randomised_corruption_never_panics() {
         let k = pick(&mut rng, &meta_keys).clone();
         m.insert(k.clone(), pick(&mut rng, &odd_strings).to_string());
         let p = tmp.path().join(format!("id{i}.safetensors"));
-        let t = vec![("raw".to_string(), hyperlora::output::RawTensor::from_tensor(&raw, DType::F32).unwrap())];
-        std::fs::write(&p, hyperlora::output::safetensors_bytes(&t, m).unwrap()).unwrap();
+        let t = vec![("raw".to_string(), hyperlora::files::output::RawTensor::from_tensor(&raw, DType::F32).unwrap())];
+        std::fs::write(&p, hyperlora::files::output::safetensors_bytes(&t, m).unwrap()).unwrap();
         n += 1;
         case(&mut failures, &mut errors, format!("identity case {i}: {k}"), &format!("id{i}.safetensors"), || {
             let id = hyperlora::Identity::load(&p).map_err(|e| e.to_string())?;
@@ -185,7 +185,7 @@ fn randomised_corruption_never_panics() {
     let mut png = Vec::new();
     {
         let rgb: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 7 % 251) as u8).collect();
-        png.extend(hyperlora::png_meta::encode_png(&rgb, 64, 48, &[("k".into(), "v".into())]).unwrap());
+        png.extend(hyperlora::files::png_meta::encode_png(&rgb, 64, 48, &[("k".into(), "v".into())]).unwrap());
     }
     let jpeg = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/astronaut.jpg")).unwrap();
     for i in 0..60 {
@@ -203,9 +203,9 @@ fn randomised_corruption_never_panics() {
         std::fs::write(&p, &b).unwrap();
         n += 1;
         case(&mut failures, &mut errors, format!("photo case {i}"), &format!("photo{i}.{ext}"), || {
-            hyperlora::vision::processor::load_photo(&p).map(|_| ()).map_err(|e| e.to_string())?;
+            hyperlora::pixels::photo::load_photo(&p).map(|_| ()).map_err(|e| e.to_string())?;
             if ext == "png" {
-                hyperlora::png_meta::read_png_text(&p).map(|_| ()).map_err(|e| e.to_string())?;
+                hyperlora::files::png_meta::read_png_text(&p).map(|_| ()).map_err(|e| e.to_string())?;
             }
             Ok(())
         });

@@ -1,7 +1,7 @@
 //! The `hyperlora` binary: identity → export-lora on the tiny fixture, one-line errors, no overwrites.
 use crate::common::*;
 use candle_core::{DType, Device};
-use hyperlora::features::FeatureSet;
+use hyperlora::encode::features::FeatureSet;
 use hyperlora::weights::StFile;
 use std::path::Path;
 

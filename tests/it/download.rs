@@ -1,7 +1,7 @@
 //! `hyperlora download` against a small HTTP server on 127.0.0.1 started by the test, serving a mirror of the
 //! tiny fixture files with the hub's headers (etag, x-repo-commit, ranges). No test touches the internet.
 use crate::common::*;
-use hyperlora::download::{download, plans, verify};
+use hyperlora::files::download::{download, plans, verify};
 use sha2::Digest;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,14 +3,14 @@
 use crate::common::*;
 use hyperlora::face::analyser::{kps_from_landmarks, Antelope, FaceOptions, FacePick, KpsFrom};
 use hyperlora::face::onnx::Landmark106;
+use hyperlora::pixels::Rgb8;
 use hyperlora::synthetic::onnx as synthetic;
-use hyperlora::vision::processor::Rgb8;
 use hyperlora::weights::StFile;
 use std::path::Path;
 use std::process::Output;
 
 fn png(rel: &str) -> Rgb8 {
-    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture(rel)).unwrap();
+    let (rgb, w, h, _) = hyperlora::files::png_meta::read_png(&fixture(rel)).unwrap();
     Rgb8::new(w, h, rgb).unwrap()
 }
 

@@ -1,12 +1,13 @@
 //! Face geometry against insightface/OpenCV references (fixture README §3): alignment, letterbox, SCRFD decoding.
 use crate::common::*;
-use hyperlora::face::align::{norm_crop, similarity, warp_affine_f32, ARCFACE_TEMPLATE};
+use hyperlora::face::align::{norm_crop, similarity, ARCFACE_TEMPLATE};
 use hyperlora::face::scrfd::{decode, letterbox, RawHeads};
-use hyperlora::vision::processor::Rgb8;
+use hyperlora::pixels::warp::warp_affine_f32;
+use hyperlora::pixels::Rgb8;
 use hyperlora::weights::StFile;
 
 fn png(rel: &str) -> Rgb8 {
-    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture(rel)).unwrap();
+    let (rgb, w, h, _) = hyperlora::files::png_meta::read_png(&fixture(rel)).unwrap();
     Rgb8::new(w, h, rgb).unwrap()
 }
 
@@ -150,7 +151,7 @@ fn over_2(a: &Rgb8, b: &Rgb8) -> f64 {
 
 #[test]
 fn pillow_gaussian_blur_is_reproduced() {
-    use hyperlora::face::cutout::gaussian_blur;
+    use hyperlora::pixels::blur::gaussian_blur;
     let (d, mean) =
         level_diffs(&gaussian_blur(&png("face/idcond_mask_512.png"), 15.0), &png("face/idcond_mask_512_blurred.png"));
     assert!(d <= 1, "GaussianBlur(15) differs from Pillow's by {d} levels (mean {mean})");

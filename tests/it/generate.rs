@@ -1,6 +1,6 @@
 //! End-to-end generation on the tiny SDXL: pixels as diffusers writes them, seeds, PNG metadata, the CLI.
 use crate::common::*;
-use hyperlora::png_meta::{read_png, to_rgb8, write_png};
+use hyperlora::files::png_meta::{read_png, to_rgb8, write_png};
 use hyperlora::sdxl::model::{GenerateRequest, Sdxl, SdxlOptions};
 use std::ops::ControlFlow;
 use std::process::Command;
@@ -136,8 +136,8 @@ fn img2img_runs_the_strength_fraction_of_the_schedule() {
     let base = m.generate(&req(7), &mut |_, _| ControlFlow::Continue(())).unwrap().unwrap();
     let p = tmp.path().join("init.png");
     write_png(&p, &base.images[0], &[], false).unwrap();
-    let init = hyperlora::png_meta::load_image(&p, 128, 96).unwrap();
-    assert!(hyperlora::png_meta::load_image(&p, 64, 64).err().unwrap().to_string().contains("128×96"));
+    let init = hyperlora::files::png_meta::load_image(&p, 128, 96).unwrap();
+    assert!(hyperlora::files::png_meta::load_image(&p, 64, 64).err().unwrap().to_string().contains("128×96"));
     let r = GenerateRequest { steps: 10, init_image: Some((init.clone(), 0.5)), ..req(9) };
     let mut steps = Vec::new();
     let a = m

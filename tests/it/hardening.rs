@@ -30,7 +30,7 @@ fn fifos_are_refused_without_blocking() {
     let fifo = dir.path().join("photo.png");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let e = hyperlora::vision::processor::load_photo(&fifo).unwrap_err().to_string();
+    let e = hyperlora::pixels::photo::load_photo(&fifo).unwrap_err().to_string();
     assert!(e.contains("photo.png") && e.contains("FIFO"), "{e}");
     assert!(hyperlora::weights::StFile::open(&fifo).is_err());
     let t = Instant::now();
@@ -43,7 +43,7 @@ fn fifos_are_refused_without_blocking() {
 /// with data after its end marker.
 #[test]
 fn truncated_jpegs_are_named() {
-    use hyperlora::vision::processor::{jpeg_complete, load_photo};
+    use hyperlora::pixels::photo::{jpeg_complete, load_photo};
     let jpeg = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/astronaut.jpg")).unwrap();
     assert!(jpeg_complete(&jpeg));
     let mut longer = jpeg.clone();
@@ -155,7 +155,7 @@ fn info_reads_headers_only_and_names_photos() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("50000×50000") && e.contains("16384"), "{e}");
     let plain = dir.path().join("plain.png");
-    std::fs::write(&plain, hyperlora::png_meta::encode_png(&[0; 12], 2, 2, &[]).unwrap()).unwrap();
+    std::fs::write(&plain, hyperlora::files::png_meta::encode_png(&[0; 12], 2, 2, &[]).unwrap()).unwrap();
     let o = hyperlora(&["info", plain.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("2×2 PNG") && out.contains("no generation settings"), "{out}");
@@ -213,7 +213,7 @@ fn non_finite_numbers_stop_where_they_enter() {
         let (_, e) = t.iter_mut().find(|(k, _)| k == "conv_out.bias").unwrap();
         let mut v: Vec<f32> = bytemuck::cast_slice(&e.data).to_vec();
         v[0] = f32::NAN;
-        *e = hyperlora::output::RawTensor::f32(&e.shape.clone(), &v);
+        *e = hyperlora::files::output::RawTensor::f32(&e.shape.clone(), &v);
     });
     let m = hyperlora::sdxl::model::Sdxl::load(&sdxl, None, &Default::default()).unwrap();
     let req = hyperlora::sdxl::model::GenerateRequest {
@@ -243,7 +243,7 @@ fn non_finite_numbers_stop_where_they_enter() {
             _ => bytemuck::cast_slice(&e.data).to_vec(),
         };
         v[0] = f32::NAN;
-        *e = hyperlora::output::RawTensor::f32(&e.shape.clone(), &v);
+        *e = hyperlora::files::output::RawTensor::f32(&e.shape.clone(), &v);
     });
     let m = hyperlora::sdxl::model::Sdxl::load(&sdxl, None, &Default::default()).unwrap();
     let e = match m.generate(&req, &mut |_, _| std::ops::ControlFlow::Continue(())) {
@@ -258,7 +258,7 @@ fn non_finite_numbers_stop_where_they_enter() {
 /// still write.
 #[test]
 fn stale_temporary_files_are_cleaned_and_long_names_write() {
-    use hyperlora::output::{is_temp_name, write_file, STALE_TEMP};
+    use hyperlora::files::output::{is_temp_name, write_file, STALE_TEMP};
     assert!(is_temp_name(".out.png.1234.0.tmp"));
     assert!(!is_temp_name(".out.png.tmp") && !is_temp_name("out.png.1.2.tmp") && !is_temp_name(".x.a.2.tmp"));
     let dir = tempfile::tempdir().unwrap();
@@ -283,7 +283,7 @@ fn stale_temporary_files_are_cleaned_and_long_names_write() {
 #[test]
 fn face_score_refuses_impossible_boxes() {
     let dir = tempfile::tempdir().unwrap();
-    let (set, _) = hyperlora::demo::ensure(&dir.path().join("demo")).unwrap();
+    let (set, _) = hyperlora::synthetic::demo::ensure(&dir.path().join("demo")).unwrap();
     let mut s = hyperlora::session::Session::new(
         hyperlora::session::SessionOptions {
             paths: hyperlora::session::ModelPaths {
@@ -301,7 +301,7 @@ fn face_score_refuses_impossible_boxes() {
     let spec = hyperlora::session::PhotoSpec::with_options(
         set.photo,
         hyperlora::face::analyser::FaceOptions {
-            pick: hyperlora::face::analyser::FacePick::Box(hyperlora::demo::PHOTO_FACE_BOX),
+            pick: hyperlora::face::analyser::FacePick::Box(hyperlora::synthetic::demo::PHOTO_FACE_BOX),
             ..Default::default()
         },
     );
@@ -333,8 +333,8 @@ fn non_finite_identities_and_features_are_refused() {
     let shape = hyperlora::weights::StFile::open(&good).unwrap().shape("raw").unwrap().to_vec();
     let mut v = raw.clone();
     v[17] = f32::NAN;
-    let t = vec![("raw".to_string(), hyperlora::output::RawTensor::f32(&shape, &v))];
-    std::fs::write(&bad, hyperlora::output::safetensors_bytes(&t, meta).unwrap()).unwrap();
+    let t = vec![("raw".to_string(), hyperlora::files::output::RawTensor::f32(&shape, &v))];
+    std::fs::write(&bad, hyperlora::files::output::safetensors_bytes(&t, meta).unwrap()).unwrap();
     let e = hyperlora::Identity::load(&bad).unwrap_err().to_string();
     assert!(e.contains("nan.id.safetensors") && e.contains("NaN"), "{e}");
 
@@ -348,16 +348,17 @@ fn non_finite_identities_and_features_are_refused() {
     let t = vec![
         (
             "arcface".to_string(),
-            hyperlora::output::RawTensor::from_tensor(
+            hyperlora::files::output::RawTensor::from_tensor(
                 &load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
                 DType::F32,
             )
             .unwrap(),
         ),
-        ("clip".to_string(), hyperlora::output::RawTensor::f32(&[1, 257, 32], &clip)),
+        ("clip".to_string(), hyperlora::files::output::RawTensor::f32(&[1, 257, 32], &clip)),
     ];
-    std::fs::write(&features, hyperlora::output::safetensors_bytes(&t, Default::default()).unwrap()).unwrap();
-    let e = hyperlora::features::FeatureSet::load(&features).err().expect("a NaN features file loaded").to_string();
+    std::fs::write(&features, hyperlora::files::output::safetensors_bytes(&t, Default::default()).unwrap()).unwrap();
+    let e =
+        hyperlora::encode::features::FeatureSet::load(&features).err().expect("a NaN features file loaded").to_string();
     assert!(e.contains("nan.features.safetensors") && e.contains("CLIP features"), "{e}");
 }
 
@@ -385,9 +386,9 @@ fn variant_attention_width_is_checked() {
 fn huge_face_boxes_are_refused_at_once() {
     use hyperlora::face::analyser::{Antelope, FaceOptions, FacePick};
     let dir = tempfile::tempdir().unwrap();
-    let (set, _) = hyperlora::demo::ensure(&dir.path().join("demo")).unwrap();
+    let (set, _) = hyperlora::synthetic::demo::ensure(&dir.path().join("demo")).unwrap();
     let face = Antelope::load(&set.antelopev2).unwrap();
-    let photo = hyperlora::vision::processor::load_photo(&set.photo).unwrap();
+    let photo = hyperlora::pixels::photo::load_photo(&set.photo).unwrap();
     let t = Instant::now();
     let opts = FaceOptions { pick: FacePick::Box([0.0, 0.0, 100_000.0, 100_000.0]), ..Default::default() };
     let e = face.analyse(&photo, "astronaut.jpg", &opts).err().expect("a 100000² box was accepted").to_string();

@@ -2,11 +2,11 @@
 //! export/import of mixes.
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use hyperlora::features::FeatureSet;
+use hyperlora::encode::features::FeatureSet;
+use hyperlora::files::output::{safetensors_bytes, RawTensor};
 use hyperlora::hyper::{HyperLora, LoadOptions};
 use hyperlora::lora::file::{export_kohya, import, Spelling};
 use hyperlora::lora::{names, LoraWeights};
-use hyperlora::output::{safetensors_bytes, RawTensor};
 use hyperlora::weights::StFile;
 use hyperlora::{Identity, LoraMix};
 use std::sync::Arc;

@@ -36,10 +36,10 @@ fn a_photo_claiming_gigapixels_is_refused_without_allocating() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bomb.png");
     std::fs::write(&p, png_claiming(65_500, 65_500)).unwrap();
-    let e = hyperlora::vision::processor::load_photo(&p).unwrap_err().to_string();
+    let e = hyperlora::pixels::photo::load_photo(&p).unwrap_err().to_string();
     assert!(e.contains("bomb.png") && e.contains("65500×65500") && e.contains("16384"), "{e}");
     // an ordinary photo still loads
-    assert!(hyperlora::vision::processor::load_photo(&fixture("photo.png")).is_ok());
+    assert!(hyperlora::pixels::photo::load_photo(&fixture("photo.png")).is_ok());
 }
 
 #[test]
@@ -127,11 +127,12 @@ fn writes_never_replace_what_is_not_a_regular_file_and_folders_are_not_loras() {
     // a folder where a file would go, even with overwrite
     let target = dir.path().join("out.png");
     std::fs::create_dir(&target).unwrap();
-    let e = hyperlora::output::write_file(&target, b"x", true).unwrap_err().to_string();
+    let e = hyperlora::files::output::write_file(&target, b"x", true).unwrap_err().to_string();
     assert!(e.contains("not a regular file") && e.contains("out.png"), "{e}");
     assert!(target.is_dir());
     // a character device
-    let e = hyperlora::output::write_file(std::path::Path::new("/dev/null"), b"x", true).unwrap_err().to_string();
+    let e =
+        hyperlora::files::output::write_file(std::path::Path::new("/dev/null"), b"x", true).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
     // a folder given as a LoRA, from the CLI
     let o = Command::new(env!("CARGO_BIN_EXE_hyperlora"))

@@ -2,7 +2,7 @@
 use crate::common::*;
 use hyperlora::face::onnx::{ArcFace, Scrfd};
 use hyperlora::face::scrfd::{decode, letterbox};
-use hyperlora::vision::processor::Rgb8;
+use hyperlora::pixels::Rgb8;
 use hyperlora::weights::StFile;
 
 fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
@@ -28,7 +28,7 @@ fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
 #[test]
 fn scrfd_tiny_matches_onnxruntime_and_insightface() {
     let det = Scrfd::load(&fixture("onnx-tiny/scrfd_tiny.onnx")).unwrap();
-    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture("face/scrfd_input.png")).unwrap();
+    let (rgb, w, h, _) = hyperlora::files::png_meta::read_png(&fixture("face/scrfd_input.png")).unwrap();
     let img = Rgb8::new(w, h, rgb).unwrap();
     let (boxed, scale) = letterbox(&img, 256);
     let r = StFile::open(fixture("onnx-tiny/scrfd_tiny_reference.safetensors")).unwrap();
@@ -75,7 +75,7 @@ fn arcface_tiny_matches_onnxruntime() {
     let e = m.embed_blob(r.to_f32_vec("input").unwrap()).unwrap();
     close("embedding", &e, &r.to_f32_vec("embedding").unwrap(), 1e-4);
     // photo → norm_crop → blob → embedding: OpenCV's uint8 crop is matched within ±1 level
-    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture("face/arcface_aligned_112.png")).unwrap();
+    let (rgb, w, h, _) = hyperlora::files::png_meta::read_png(&fixture("face/arcface_aligned_112.png")).unwrap();
     let n = m.normed_embedding(&Rgb8::new(w, h, rgb).unwrap()).unwrap();
     close("normed_embedding", &n, &r.to_f32_vec("normed_embedding").unwrap(), 1e-4);
     let e = ArcFace::load(&fixture("onnx-tiny/scrfd_tiny.onnx")).err().unwrap().to_string();
@@ -88,7 +88,7 @@ fn arcface_tiny_matches_onnxruntime() {
 fn detection_retries_sizes_then_pads() {
     use hyperlora::face::onnx::DET_SIZES;
     let det = Scrfd::load(&fixture("onnx-tiny/scrfd_tiny.onnx")).unwrap();
-    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture("face/scrfd_input.png")).unwrap();
+    let (rgb, w, h, _) = hyperlora::files::png_meta::read_png(&fixture("face/scrfd_input.png")).unwrap();
     let img = Rgb8::new(w, h, rgb).unwrap();
     let found = det.detect_any_size(&img, 0.5, "scrfd_input.png").unwrap();
     assert_eq!(found.padding, 0);

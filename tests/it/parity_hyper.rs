@@ -3,7 +3,7 @@
 //! tensor, the Base branch and the combined ID + Base ΔW.
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use hyperlora::features::FeatureSet;
+use hyperlora::encode::features::FeatureSet;
 use hyperlora::hyper::synth::Branch;
 use hyperlora::hyper::{HyperLora, LoadOptions};
 use hyperlora::lora::file::export_kohya;
@@ -229,7 +229,7 @@ fn combined_id_and_base_delta_matches_reference() {
 /// a bf16 copy rounds the weights, so it is compared by cosine similarity (README §1: > 0.999).
 #[test]
 fn f32_and_bf16_copies_of_the_weights_load() {
-    use hyperlora::output::RawTensor;
+    use hyperlora::files::output::RawTensor;
     let reference = tiny().identity(&features(3)).unwrap();
     for dtype in [DType::F32, DType::BF16] {
         let d = copy_dir(&fixture("hyperlora-tiny"));

@@ -68,7 +68,7 @@ fn unet_with_hyperlora_merged_matches() {
     assert_max_abs("noise_pred with LoRA file at 0.8", &run(&unet), &want, 1e-4);
 
     let h = HyperLora::load(fixture("hyperlora-tiny"), &LoadOptions::default()).unwrap();
-    let f = hyperlora::features::FeatureSet::new(
+    let f = hyperlora::encode::features::FeatureSet::new(
         load("hyperlora-tiny/inputs.safetensors", "arcface_n1"),
         load("hyperlora-tiny/inputs.safetensors", "clip_hidden_states_n1"),
         None,
@@ -128,7 +128,7 @@ fn a_thousand_random_mixes_leave_the_unet_bit_identical() {
 /// kohya LoRAs named after single-file (LDM/SGM) checkpoints reach the same projections.
 #[test]
 fn sgm_named_kohya_lora_reaches_the_same_targets() {
-    use hyperlora::output::RawTensor;
+    use hyperlora::files::output::RawTensor;
     use hyperlora::sdxl::single_file::{ldm_module_path, UnetLayout};
     let layout = UnetLayout { layers_per_block: 2, up_has_attention: vec![true, true, false] };
     let src = StFile::open(fixture("hyperlora-tiny/lora_n1.safetensors")).unwrap();
@@ -151,7 +151,7 @@ fn sgm_named_kohya_lora_reaches_the_same_targets() {
     assert!(entries.iter().any(|(k, _)| k.starts_with("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.")));
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("sgm.safetensors");
-    std::fs::write(&p, hyperlora::output::safetensors_bytes(&entries, Default::default()).unwrap()).unwrap();
+    std::fs::write(&p, hyperlora::files::output::safetensors_bytes(&entries, Default::default()).unwrap()).unwrap();
     let imp = hyperlora::lora::file::import(&p).unwrap();
     assert!(imp.unmatched.is_empty(), "{:?}", imp.unmatched);
     let mut unet = load_unet(&fixture("sdxl-tiny/unet"), DType::F32, &Device::Cpu).unwrap();

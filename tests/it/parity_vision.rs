@@ -1,15 +1,16 @@
 //! CLIP vision tower and the CLIP image processor (fixture README §2), and the photo → CLIP → HyperLoRA input path.
 use crate::common::*;
 use candle_core::{DType, Device};
-use hyperlora::output::RawTensor;
+use hyperlora::files::output::RawTensor;
+use hyperlora::pixels::Rgb8;
 use hyperlora::vision::clip::load_clip_vision;
-use hyperlora::vision::processor::{clip_pixel_values, Rgb8};
+use hyperlora::vision::processor::clip_pixel_values;
 
 const PRE: &str = "clip-vision-tiny/preprocess_reference.safetensors";
 const FWD: &str = "clip-vision-tiny/forward_reference.safetensors";
 
 fn photo() -> Rgb8 {
-    let (rgb, w, h, _) = hyperlora::png_meta::read_png(&fixture("photo.png")).unwrap();
+    let (rgb, w, h, _) = hyperlora::files::png_meta::read_png(&fixture("photo.png")).unwrap();
     Rgb8::new(w, h, rgb).unwrap()
 }
 

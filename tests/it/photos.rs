@@ -1,6 +1,7 @@
 //! Photo decoding edge cases on the real fixture photo: formats, pixel types, EXIF orientation, corrupt files.
 use crate::common::*;
-use hyperlora::vision::processor::{load_photo, Rgb8};
+use hyperlora::pixels::photo::load_photo;
+use hyperlora::pixels::Rgb8;
 
 fn photo() -> Rgb8 {
     load_photo(&fixture("photo.png")).unwrap()
@@ -19,7 +20,7 @@ fn rgb_image(p: &Rgb8) -> image::RgbImage {
 fn formats_and_pixel_types() {
     let p = photo();
     assert_eq!((p.width, p.height), (512, 512));
-    let (raw, _, _, _) = hyperlora::png_meta::read_png(&fixture("photo.png")).unwrap();
+    let (raw, _, _, _) = hyperlora::files::png_meta::read_png(&fixture("photo.png")).unwrap();
     assert_eq!(p.data, raw, "PNG pixels as stored");
     let d = tempfile::tempdir().unwrap();
     let rgb = rgb_image(&p);

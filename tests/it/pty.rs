@@ -400,7 +400,9 @@ fn tui_plots_the_loss_curve_of_a_fine_tune() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut t = FakeTerm::spawn(Answer::Plain, &["--demo"], &env);
     t.wait_for("hl>", 20);
-    t.type_text("let ft = finetune(identity(#{ path: demo_photo, box: demo_box }), #{ photos: [demo_photo], steps: 4 });\r");
+    t.type_text(
+        "let ft = finetune(identity(#{ path: demo_photo, box: demo_box }), #{ photos: [demo_photo], steps: 4 });\r",
+    );
     t.wait_for("ft Identity", 120);
     t.type_text("plot_loss()\r");
     t.wait_for("plot: training loss, 4 of 4 steps (4 points)", 30);
@@ -468,6 +470,47 @@ fn repl_runs_every_line_typed_ahead_in_order() {
         t.type_text(&format!("let x = {round};\rx = x * 10 + 2;\rprint(`r${{x * 10 + 3}}r`);\r"));
         t.wait_for(&format!("r{}r", round * 100 + 23), 60);
         t.type_text("\x04");
+    }
+}
+
+/// `:save-session` in the TUI and in the line REPL writes a script that replays: lines typed without a final `;`
+/// (one ending in a comment, one a bare expression, a function) run again under `hyperlora run` with the same values.
+#[test]
+fn a_saved_session_replays_under_run() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let e = repl_env(tmp.path());
+    let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let lines = [
+        "let a1 = 5",
+        "fn twice(x) { x * 2 }",
+        "let b = twice(a1) + 1 // eleven",
+        "a1 + b",
+        "nope(1)",
+        "print(`v=${a1}:${b}`)",
+    ];
+    for (name, args) in [("tui", vec!["--demo"]), ("repl", vec!["repl", "--demo", "--preview", "never"])] {
+        let file = tmp.path().join(format!("{name}.rhai"));
+        let mut t = FakeTerm::spawn(Answer::Plain, &args, &env);
+        t.wait_for("hl>", 20);
+        for l in lines {
+            t.type_text(&format!("{l}\r"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        t.wait_for("v=5:11", 30);
+        t.type_text(&format!(":save-session {}\r", file.display()));
+        t.wait_for("saved 5 inputs", 30);
+        t.type_text("\x04");
+        let saved = std::fs::read_to_string(&file).unwrap();
+        assert!(!saved.contains("nope"), "{name}: a failed input was saved:\n{saved}");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora")).arg("run").arg(&file).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{name}: the saved session does not run:\n{saved}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("v=5:11"), "{name}: {out}");
     }
 }
 

@@ -18,7 +18,7 @@ fn release_shapes_load_forward_and_synthesize() {
     let writer = [include_str!("../../src/synthetic/hyper.rs"), include_str!("../../src/rng.rs")].concat();
     let key = format!(
         "real-size variant, seed 3, {cfg:?} {names:?}, writer {}",
-        hyperlora::provenance::sha256_hex(writer.as_bytes())
+        hyperlora::files::provenance::sha256_hex(writer.as_bytes())
     );
     let cached = crate::common::cached_dir(&key, |d| {
         synthetic::write_variant(&d.join("sdxl_hyper_id_lora_v1_fidelity"), &cfg, &mods, 3, false).unwrap()

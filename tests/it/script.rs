@@ -11,14 +11,14 @@ fn demo_dir() -> std::path::PathBuf {
     let mut g = DIR.lock().unwrap();
     if g.is_none() {
         let t = tempfile::tempdir().unwrap();
-        hyperlora::demo::ensure(&t.path().join("demo")).unwrap();
+        hyperlora::synthetic::demo::ensure(&t.path().join("demo")).unwrap();
         *g = Some(t);
     }
     g.as_ref().unwrap().path().join("demo")
 }
 
 fn script(limits: Limits) -> (Script, Arc<Mutex<Vec<String>>>) {
-    let (d, _) = hyperlora::demo::ensure(&demo_dir()).unwrap();
+    let (d, _) = hyperlora::synthetic::demo::ensure(&demo_dir()).unwrap();
     let paths = ModelPaths {
         sdxl: Some(d.sdxl.clone()),
         sdxl_config: None,
@@ -204,7 +204,7 @@ fn shipped_recipes_run_on_the_demo_set() {
         ("face_detail.rhai", 4),
     ] {
         let sheet = out.path().join(recipe).join("sheet.png");
-        let (_, w, h, text) = hyperlora::png_meta::read_png(&sheet).unwrap_or_else(|e| panic!("{recipe}: {e}"));
+        let (_, w, h, text) = hyperlora::files::png_meta::read_png(&sheet).unwrap_or_else(|e| panic!("{recipe}: {e}"));
         let meta =
             text.iter().find(|(k, _)| k == "hyperlora:grid").unwrap_or_else(|| panic!("{recipe}: no grid metadata"));
         let meta: serde_json::Value = serde_json::from_str(&meta.1).unwrap();
@@ -266,6 +266,47 @@ fn shipped_recipes_run_on_the_demo_set() {
     assert!(rows.iter().all(|r| r.split_whitespace().count() == 5), "{rows:?}");
 }
 
+/// Errors in the user's words: a misspelt function gets the closest name, a known one called wrongly gets its usage
+/// line, no Rust type path reaches the user (in errors or echoed values), a missing recipe variable names both ways
+/// to give it, a refused overwrite names what exists (`overwrite: true`), no face suggests `box:`.
+#[test]
+fn errors_speak_the_users_words() {
+    let (mut s, _) = script(Limits::default());
+    let e = s.eval("identty(\"a.jpg\")").unwrap_err().message;
+    assert!(e.contains("did you mean `identity`?") && e.contains("identty(string)"), "{e}");
+    let e = s.eval("generate(5)").unwrap_err().message;
+    assert!(e.contains("generate(int)") && e.contains("use generate(prompt") && !e.contains("i64"), "{e}");
+    let e = s.eval("zzzzqqqq(1)").unwrap_err().message;
+    assert!(e.starts_with("unknown function zzzzqqqq(int)") && !e.contains("did you mean"), "{e}");
+    // a value of ours in an error and in echoed arrays: the script's names, never Rust paths
+    let me = "let me = identity(#{ path: photo, box: [180, 52, 270, 180] });";
+    let _ = s.eval(me).unwrap();
+    let e = s.eval("me + 1").unwrap_err().message;
+    assert!(!e.contains("hyperlora::") && e.contains("identity"), "{e}");
+    let shown = hyperlora::script::describe(&s.eval("[me, me]").unwrap());
+    assert!(shown.starts_with("[identity ") && !shown.contains("hyperlora::"), "{shown}");
+    let e = s.eval("lora(me, 1.0) * me").unwrap_err().message;
+    assert!(!e.contains("hyperlora::") && !e.contains("LoraMix"), "{e}");
+    // no face: the way out is named
+    let e = s.eval("identity(photo)").unwrap_err().message;
+    assert!(e.contains("no face detected") && e.contains("box: [x1, y1, x2, y2]"), "{e}");
+    // a refused overwrite names the script's way
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("me.safetensors");
+    std::fs::write(&f, "x").unwrap();
+    let e = s.eval(&format!("save_identity(me, {:?})", f.display().to_string())).unwrap_err().message;
+    assert!(e.contains("overwrite: true"), "{e}");
+    // run: a missing variable names --demo and --set
+    let r = dir.path().join("r.rhai");
+    std::fs::write(&r, "print(demo_photo);").unwrap();
+    let o = hyperlora(&["run", r.to_str().unwrap()], None);
+    assert!(
+        !o.status.success() && text(&o).contains("--demo") && text(&o).contains("--set demo_photo="),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn run_reports_file_line_col_and_set_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,7 +355,7 @@ fn demo_command_runs_the_whole_path_quickly() {
     assert!(out.path().join("demo-1.png").is_file());
     assert!(!String::from_utf8_lossy(&r.stdout).contains('▀'));
     assert!(t.elapsed().as_secs() < 60, "demo took {:?}", t.elapsed());
-    let (_, w, h, meta) = hyperlora::png_meta::read_png(&out.path().join("demo.png")).unwrap();
+    let (_, w, h, meta) = hyperlora::files::png_meta::read_png(&out.path().join("demo.png")).unwrap();
     assert_eq!((w, h), (128, 128));
     assert!(meta.iter().any(|(k, v)| k == "seed" && v == "7"));
 }

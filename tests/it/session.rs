@@ -1,7 +1,7 @@
 //! The session on the embedded demo set: photo → identity → LoRA → image, caches, unload, cancellation.
-use hyperlora::demo;
 use hyperlora::face::analyser::{FaceOptions, FacePick};
 use hyperlora::session::{Event, Generate, ModelPaths, PhotoSpec, Session, SessionOptions};
+use hyperlora::synthetic::demo;
 use hyperlora::LoraMix;
 use std::sync::{Arc, Mutex};
 
@@ -112,7 +112,7 @@ fn photo_to_image_with_caches() {
 }
 
 fn demo_set_photo_rgb() -> Vec<u8> {
-    hyperlora::vision::processor::load_photo(&demo_set().photo).unwrap().data
+    hyperlora::pixels::photo::load_photo(&demo_set().photo).unwrap().data
 }
 
 #[test]

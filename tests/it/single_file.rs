@@ -2,7 +2,7 @@
 //! and clear errors for checkpoints that are not SDXL (fixture README §5).
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use hyperlora::output::RawTensor;
+use hyperlora::files::output::RawTensor;
 use hyperlora::sdxl::model::{Sdxl, SdxlOptions};
 use hyperlora::sdxl::single_file::{owned_by, sgm_key, Component, UnetLayout};
 use hyperlora::weights::StFile;
@@ -99,7 +99,7 @@ fn non_sdxl_checkpoints_are_named() {
         ("first_stage_model.decoder.conv_in.weight".to_string(), t()),
         ("cond_stage_model.transformer.text_model.final_layer_norm.weight".to_string(), t()),
     ];
-    std::fs::write(&p, hyperlora::output::safetensors_bytes(&entries, Default::default()).unwrap()).unwrap();
+    std::fs::write(&p, hyperlora::files::output::safetensors_bytes(&entries, Default::default()).unwrap()).unwrap();
     let e = Sdxl::load(&p, Some(&fixture("sdxl-tiny")), &SdxlOptions::default()).err().unwrap().to_string();
     assert!(e.contains("sd15.safetensors") && e.contains("SD1.x"), "{e}");
     let e = Sdxl::load(

@@ -1,10 +1,10 @@
 //! Identity space: coefficient values and their laws, PCA, walks, libraries, refusals — on the tiny HyperLoRA
 //! fixture with random encoder features, through the session and through scripts.
 use crate::common::*;
-use hyperlora::library::Library;
+use hyperlora::identity::library::Library;
+use hyperlora::identity::space::{orthogonalize, pca, Coeffs};
 use hyperlora::script::{Limits, Out, Script};
 use hyperlora::session::{ModelPaths, Session};
-use hyperlora::space::{orthogonalize, pca, Coeffs};
 use hyperlora::synthetic::hyper::random_features;
 use hyperlora::{Identity, LoraMix};
 use std::sync::{Arc, Mutex};

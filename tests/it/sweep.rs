@@ -49,7 +49,7 @@ fn pngs(dir: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, Vec<(String,
             p.extension().is_some_and(|x| x == "png") && !p.file_name().unwrap().to_string_lossy().starts_with("sheet-")
         })
         .map(|p| {
-            let (rgb, .., text) = hyperlora::png_meta::read_png(&p).unwrap();
+            let (rgb, .., text) = hyperlora::files::png_meta::read_png(&p).unwrap();
             (p.file_name().unwrap().to_string_lossy().into_owned(), (rgb, text))
         })
         .collect()
@@ -136,7 +136,7 @@ fn three_shards_write_the_unsharded_files_and_gather_indexes_them() {
         identities.insert(r[6].to_string());
     }
     assert_eq!(identities.len(), 2, "two people: {identities:?}");
-    let (sheet, w, h, text) = hyperlora::png_meta::read_png(&sharded.join("sheet-sweep.png")).unwrap();
+    let (sheet, w, h, text) = hyperlora::files::png_meta::read_png(&sharded.join("sheet-sweep.png")).unwrap();
     assert_eq!(sheet.len(), w * h * 3);
     let meta: serde_json::Value = serde_json::from_str(setting(&text, "hyperlora:grid")).unwrap();
     assert_eq!(meta["cells"].as_array().unwrap().len(), 12);

@@ -137,10 +137,10 @@ fn adamw_first_step_equals_torch() {
 
 /// `hyperlora finetune` on the demo set with the env the tests share (the demo set written once).
 fn finetune(extra: &[&str]) -> std::process::Output {
-    let b = hyperlora::demo::PHOTO_FACE_BOX;
+    let b = hyperlora::synthetic::demo::PHOTO_FACE_BOX;
     let bx = format!("{},{},{},{}", b[0], b[1], b[2], b[3]);
     let demo = demo_dir();
-    let photo = hyperlora::demo::DemoSet::in_dir(&demo).photo;
+    let photo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo).photo;
     let mut args: Vec<String> = ["finetune", "--demo", "--box", &bx].iter().map(|s| s.to_string()).collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(photo.display().to_string());
@@ -207,7 +207,7 @@ fn finetune_lowers_the_eval_loss_and_gives_an_identity() {
     let want = ((origin.raw() + ft.raw()).unwrap() * 0.5).unwrap();
     assert_max_abs("mix(origin, finetuned, 0.5)", mid.raw(), &want, 1e-6);
     // a library keeps it, mark included
-    let lib = hyperlora::library::Library::open(&tmp.path().join("lib")).unwrap();
+    let lib = hyperlora::identity::library::Library::open(&tmp.path().join("lib")).unwrap();
     lib.save("me-ft", &ft, candle_core::DType::F32, false).unwrap();
     let back = lib.get("me-ft").unwrap();
     assert_eq!(back.hash(), ft.hash());
@@ -257,10 +257,10 @@ fn finetune_stops_on_ctrl_c_and_writes_nothing() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ft.safetensors");
-    let b = hyperlora::demo::PHOTO_FACE_BOX;
+    let b = hyperlora::synthetic::demo::PHOTO_FACE_BOX;
     let bx = format!("{},{},{},{}", b[0], b[1], b[2], b[3]);
     let demo = demo_dir();
-    let photo = hyperlora::demo::DemoSet::in_dir(&demo).photo;
+    let photo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo).photo;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
         .args(["finetune", "--demo", "--box", &bx, "--steps", "100000", "--sample-steps", "0", "--out"])
         .arg(&out)
@@ -294,7 +294,7 @@ fn finetune_stops_on_ctrl_c_and_writes_nothing() {
 
 fn demo_session() -> (hyperlora::session::Session, hyperlora::Identity, std::path::PathBuf) {
     use hyperlora::session::{FaceOptions, FacePick, ModelPaths, PhotoSpec, Session, SessionOptions};
-    let demo = hyperlora::demo::DemoSet::in_dir(&demo_dir());
+    let demo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo_dir());
     let paths = ModelPaths {
         sdxl: Some(demo.sdxl.clone()),
         hyperlora: Some(demo.hyperlora.clone()),
@@ -306,7 +306,7 @@ fn demo_session() -> (hyperlora::session::Session, hyperlora::Identity, std::pat
         SessionOptions { paths, device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 },
         std::sync::Arc::new(|_: &hyperlora::session::Event| {}),
     );
-    let opts = FaceOptions { pick: FacePick::Box(hyperlora::demo::PHOTO_FACE_BOX), ..Default::default() };
+    let opts = FaceOptions { pick: FacePick::Box(hyperlora::synthetic::demo::PHOTO_FACE_BOX), ..Default::default() };
     let id = s.identity(&[PhotoSpec::with_options(&demo.photo, opts)]).unwrap();
     (s, id, demo.photo)
 }

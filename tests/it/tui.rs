@@ -51,7 +51,8 @@ fn busy_app() -> App {
         vars: app.values.clone(),
         cancelled: false,
     });
-    app.job = Some(Job { code: "generate".into(), started: Instant::now(), step: 3, total: 20, elapsed: 1.5, train: None });
+    app.job =
+        Some(Job { code: "generate".into(), started: Instant::now(), step: 3, total: 20, elapsed: 1.5, train: None });
     app.models = vec!["sdxl".into(), "hyperlora".into()];
     app
 }

@@ -1,16 +1,18 @@
 //! `hyperlora bench encode`: time per photo of each encoder stage (real files when given, else real-size random
 //! stand-ins: CLIP ViT-L/14 shapes, an IResNet-100 recognizer, detector/landmark nets of about antelopev2's compute).
 //! Direct model calls on purpose: the stages are timed one by one, without the session's caches.
+use super::sdxl::RandomWeights;
 use super::table::{median, Table};
 use super::Args;
-use super::sdxl::RandomWeights;
 use crate::face::align::norm_crop_size;
 use crate::face::analyser::Antelope;
 use crate::face::cutout::id_condition;
 use crate::face::landmark;
+use crate::pixels::photo::load_photo;
+use crate::pixels::Rgb8;
 use crate::synthetic::onnx as synthetic;
 use crate::vision::clip::{load_clip_vision, ClipVision, ClipVisionConfig};
-use crate::vision::processor::{clip_pixel_values, load_photo, Rgb8};
+use crate::vision::processor::clip_pixel_values;
 use candle_core::DType;
 use std::time::Instant;
 

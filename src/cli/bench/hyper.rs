@@ -6,8 +6,8 @@ use crate::cli::load_hyper;
 use crate::hyper::config::HyperConfig;
 use crate::hyper::modules;
 use crate::hyper::synth::Branch;
-use crate::synthetic::hyper as synthetic;
 use crate::identity::Identity;
+use crate::synthetic::hyper as synthetic;
 use std::time::{Duration, Instant};
 
 /// What `bench/compare_synthesis.py` prints.

@@ -5,9 +5,9 @@ pub(super) fn run() -> anyhow::Result<()> {
     use crate::sdxl::model::{available_memory, memory_needed, sdxl_base_unet_config, MAX_BATCH, MAX_SIDE};
     println!("| limit | value |\n| --- | --- |");
     let rows = [
-        ("photo side (JPEG/PNG/WebP)", format!("{} px", crate::vision::processor::MAX_PHOTO_SIDE)),
-        ("photo decoded size", format!("{} MiB", crate::vision::processor::MAX_PHOTO_BYTES >> 20)),
-        ("PNG side (settings, gather, load_image)", format!("{} px", crate::png_meta::MAX_PNG_SIDE)),
+        ("photo side (JPEG/PNG/WebP)", format!("{} px", crate::pixels::photo::MAX_PHOTO_SIDE)),
+        ("photo decoded size", format!("{} MiB", crate::pixels::photo::MAX_PHOTO_BYTES >> 20)),
+        ("PNG side (settings, gather, load_image)", format!("{} px", crate::files::png_meta::MAX_PNG_SIDE)),
         ("generation side", format!("{MAX_SIDE} px")),
         ("batch", format!("1 to {MAX_BATCH}")),
         ("attention scores at once", format!("{} M elements", crate::sdxl::unet::attention::ATTENTION_CHUNK >> 20)),

@@ -282,7 +282,10 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     table.row(
-        &format!("runtime terms: x·Dᵀ·Uᵀ on every projection, one UNet forward at {}² with CFG", a.size.unwrap_or(1024)),
+        &format!(
+            "runtime terms: x·Dᵀ·Uᵀ on every projection, one UNet forward at {}² with CFG",
+            a.size.unwrap_or(1024)
+        ),
         runtime,
         format!("paid every step: {:.2} s over {} steps", runtime.as_secs_f64() * a.steps as f64, a.steps),
     );

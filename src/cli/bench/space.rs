@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 /// Identity space with real shapes (1120 × 128 raw tokens, 140 module names); the goals from the issue beside
 /// each row.
 pub(super) fn run(a: Args) -> anyhow::Result<()> {
+    use crate::identity::space::{orthogonalize, pca, Coeffs};
     use crate::identity::Variant;
-    use crate::space::{orthogonalize, pca, Coeffs};
     let (q, k) = (1120, 128);
     let variant = Variant { hash: "0".repeat(64), label: "real-size random".into() };
     let names: std::sync::Arc<Vec<String>> =
@@ -153,7 +153,7 @@ pub(super) fn run(a: Args) -> anyhow::Result<()> {
     let (dp, _) = median(a.repeat, || Ok(pca(&cs, 8)?))?;
     table.row("pca(100 identities, 8)", dp, "goal < 50 ms".into());
     let dir = tempfile_dir()?;
-    let lib = crate::library::Library::open(&dir.join("lib"))?;
+    let lib = crate::identity::library::Library::open(&dir.join("lib"))?;
     let t = Instant::now();
     for i in 0..1000 {
         lib.save(&format!("person_{i:04}"), &ids[i % 100], candle_core::DType::F16, false)?;

@@ -31,8 +31,14 @@ struct Torch {
     rows: Vec<TorchRow>,
 }
 
-/// The process's resident-memory high-water mark (VmHWM), after resetting it to the current RSS; Linux only.
+/// Hand freed memory back to the OS (glibc keeps it otherwise, and the resident set before a step would already
+/// hold the last step's activations), then reset the resident-memory high-water mark (VmHWM) to the current RSS;
+/// Linux only.
 fn reset_peak() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 fn peak_rss() -> Option<f64> {
@@ -79,7 +85,12 @@ fn lora_on_every_projection(unet: &mut UNet) -> anyhow::Result<Vec<LoraLayer>> {
 }
 
 /// Time one step (median of `repeat` after a warm-up) and its peak memory beyond the resident set before it.
-fn measure(unet: &mut UNet, size: usize, checkpointing: bool, repeat: usize) -> anyhow::Result<(Duration, Option<f64>)> {
+fn measure(
+    unet: &mut UNet,
+    size: usize,
+    checkpointing: bool,
+    repeat: usize,
+) -> anyhow::Result<(Duration, Option<f64>)> {
     let dev = Device::Cpu;
     let c = unet.config().clone();
     let layers = lora_on_every_projection(unet)?;
@@ -104,8 +115,8 @@ fn measure(unet: &mut UNet, size: usize, checkpointing: bool, repeat: usize) -> 
     let mut times = Vec::new();
     let mut peak: Option<f64> = None;
     for _ in 0..repeat.max(1) {
-        let before = rss();
         reset_peak();
+        let before = rss();
         let t = Instant::now();
         run()?;
         times.push(t.elapsed());
@@ -160,7 +171,11 @@ pub(super) fn run(a: Args) -> anyhow::Result<()> {
             let vb = candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, Device::Cpu);
             (UNet::new(&cfg, vb)?, cfg, format!("SDXL base shapes, random f32, {size}²"))
         } else {
-            (crate::sdxl::unet::load_unet(&tiny_dir, DType::F32, &Device::Cpu)?, tiny_cfg.clone(), format!("demo tiny UNet, {size}²"))
+            (
+                crate::sdxl::unet::load_unet(&tiny_dir, DType::F32, &Device::Cpu)?,
+                tiny_cfg.clone(),
+                format!("demo tiny UNet, {size}²"),
+            )
         };
         eprintln!("{model}: built in {:.1} s", t.elapsed().as_secs_f64());
         for checkpointing in [false, true] {

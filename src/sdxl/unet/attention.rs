@@ -3,9 +3,9 @@
 use super::UNetConfig;
 use crate::error::{Error, Result};
 use crate::nn::{layer_norm, LayerNorm};
+use crate::nn::{linear, Linear};
 use crate::sdxl::profile;
 use candle_core::{DType, Module, Tensor, D};
-use crate::nn::{linear, Linear};
 use candle_nn::{group_norm, GroupNorm, VarBuilder};
 
 /// A Linear whose weight can be patched by a LoRA merge; `target` is its diffusers path. The loaded weight is

@@ -4,9 +4,9 @@
 //! diffusers keys (`down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight`); the configuration is the
 //! checkpoint's `unet/config.json`.
 use crate::error::{Error, Result};
+use crate::nn::{linear, Conv2d, Linear};
 use crate::sdxl::profile;
 use candle_core::{DType, Module, Tensor};
-use crate::nn::{linear, Conv2d, Linear};
 use candle_nn::{group_norm, GroupNorm, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;

@@ -1,8 +1,8 @@
 //! `ResnetBlock2D` and the convolution helper (diffusers' `resnet.py`); the VAE uses them too.
 use super::UNetConfig;
+use crate::nn::{conv2d, linear, Conv2d, Linear};
 use crate::sdxl::profile;
 use candle_core::{Module, Tensor};
-use crate::nn::{conv2d, linear, Conv2d, Linear};
 use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
 
 /// diffusers `ResnetBlock2D` (time embedding, if any, added after conv1; 1×1 shortcut when channels change).

@@ -1,7 +1,7 @@
 //! Shared test helpers: fixture paths and tolerance comparisons that say where they broke.
 #![allow(dead_code)]
 use candle_core::{DType, Device, Tensor};
-use hyperlora::output::RawTensor;
+use hyperlora::files::output::RawTensor;
 use hyperlora::weights::StFile;
 use std::path::{Path, PathBuf};
 
@@ -81,9 +81,9 @@ pub fn inputs(n: usize) -> (Tensor, Tensor) {
 }
 
 /// Those inputs as a feature set (no Base rows, no sources).
-pub fn features(n: usize) -> hyperlora::features::FeatureSet {
+pub fn features(n: usize) -> hyperlora::encode::features::FeatureSet {
     let (a, c) = inputs(n);
-    hyperlora::features::FeatureSet::new(a, c, None, vec![]).unwrap()
+    hyperlora::encode::features::FeatureSet::new(a, c, None, vec![]).unwrap()
 }
 
 /// Read every tensor of a safetensors file as raw entries, let `f` edit the list, write it to `dst`.
@@ -100,7 +100,7 @@ pub fn rewrite(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<(String, RawTenso
         })
         .collect();
     f(&mut entries);
-    let bytes = hyperlora::output::safetensors_bytes(&entries, Default::default()).unwrap();
+    let bytes = hyperlora::files::output::safetensors_bytes(&entries, Default::default()).unwrap();
     std::fs::write(dst, bytes).unwrap();
 }
 
@@ -110,7 +110,7 @@ pub fn demo_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        hyperlora::demo::ensure(&dir).unwrap();
+        hyperlora::synthetic::demo::ensure(&dir).unwrap();
         dir
     })
     .clone()
@@ -124,7 +124,7 @@ pub fn cached_dir(key: &str, make: impl FnOnce(&Path)) -> PathBuf {
     let root = std::env::var_os("HYPERLORA_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/hyperlora/test-cache")
     });
-    let name = hyperlora::provenance::hex(&sha2::Sha256::digest(key.as_bytes())[..8]);
+    let name = hyperlora::files::provenance::hex(&sha2::Sha256::digest(key.as_bytes())[..8]);
     let dir = root.join(&name);
     if dir.join("complete").is_file() {
         return dir;
