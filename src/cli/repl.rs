@@ -47,13 +47,7 @@ impl Validator for ReplHelper {
 }
 
 fn history_path(a: &Args) -> PathBuf {
-    a.history.clone().unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("hyperlora").join("history")
-    })
+    a.history.clone().unwrap_or_else(crate::front::input::history_path)
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

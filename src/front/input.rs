@@ -130,6 +130,68 @@ pub fn save_session(inputs: &[String], path: &std::path::Path) -> String {
     }
 }
 
+/// The line REPL's history file: `$HYPERLORA_HISTORY`, else `$XDG_STATE_HOME/hyperlora/history`.
+pub fn history_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("HYPERLORA_HISTORY") {
+        return p.into();
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("hyperlora").join("history")
+}
+
+/// The TUI's history: one input per line beside the REPL's file (`history-tui`), newlines and backslashes escaped.
+pub struct TuiHistory(std::path::PathBuf);
+
+impl TuiHistory {
+    /// The most inputs kept and the largest file read (a history is small; anything else is not ours).
+    const KEEP: usize = 1000;
+    const MAX_BYTES: u64 = 4 << 20;
+
+    pub fn beside(repl: &std::path::Path) -> Self {
+        let name = repl.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "history".into());
+        TuiHistory(repl.with_file_name(format!("{name}-tui")))
+    }
+    /// The inputs saved so far, oldest first (none when the file is missing, not a regular file, or too large).
+    pub fn load(&self) -> Vec<String> {
+        let ok = std::fs::metadata(&self.0).is_ok_and(|m| m.is_file() && m.len() <= Self::MAX_BYTES);
+        let text = if ok { std::fs::read_to_string(&self.0).unwrap_or_default() } else { String::new() };
+        let all: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(unescape).collect();
+        all[all.len().saturating_sub(Self::KEEP)..].to_vec()
+    }
+    /// Append one input (errors are ignored: a history that cannot be written never stops the session).
+    pub fn append(&self, input: &str) {
+        use std::io::Write;
+        if let Some(d) = self.0.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if std::fs::metadata(&self.0).is_ok_and(|m| !m.is_file()) {
+            return;
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.0) {
+            let _ = writeln!(f, "{}", input.replace('\\', "\\\\").replace('\n', "\\n"));
+        }
+    }
+}
+
+fn unescape(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 /// Resident memory (VmRSS) in GB, where /proc tells it.
 pub fn rss() -> Option<String> {
     std::fs::read_to_string("/proc/self/status")

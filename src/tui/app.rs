@@ -17,6 +17,8 @@ pub enum Msg {
         vars: Vec<Value>,
         cancelled: bool,
     },
+    /// The models resident now (after a job: `unload` drops some, a load adds one).
+    Models(Vec<String>),
 }
 
 /// A variable in scope, for the sidebar.
@@ -125,6 +127,8 @@ pub struct App {
     /// Inputs that evaluated without error, in order (what `:save-session` writes).
     pub succeeded: Vec<String>,
     pub completions: Vec<String>,
+    /// Inputs entered while a job ran: each runs, in order, when the one before it ends.
+    pub queued: std::collections::VecDeque<String>,
 }
 
 impl App {
@@ -151,6 +155,7 @@ impl App {
             models: Vec::new(),
             succeeded: Vec::new(),
             completions: Vec::new(),
+            queued: Default::default(),
         }
     }
 
@@ -221,6 +226,7 @@ impl App {
                 Event::Note(n) => self.info(n),
                 Event::Preview { step, total, image } => self.latents = Some((step, total, image)),
             },
+            Msg::Models(m) => self.models = m,
             Msg::Done { code, result, vars, cancelled } => {
                 self.job = None;
                 self.latents = None;
@@ -310,6 +316,10 @@ impl App {
                 self.cursor = 0;
             }
             KeyCode::Char('d') if ctrl && self.input.is_empty() => return Action::Quit,
+            KeyCode::Char('u') if ctrl => {
+                self.input.clear();
+                self.cursor = 0;
+            }
             KeyCode::F(1) => self.help = true,
             KeyCode::Char('?') if self.input.is_empty() => self.help = true,
             KeyCode::Enter if k.modifiers.contains(KeyModifiers::ALT) || k.modifiers.contains(KeyModifiers::SHIFT) => {
@@ -324,16 +334,21 @@ impl App {
                 if code.is_empty() {
                     return Action::None;
                 }
-                // the UI's own `:` commands (`:mem`, `:help`, …) answer while a job runs; the run loop refuses the rest
-                if self.job.is_some() && !code.starts_with(':') {
-                    self.info("a job is running: wait, or Ctrl-C to stop it");
-                    return Action::None;
-                }
                 self.input.clear();
                 self.cursor = 0;
                 self.history_pos = None;
                 if self.history.last() != Some(&code) {
                     self.history.push(code.clone());
+                }
+                // the UI's own `:` commands (`:mem`, `:help`, …) answer while a job runs; script code waits its turn
+                if (self.job.is_some() || !self.queued.is_empty()) && !code.starts_with(':') {
+                    self.push(LineKind::Input, format!("› {code}"));
+                    self.info(format!(
+                        "queued ({} waiting): it runs when the job before it ends",
+                        self.queued.len() + 1
+                    ));
+                    self.queued.push_back(code);
+                    return Action::None;
                 }
                 self.push(LineKind::Input, format!("› {code}"));
                 return Action::Submit(code);

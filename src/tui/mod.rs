@@ -164,6 +164,13 @@ impl LateAnswers {
     }
 }
 
+/// Hand `code` to the worker as the running job.
+fn start(app: &mut App, code: String, code_tx: &mpsc::Sender<String>) -> anyhow::Result<()> {
+    app.job = Some(Job { code: code.clone(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0, train: None });
+    code_tx.send(code)?;
+    Ok(())
+}
+
 pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let (paths, hints) = resolve_paths(models)?;
@@ -176,6 +183,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     };
     let (code_tx, code_rx) = mpsc::channel::<String>();
     let wtx = tx.clone();
+    let resident = sess.clone();
     std::thread::spawn(move || {
         let otx = wtx.clone();
         let mut script = Script::new(sess, Arc::new(move |o: Out| drop(otx.send(Msg::Out(o)))), Limits::default());
@@ -197,12 +205,19 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
             });
             let vars = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| values(&script))).unwrap_or_default();
             let _ = wtx.send(Msg::Done { code, result, vars, cancelled });
+            if let Ok(s) = resident.lock() {
+                let loaded = s.models().into_iter().filter(|m| m.loaded).map(|m| m.name.to_string()).collect();
+                let _ = wtx.send(Msg::Models(loaded));
+            }
         }
     });
 
     let (device, dtype) = device_dtype(models)?;
     let app_device = format!("{device} {dtype:?}").to_lowercase();
     let mut app = App::new(app_device);
+    // history persists between TUI sessions (its own file beside the line REPL's)
+    let history = crate::front::input::TuiHistory::beside(&crate::front::input::history_path());
+    app.history = history.load();
     for h in hints {
         app.info(format!("hint: {h}"));
     }
@@ -273,6 +288,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                         app.info("cancelling …");
                     }
                     Action::Submit(code) => {
+                        history.append(&code);
                         let answered = ui_command(&mut app, &code);
                         if answered == Some(Action::Quit) {
                             return Ok(());
@@ -281,15 +297,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                             if app.job.is_some() {
                                 app.info("a job is running: wait, or Ctrl-C to stop it");
                             } else {
-                                app.job = Some(Job {
-                                    code: code.clone(),
-                                    started: Instant::now(),
-                                    step: 0,
-                                    total: 0,
-                                    elapsed: 0.0,
-                                    train: None,
-                                });
-                                code_tx.send(code)?;
+                                start(&mut app, code, &code_tx)?;
                             }
                         }
                     }
@@ -298,6 +306,13 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
             }
             while let Ok(m) = rx.try_recv() {
                 app.on_msg(m);
+            }
+            // inputs entered while a job ran, one after another
+            if app.job.is_none() {
+                if let Some(code) = app.queued.pop_front() {
+                    history.append(&code);
+                    start(&mut app, code, &code_tx)?;
+                }
             }
         }
     })();

@@ -121,7 +121,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     let mut state = ListState::default().with_selected(app.selected);
     f.render_stateful_widget(
         List::new(items)
-            .block(Block::default().borders(Borders::ALL).title(" values (Alt-↑/↓) "))
+            .block(Block::default().borders(Borders::ALL).title(values_title(app, right[0].height.saturating_sub(2))))
             .highlight_style(Style::default().add_modifier(Modifier::REVERSED)),
         right[0],
         &mut state,
@@ -176,14 +176,16 @@ pub fn draw(f: &mut Frame, app: &App) {
         if app.completions.is_empty() { " hl> ".to_string() } else { format!(" {} ", app.completions.join("  ")) };
     let iblock = Block::default().borders(Borders::ALL).title(title);
     let iin = iblock.inner(rows[1]);
-    f.render_widget(Paragraph::new(app.input.as_str()).block(iblock), rows[1]);
     let before = &app.input[..app.cursor];
     let (cy, cx) = (
         before.matches('\n').count() as u16,
         before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) as u16,
     );
-    if app.job.is_none() && cy < iin.height {
-        f.set_cursor_position((iin.x + cx.min(iin.width.saturating_sub(1)), iin.y + cy));
+    // a line longer than the box scrolls sideways with the cursor (and a tall input upwards)
+    let (sy, sx) = ((cy + 1).saturating_sub(iin.height), (cx + 1).saturating_sub(iin.width));
+    f.render_widget(Paragraph::new(app.input.as_str()).block(iblock).scroll((sy, sx)), rows[1]);
+    if app.job.is_none() {
+        f.set_cursor_position((iin.x + cx - sx, iin.y + cy - sy));
     }
 
     // status bar
@@ -212,5 +214,14 @@ pub fn draw(f: &mut Frame, app: &App) {
                 .block(Block::default().borders(Borders::ALL).title(" help ")),
             r,
         );
+    }
+}
+
+/// The values pane's title: how to move, and how many values lie beyond the pane (Alt-↑/↓ scrolls to them).
+fn values_title(app: &App, rows: u16) -> String {
+    let (n, rows) = (app.values.len(), rows as usize);
+    match n > rows {
+        true => format!(" values +{} more (Alt-↑/↓) ", n - rows),
+        false => " values (Alt-↑/↓) ".to_string(),
     }
 }

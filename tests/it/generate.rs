@@ -171,3 +171,71 @@ fn img2img_runs_the_strength_fraction_of_the_schedule() {
         .unwrap();
     assert!(e.to_string().contains("128×128") && e.to_string().contains("128×96"), "{e}");
 }
+
+/// Defaults that fit the model, on the default path (the CLI on the demo set, nothing overridden): generate makes
+/// the model's native size, img2img keeps the init image's, no LoRA line without a LoRA, `doctor --demo` checks
+/// the demo set, `library ls` of a missing folder is an error, `help("generate")` lists every option's default.
+#[test]
+fn defaults_fit_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_dir();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(args).env("HYPERLORA_DEMO_DIR", &demo).output().unwrap()
+    };
+    let a = tmp.path().join("a.png");
+    let o = cli(&["generate", "--demo", "--prompt", "x", "--steps", "1", "--seed", "1", "--out", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let native = hyperlora::sdxl::unet::UNetConfig::load(
+        &hyperlora::synthetic::demo::DemoSet::in_dir(&demo).sdxl.join("unet/config.json"),
+    )
+    .unwrap()
+    .native_size();
+    let img = hyperlora::session::Image::load(&a).unwrap();
+    assert_eq!((img.width, img.height), (native, native), "not the demo's native size");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("projections merged"), "a LoRA line without a LoRA");
+    // img2img keeps the init image's size
+    let init = tmp.path().join("init.png");
+    let o = cli(&[
+        "generate",
+        "--demo",
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--width",
+        "64",
+        "--height",
+        "96",
+        "--out",
+        init.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = tmp.path().join("b.png");
+    let o = cli(&[
+        "generate",
+        "--demo",
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--init-image",
+        init.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = hyperlora::session::Image::load(&b).unwrap();
+    assert_eq!((img.width, img.height), (64, 96), "img2img changed the init image's size");
+    // doctor --demo checks the demo set (and passes)
+    let o = cli(&["doctor", "--demo"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains(&demo.join("sdxl-tiny").display().to_string()), "{out}");
+    // a library that does not exist
+    let o = cli(&["library", "ls", tmp.path().join("nope").to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no such library folder"));
+    // help lists every generate option with its default
+    let h = hyperlora::script::api::help(Some("generate"));
+    for want in ["steps: 20", "cfg: 5.0", "batch: 1", "init: none", "strength: 0.6", "width: native"] {
+        assert!(h.contains(want), "help(\"generate\") lacks {want}: {h}");
+    }
+}

@@ -514,6 +514,35 @@ fn a_saved_session_replays_under_run() {
     }
 }
 
+/// On the default path (the TUI on the demo set): a line typed while a job runs is queued and runs after it;
+/// `:unload sdxl` drops SDXL from the status bar; the input history is there again in the next TUI session.
+#[test]
+fn tui_queues_unloads_and_remembers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let e = repl_env(tmp.path());
+    let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut t = FakeTerm::spawn(Answer::Plain, &["--demo"], &env);
+    t.wait_for("hl>", 20);
+    t.type_text("let img = generate(\"x\", #{ steps: 60 });\r");
+    std::thread::sleep(Duration::from_millis(300));
+    t.type_text("40000 + 9\r");
+    t.wait_for("queued (1 waiting)", 30);
+    t.wait_for("40009", 120);
+    t.wait_for("models: sdxl", 30);
+    t.type_text(":unload sdxl\r");
+    t.wait_for("models: none", 30);
+    t.type_text("\x04");
+    drop(t);
+    let mut t = FakeTerm::spawn(Answer::Plain, &["--demo"], &env);
+    t.wait_for("hl>", 20);
+    t.type_text("\x1b[A");
+    t.wait_for(":unload sdxl", 10);
+    t.type_text("\x1b[A");
+    t.wait_for("40000 + 9", 10);
+    t.type_text("\x15\x04");
+}
+
 /// The demo set's environment with a history file in `dir`.
 fn repl_env(dir: &std::path::Path) -> Vec<(String, String)> {
     let mut e = demo_env(&crate::common::demo_dir());

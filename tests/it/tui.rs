@@ -306,3 +306,44 @@ fn a_plot_is_drawn_as_a_chart_in_the_preview() {
     app.on_msg(Msg::Out(hyperlora::script::Out::Image(image(Some("/out/b.png")))));
     assert!(screen(&app, 120, 40).contains("saved: /out/b.png"));
 }
+
+/// The input box: a line longer than the box scrolls sideways so its end (where the cursor is) shows; Ctrl-U clears
+/// it; a line entered while a job runs is queued and the box emptied, never left for the next keys.
+#[test]
+fn the_input_scrolls_clears_and_queues() {
+    let mut app = App::new("cpu".into());
+    let long: String = (0..115).map(|i| char::from(b'a' + (i % 26) as u8)).collect::<String>() + "END";
+    for c in long.chars() {
+        app.on_key(key(KeyCode::Char(c)), &[]);
+    }
+    let s = screen(&app, 80, 24);
+    let input_row = s.lines().rev().nth(2).unwrap();
+    assert!(input_row.contains("END"), "the end of the line is hidden:\n{s}");
+    app.on_key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL), &[]);
+    assert!(app.input.is_empty() && app.cursor == 0);
+    // while a job runs: queued, and the box is empty again
+    app.job = Some(Job { code: "x".into(), started: Instant::now(), step: 0, total: 0, elapsed: 0.0, train: None });
+    for c in "1 + 1".chars() {
+        app.on_key(key(KeyCode::Char(c)), &[]);
+    }
+    assert_eq!(app.on_key(key(KeyCode::Enter), &[]), Action::None);
+    assert!(app.input.is_empty(), "the line was left in the box");
+    assert_eq!(app.queued.iter().collect::<Vec<_>>(), vec!["1 + 1"]);
+    assert!(screen(&app, 80, 24).contains("queued (1 waiting)"));
+}
+
+/// The values pane says how many values lie below it; the status bar follows the resident models.
+#[test]
+fn values_pane_counts_what_it_hides_and_status_follows_unload() {
+    let mut app = App::new("cpu".into());
+    app.values = (0..30)
+        .map(|i| Value { name: format!("v{i}"), kind: "i64".into(), text: i.to_string(), image: None })
+        .collect();
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("+") && s.contains("more"), "{s}");
+    app.on_msg(Msg::Models(vec!["sdxl".into(), "hyperlora".into()]));
+    assert!(screen(&app, 120, 30).contains("models: sdxl, hyperlora"));
+    app.on_msg(Msg::Models(vec!["hyperlora".into()]));
+    let s = screen(&app, 120, 30);
+    assert!(s.contains("models: hyperlora") && !s.contains("sdxl, hyperlora"), "{s}");
+}
