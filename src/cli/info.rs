@@ -16,7 +16,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("  no generation settings (not made by hyperlora, or its text chunks were stripped)");
         }
         for (k, v) in text {
-            println!("  {k}: {v}");
+            match (k.as_str(), serde_json::from_str::<serde_json::Value>(&v)) {
+                ("hyperlora:grid", Ok(sheet)) => print_sheet(&sheet),
+                _ => println!("  {k}: {v}"),
+            }
         }
         return Ok(());
     }
@@ -61,4 +64,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("  {k}: {v}");
     }
     Ok(())
+}
+
+/// A contact sheet's cells, one line each: position, label, and the settings that tell cells apart.
+fn print_sheet(sheet: &serde_json::Value) {
+    let cells = sheet["cells"].as_array().cloned().unwrap_or_default();
+    let cols = sheet["cols"].as_u64().unwrap_or(1).max(1) as usize;
+    println!(
+        "  contact sheet{}: {} cell(s) in {} column(s)",
+        sheet["title"].as_str().filter(|t| !t.is_empty()).map(|t| format!(" \"{t}\"")).unwrap_or_default(),
+        cells.len(),
+        cols
+    );
+    for (i, c) in cells.iter().enumerate() {
+        let s = &c["settings"];
+        let mut parts = Vec::new();
+        for k in ["seed", "steps", "loras", "face_score", "prompt"] {
+            if let Some(v) = s[k].as_str().filter(|v| !v.is_empty()) {
+                parts.push(format!("{k} {v}"));
+            }
+        }
+        println!(
+            "  [row {}, col {}] {}: {}",
+            i / cols + 1,
+            i % cols + 1,
+            c["label"].as_str().unwrap_or("?"),
+            parts.join(" · ")
+        );
+    }
 }

@@ -25,6 +25,8 @@ pub struct Sheet {
 const BG: [u8; 3] = [24, 24, 24];
 const FG: [u8; 3] = [235, 235, 235];
 const PAD: usize = 4;
+/// The most lines a cell's label takes.
+const LABEL_LINES: usize = 3;
 /// Largest sheet (pixels) a grid may make.
 pub const MAX_PIXELS: usize = 256 * 1024 * 1024 / 3;
 
@@ -40,7 +42,10 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
     let cw = cells.iter().map(|c| c.width).max().unwrap_or(1).max(1);
     let ch = cells.iter().map(|c| c.height).max().unwrap_or(1).max(1);
     let scale = if cw >= 384 { 2 } else { 1 };
-    let line = 8 * scale + 2 * PAD;
+    // labels wrap over up to LABEL_LINES lines under narrow cells (names differ at their ends: seeds, weights)
+    let max = (cw / (8 * scale)).max(1);
+    let label_lines = cells.iter().map(|c| c.label.chars().count().div_ceil(max)).max().unwrap_or(1).clamp(1, LABEL_LINES);
+    let line = label_lines * (8 * scale + 1) + 2 * PAD;
     let title_h = if title.is_some_and(|t| !t.is_empty()) { 8 * scale * 2 + 2 * PAD } else { 0 };
     let width = cols * (cw + PAD) + PAD;
     let height = title_h + rows * (ch + line) + PAD;
@@ -71,8 +76,11 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
             let at = ((oy + y) * width + ox) * 3;
             rgb[at..at + src.len()].copy_from_slice(src);
         }
-        let max = cw / (8 * scale);
-        text::draw(&mut rgb, width, height, gx, gy + ch + PAD, &text::fit(&c.label, max), scale, FG);
+        let fitted: Vec<char> = text::fit(&c.label, max * label_lines).chars().collect();
+        for (l, part) in fitted.chunks(max).enumerate() {
+            let y = gy + ch + PAD + l * (8 * scale + 1);
+            text::draw(&mut rgb, width, height, gx, y, &part.iter().collect::<String>(), scale, FG);
+        }
         let settings: serde_json::Map<String, serde_json::Value> =
             c.settings.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect();
         json_cells.push(serde_json::json!({ "label": c.label, "settings": settings }));

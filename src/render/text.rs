@@ -44,10 +44,16 @@ pub fn draw(
 
 /// `s` cut to at most `max` characters, with `…` when cut.
 pub fn fit(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= max {
         return s.to_string();
     }
-    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-    t.push('…');
-    t
+    if max < 5 {
+        return chars[chars.len() - max..].iter().collect();
+    }
+    // names differ most at their ends (seeds, indices, weights): keep the end, a third of the start, and ".."
+    // between (the 8×8 font has no ellipsis)
+    let head = (max - 2) / 3;
+    let tail = max - 2 - head;
+    chars[..head].iter().chain(['.', '.'].iter()).chain(&chars[chars.len() - tail..]).collect()
 }

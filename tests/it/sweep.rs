@@ -141,6 +141,25 @@ fn three_shards_write_the_unsharded_files_and_gather_indexes_them() {
     let meta: serde_json::Value = serde_json::from_str(setting(&text, "hyperlora:grid")).unwrap();
     assert_eq!(meta["cells"].as_array().unwrap().len(), 12);
     assert!(w >= 4 * 64 && h >= 3 * 64, "a 4×3 sheet of 64² images: {w}×{h}");
+    // the labels drawn under the cells tell them apart (up to three lines of the cell's width, ends kept)
+    let drawn: std::collections::BTreeSet<String> = meta["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| hyperlora::render::text::fit(c["label"].as_str().unwrap(), 3 * 64 / 8))
+        .collect();
+    assert_eq!(drawn.len(), 12, "cells share a drawn label: {drawn:?}");
+    assert!(drawn.iter().all(|l| l.is_ascii()), "a label uses a glyph the 8×8 font lacks: {drawn:?}");
+    // info reads the sheet's cells one per line
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .arg("info")
+        .arg(sharded.join("sheet-sweep.png"))
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(info.contains("contact sheet") && info.contains("12 cell(s)"), "{info}");
+    assert_eq!(info.lines().filter(|l| l.contains("[row ")).count(), 12, "{info}");
+    assert!(!info.contains("\"cells\""), "raw JSON printed: {info}");
 
     // the index is never overwritten without --force, and a second gather skips the sheet it made
     let before = std::fs::read(sharded.join("index.csv")).unwrap();

@@ -248,6 +248,18 @@ fn finetune_refuses_bad_requests_clearly() {
         assert!(!r.status.success() && err.contains(want), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote a file");
     }
+    // no face found (the demo's detector is random and no box is given): said, with the way out
+    let demo = demo_dir();
+    let photo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo).photo;
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["finetune", "--demo", "--steps", "2", "--out", o])
+        .arg(&photo)
+        .env("HYPERLORA_DEMO_DIR", &demo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("no face detected") && err.contains("--box"), "{err}");
+    assert!(!out.exists());
 }
 
 /// Ctrl-C (a real SIGINT) mid fine-tune: it stops between steps, says so, exits non-zero, and writes neither the
