@@ -165,6 +165,8 @@ pub fn id_condition(img: &Rgb8, lm: &[[f64; 2]], remove_background: bool, graysc
 /// then an optional crop around the face. `lrtb` = (left, right, top, bottom) multiples of the half-size.
 pub struct BaseCondition {
     pub image: Rgb8,
+    /// Where the blurred face was pasted: (int(cx − l), int(cy − l)), truncated toward zero.
+    pub paste_position: (i64, i64),
     /// The float crop box after the optional clamp, and as Pillow rounds it.
     pub crop_box: Option<[f64; 4]>,
     pub crop_box_rounded: Option<[i64; 4]>,
@@ -190,9 +192,10 @@ pub fn base_condition(
     let blurred = gaussian_blur(&face.resize_bicubic(512, 512)?, 45.0).resize_bicubic(face.width, face.height)?;
     let mask = gaussian_blur(&mask.resize_bicubic(512, 512)?, 15.0).resize_bicubic(face.width, face.height)?;
     let mut image = img.clone();
-    paste_masked(&mut image, &blurred, &mask, (cx - l).trunc() as i64, (cy - l).trunc() as i64);
+    let paste_position = ((cx - l).trunc() as i64, (cy - l).trunc() as i64);
+    paste_masked(&mut image, &blurred, &mask, paste_position.0, paste_position.1);
     if !crop {
-        return Ok(BaseCondition { image, crop_box: None, crop_box_rounded: None });
+        return Ok(BaseCondition { image, paste_position, crop_box: None, crop_box_rounded: None });
     }
     let (fx, fy, l) = face_frame(lm);
     let [left, right, top, bottom] = lrtb;
@@ -201,7 +204,8 @@ pub fn base_condition(
         bx = [bx[0].max(0.0), bx[1].max(0.0), bx[2].min(img.width as f64), bx[3].min(img.height as f64)];
     }
     let r = round_box(bx);
-    Ok(BaseCondition { image: image.crop(r[0], r[1], r[2], r[3])?, crop_box: Some(bx), crop_box_rounded: Some(r) })
+    let image = image.crop(r[0], r[1], r[2], r[3])?;
+    Ok(BaseCondition { image, paste_position, crop_box: Some(bx), crop_box_rounded: Some(r) })
 }
 
 /// Parse ComfyUI's `crop_scale_LRTB` string ("1,1,1,1").

@@ -358,7 +358,8 @@ fn base_branch_from_a_photo_matches_the_reference() {
             let r = want.tensor(&format!("{k}.{which}.weight"), DType::F32, &Device::Cpu).unwrap();
             assert_eq!(t.dims(), r.dims(), "{k}.{which}");
             let c = cosine(t, &r);
-            assert!(c > 0.99, "{k}.{which}: cosine {c}");
+            // the fixture README's measure for the Base branch: cosine > 0.999
+            assert!(c > 0.999, "{k}.{which}: cosine {c}");
             got_all.push(t.flatten_all().unwrap());
             want_all.push(r.flatten_all().unwrap());
         }

@@ -149,6 +149,40 @@ fn over_2(a: &Rgb8, b: &Rgb8) -> f64 {
     a.data.iter().zip(&b.data).filter(|(x, y)| (**x as i32 - **y as i32).abs() > 2).count() as f64 / a.data.len() as f64
 }
 
+/// How many values of `a` are more than 2 levels from `b` at a pixel with no edge of the face within `r` pixels in
+/// `b`: an edge pixel has both the grey background (the corner's colour) and the face in its neighbourhood.
+fn off_edge(a: &Rgb8, b: &Rgb8, r: i64) -> usize {
+    let (w, h) = (b.width as i64, b.height as i64);
+    let grey = &b.data[0..3];
+    let is_grey = |x: i64, y: i64| {
+        let i = ((y * w + x) * 3) as usize;
+        b.data[i..i + 3].iter().zip(grey).all(|(v, g)| (*v as i32 - *g as i32).abs() <= 2)
+    };
+    let mut count = 0;
+    for y in 0..h {
+        for x in 0..w {
+            let i = ((y * w + x) * 3) as usize;
+            if !(0..3).any(|c| (a.data[i + c] as i32 - b.data[i + c] as i32).abs() > 2) {
+                continue;
+            }
+            let (mut bg, mut fg) = (false, false);
+            for yy in (y - r).max(0)..=(y + r).min(h - 1) {
+                for xx in (x - r).max(0)..=(x + r).min(w - 1) {
+                    if is_grey(xx, yy) {
+                        bg = true;
+                    } else {
+                        fg = true;
+                    }
+                }
+            }
+            if !(bg && fg) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
 #[test]
 fn pillow_gaussian_blur_is_reproduced() {
     use hyperlora::pixels::blur::gaussian_blur;
@@ -174,7 +208,11 @@ fn id_condition_matches_the_official_node() {
     ] {
         let (d, mean) = level_diffs(got, &want);
         let off = over_2(got, &want);
-        assert!(off < 0.02, "{name}: {:.2}% of values beyond ±2 levels (max {d}, mean {mean:.3})", off * 100.0);
+        let inner = off_edge(got, &want, 4);
+        eprintln!("{name}: max {d}, mean {mean:.3}, {:.2}% beyond ±2, {inner} of them away from the edge", off * 100.0);
+        // the fixture's tolerance: ±2 levels except along the face's edge (where the mask blends photo and grey)
+        assert_eq!(inner, 0, "{name}: {inner} values beyond ±2 levels away from the face's edge (max {d})");
+        assert!(off < 0.02 && mean < 0.5 && d <= 32, "{name}: {:.2}% beyond ±2 levels, max {d}, mean {mean:.3}", off * 100.0);
     }
     // the fixture's tolerance for the processor output: max-abs ≤ 0.05, mean-abs ≤ 0.005
     let px = hyperlora::vision::processor::clip_pixel_values(&c.clip_crop, 224).unwrap();
@@ -226,16 +264,20 @@ fn base_condition_matches_the_official_node() {
         let size: Vec<usize> =
             v["output_size"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         assert_eq!(vec![c.image.width, c.image.height], size, "variant {i}");
+        let paste: Vec<i64> = v["paste_position"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert_eq!(vec![c.paste_position.0, c.paste_position.1], paste, "variant {i}: paste position");
         if let Some(r) = v["crop_box_rounded"].as_array() {
             let r: Vec<i64> = r.iter().map(|x| x.as_i64().unwrap()).collect();
             assert_eq!(c.crop_box_rounded.unwrap().to_vec(), r, "variant {i}");
         }
         if i == 0 {
             let want = png("hyperlora-tiny-base/base_cond_default.png");
+            let (d, mean) = level_diffs(&c.image, &want);
+            let off = over_2(&c.image, &want);
             assert!(
-                over_2(&c.image, &want) < 0.02,
-                "base_cond_default: {:.2}% beyond ±2 levels",
-                over_2(&c.image, &want) * 100.0
+                off < 0.02 && mean < 0.5 && d <= 32,
+                "base_cond_default: {:.2}% beyond ±2 levels, max {d}, mean {mean:.3}",
+                off * 100.0
             );
         }
         let got = clip.penultimate(&clip_pixel_values(&c.image, 224).unwrap()).unwrap().flatten_all().unwrap();
