@@ -10,6 +10,26 @@
 //! products these tiles replace (`hyperlora bench space` has the numbers). Elsewhere the blocked dot products and
 //! axpys run as plain Rust.
 
+/// Run the plain-Rust products even where AVX2 and FMA are present (for tests and `bench space`, which check both
+/// paths against a reference on one machine).
+static FORCE_SCALAR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Force (or stop forcing) the plain-Rust products of every later `pca`.
+pub fn force_scalar(on: bool) {
+    FORCE_SCALAR.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Columns per block: 100 rows of a block (200 KB of f32) stay in a core's L2 cache.
 const BLOCK: usize = 512;
 /// Block widths are padded to this (zeros add nothing to a dot product): the tiles read 16 columns at a time.
@@ -107,7 +127,7 @@ fn centre_into(rows: &[&[f32]], j0: usize, w: usize, wp: usize, mean: &[f32], c:
 /// n zero.
 fn gram_block(c: &[f32], n: usize, np: usize, wp: usize, g: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if simd() {
         // SAFETY: the CPU has the features the function was compiled for; the shapes are the ones it asserts.
         return unsafe { avx2::gram_tiles(c, n, np, wp, g) };
     }
@@ -126,7 +146,7 @@ fn gram_dots(c: &[f32], n: usize, wp: usize, g: &mut [f64]) {
 /// `out[i][..] = Σ_j w[i·n + j] · c[j]` for each output direction i (`w` has `kp` ≥ out.len() rows).
 fn combine_block(c: &[f32], n: usize, wp: usize, w: &[f32], kp: usize, out: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if simd() {
         // SAFETY: as in `gram_block`.
         return unsafe { avx2::combine_tiles(c, n, wp, w, kp, out) };
     }

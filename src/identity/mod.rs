@@ -1,7 +1,7 @@
 //! `Identity`: what HyperLoRA saw in a person's photos — the resampler's raw coefficient tokens [Q, K], averaged
 //! over the photos (spec §2.3: fusion is a mean *before* normalisation), plus where they came from. Algebra runs
 //! in this raw space; the normalised coefficients that drive the LoRA are derived on use.
-mod gram;
+pub mod gram;
 mod hyper;
 pub mod library;
 pub mod mix;
@@ -335,6 +335,13 @@ impl Identity {
         let sources: Vec<Source> = serde_json::from_str(&get("sources")?)
             .map_err(|e| Error::invalid(path, format!("metadata `sources`: {e}")))?;
         let variant = Variant { hash: get("variant_hash")?, label: get("variant_label")? };
+        // the variant is named by the SHA-256 of its files: anything else was not written by us
+        if variant.hash.len() != 64 || !variant.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(
+                path,
+                format!("metadata `variant_hash` {:?} is not a SHA-256 (64 hex digits)", variant.hash),
+            ));
+        }
         let raw = file.tensor("raw", DType::F32, &Device::Cpu)?;
         if raw.rank() != 2 {
             return Err(Error::invalid(path, format!("`raw` has shape {:?}, expected [Q, K]", raw.dims())));

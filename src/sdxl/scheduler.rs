@@ -207,7 +207,9 @@ impl Sampler {
     pub fn new(kind: SamplerKind, cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         let n = cfg.num_train_timesteps;
         if steps == 0 || steps > n {
-            return Err(Error::Mismatch(format!("steps must be between 1 and {n}, got {steps}")));
+            return Err(Error::Mismatch(format!(
+                "steps must be between 1 and {n} (num_train_timesteps in the model's scheduler/scheduler_config.json), got {steps}"
+            )));
         }
         let ac = cfg.alphas_cumprod();
         let sig32 = cfg.sigmas_f32();

@@ -146,7 +146,7 @@ fn randomised_corruption_never_panics() {
                 use hyperlora::sdxl::scheduler::{Sampler, SamplerKind, SchedulerConfig};
                 let c = SchedulerConfig::load(&sched).map_err(|e| e.to_string())?;
                 for kind in [SamplerKind::Euler, SamplerKind::EulerA, SamplerKind::Ddim, SamplerKind::DpmPp2mKarras] {
-                    let s = Sampler::new(kind, &c, 20).map_err(|e| format!("scheduler_config.json: {e}"))?;
+                    let s = Sampler::new(kind, &c, 20).map_err(|e| e.to_string())?;
                     assert!(s.timesteps().iter().all(|t| t.is_finite()));
                 }
                 Ok(())
@@ -176,7 +176,7 @@ fn randomised_corruption_never_panics() {
         case(&mut failures, &mut errors, format!("identity case {i}: {k}"), &format!("id{i}.safetensors"), || {
             let id = hyperlora::Identity::load(&p).map_err(|e| e.to_string())?;
             let _ = (id.summary(), id.short_hash(), crate::common::describe_sources(&id));
-            h.check_identity(&id).map_err(|e| format!("id{i}.safetensors: {e}"))
+            h.check_identity(&id).map_err(|e| e.to_string())
         });
     }
 

@@ -254,3 +254,130 @@ fn scripts_see_coefficients() {
     let e = sc.eval("coeffs(p0) + coeffs(p1).normalized").unwrap_err().message;
     assert!(e.contains("normalised"), "{e}");
 }
+
+/// Raw tokens of an identity as f64 (the reference's own copy of the numbers).
+fn raw64(id: &Identity) -> Vec<f64> {
+    id.raw().flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+fn close64(got: &[f32], want: &[f64], rel: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: the reference is zero");
+    let worst = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).abs()).fold(0f64, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) });
+    assert!(worst <= rel * scale, "{what}: max |Δ| {worst:e} > {rel:e} × {scale:e}");
+}
+/// Eigenvalues of a small symmetric matrix by cyclic Jacobi rotations (the reference's own, in f64).
+fn eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
+    for _ in 0..100 {
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+            }
+        }
+    }
+    let mut ev: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
+    ev.sort_by(|x, y| y.total_cmp(x));
+    ev
+}
+
+/// Identity-space operations against a reference computed here in f64 from the identities' raw numbers: dot, norm,
+/// cosine, direction (b − a, sign included), project and reject (each on its own), orthogonalize, nearest,
+/// similarity_by_module and PCA's explained variance — PCA with the SIMD products and with the plain ones forced.
+#[test]
+fn identity_space_against_an_f64_reference() {
+    use hyperlora::identity::space::similarity_by_module;
+    let mut s = session("hyperlora-tiny");
+    let p = ids(&mut s, 5);
+    let r: Vec<Vec<f64>> = p.iter().map(raw64).collect();
+    let c: Vec<Coeffs> = p.iter().map(|i| s.coeffs(i).unwrap()).collect();
+    let (x, a, b) = (&r[0], &r[1], &r[2]);
+    // dot, norm, cosine
+    let d_ab = dot64(a, b);
+    assert!((c[1].dot(&c[2]).unwrap() - d_ab).abs() <= 1e-5 * d_ab.abs().max(1.0), "dot");
+    assert!((c[1].norm() - dot64(a, a).sqrt()).abs() <= 1e-6 * dot64(a, a).sqrt(), "norm");
+    let cos = d_ab / (dot64(a, a) * dot64(b, b)).sqrt();
+    assert!((c[1].cosine(&c[2]).unwrap() - cos).abs() <= 1e-6, "cosine");
+    // direction(a, b) = b − a, through the script (the user's path)
+    let sess = Arc::new(Mutex::new(s));
+    let mut sc = Script::new(sess.clone(), Arc::new(|_: Out| {}), Limits::default());
+    sc.set("a", rhai::Dynamic::from(p[1].clone()));
+    sc.set("b", rhai::Dynamic::from(p[2].clone()));
+    let dir = sc.eval("direction(a, b)").unwrap().try_cast::<Coeffs>().unwrap();
+    let want_dir: Vec<f64> = a.iter().zip(b).map(|(u, v)| v - u).collect();
+    close64(dir.values(), &want_dir, 1e-6, "direction(a, b) = b − a");
+    // project and reject, each against its own reference
+    let k = dot64(x, &want_dir) / dot64(&want_dir, &want_dir);
+    let want_p: Vec<f64> = want_dir.iter().map(|v| k * v).collect();
+    let want_r: Vec<f64> = x.iter().zip(&want_p).map(|(u, v)| u - v).collect();
+    close64(c[0].project(&dir).unwrap().values(), &want_p, 1e-5, "project");
+    close64(c[0].reject(&dir).unwrap().values(), &want_r, 1e-5, "reject");
+    // orthogonalize: classical Gram–Schmidt in f64
+    let o = orthogonalize(&[c[1].clone(), c[2].clone()]).unwrap();
+    let n1 = dot64(a, a).sqrt();
+    let e1: Vec<f64> = a.iter().map(|v| v / n1).collect();
+    let t = dot64(b, &e1);
+    let rest: Vec<f64> = b.iter().zip(&e1).map(|(v, e)| v - t * e).collect();
+    let n2 = dot64(&rest, &rest).sqrt();
+    let e2: Vec<f64> = rest.iter().map(|v| v / n2).collect();
+    close64(o[0].values(), &e1, 1e-5, "orthogonalize[0]");
+    close64(o[1].values(), &e2, 1e-4, "orthogonalize[1]");
+    // nearest and similarity_by_module: cosines of per-token normalised coefficients
+    let tokens = |v: &[f64]| -> Vec<Vec<f64>> {
+        v.chunks(c[0].k()).map(|t| t.iter().map(|x| x / (dot64(t, t) + 1e-8).sqrt()).collect()).collect()
+    };
+    let sim = |u: &[f64], v: &[f64]| {
+        let (tu, tv): (Vec<f64>, Vec<f64>) = (tokens(u).concat(), tokens(v).concat());
+        dot64(&tu, &tv) / (dot64(&tu, &tu) * dot64(&tv, &tv)).sqrt()
+    };
+    let pool: Vec<(String, Identity)> = (1..5).map(|i| (format!("p{i}"), p[i].clone())).collect();
+    let got = sess.lock().unwrap().nearest(&pool, &p[0], 4).unwrap();
+    let mut want: Vec<(String, f64)> = (1..5).map(|i| (format!("p{i}"), sim(x, &r[i]))).collect();
+    want.sort_by(|u, v| v.1.total_cmp(&u.1));
+    for (g, w) in got.iter().zip(&want) {
+        assert!(g.0 == w.0 && (g.1 - w.1).abs() <= 1e-5, "nearest: {got:?} vs {want:?}");
+    }
+    let by_module = similarity_by_module(&c[0], &c[1]).unwrap();
+    let (tx, ta) = (tokens(x), tokens(a));
+    for (m, _, got) in &by_module {
+        let want = (0..8).map(|t| dot64(&tx[m * 8 + t], &ta[m * 8 + t])).sum::<f64>() / 8.0;
+        assert!((got - want).abs() <= 1e-5, "module {m}: {got} vs {want}");
+    }
+    assert_eq!(by_module.len(), c[0].rows() / 8);
+    // PCA's explained variance: eigenvalues of the centred Gram matrix, in f64
+    let n = r.len();
+    let dim = r[0].len();
+    let mean: Vec<f64> = (0..dim).map(|j| r.iter().map(|v| v[j]).sum::<f64>() / n as f64).collect();
+    let cen: Vec<Vec<f64>> = r.iter().map(|v| v.iter().zip(&mean).map(|(u, m)| u - m).collect()).collect();
+    let gram: Vec<f64> = (0..n * n).map(|i| dot64(&cen[i / n], &cen[i % n])).collect();
+    let ev = eigenvalues(gram, n);
+    let total: f64 = ev.iter().sum();
+    for scalar in [false, true] {
+        hyperlora::identity::gram::force_scalar(scalar);
+        let got = pca(&c, 4).unwrap();
+        hyperlora::identity::gram::force_scalar(false);
+        assert_eq!(got.explained.len(), 4);
+        for (i, e) in got.explained.iter().enumerate() {
+            assert!((e - ev[i] / total).abs() <= 1e-5, "scalar {scalar}: component {i}: {e} vs {}", ev[i] / total);
+        }
+    }
+}

@@ -126,7 +126,13 @@ fn tiny_and_odd_sizes_do_not_panic() {
     app.input = "let a = [\n  1,\n  2,\n  3,\n  4,\n  5".into();
     app.cursor = app.input.len();
     for (w, h) in [(1, 1), (9, 4), (10, 5), (20, 6), (33, 9), (80, 7), (300, 12), (40, 100)] {
-        let _ = screen(&app, w, h);
+        let s = screen(&app, w, h);
+        assert_eq!(s.lines().count(), h as usize, "{w}×{h}");
+        assert!(s.lines().all(|l| l.chars().count() == w as usize), "{w}×{h}: a row of another width");
+        // from a usable size up, the input (scrolled to its cursor) and the status bar show
+        if w >= 33 && h >= 9 {
+            assert!(s.contains("5") && s.contains("step 3/20"), "{w}×{h}:\n{s}");
+        }
     }
 }
 
