@@ -17,19 +17,18 @@ pub fn session(a: &ModelArgs) -> anyhow::Result<(Arc<Mutex<Session>>, Option<cra
 }
 
 /// Progress on stderr: loads, encodes, a step bar while sampling or training (with the loss and lr), notes. Where
-/// stderr is no terminal (a log file, CI, a pipe) the bar is hidden, so training prints a line instead: its first
-/// and last step, and one every 10 s between.
+/// stderr is no terminal (a log file, CI, a Slurm job, a pipe) the bar is hidden, so a line is printed instead: the
+/// first and last step of each run, and one every 10 s between.
 pub(super) fn listener() -> crate::session::Listener {
     let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
     let logged: Mutex<Option<std::time::Instant>> = Mutex::new(None);
     let tty = std::io::stderr().is_terminal();
-    let train_line = move |step: usize, total: usize, loss: f64, lr: f64, elapsed: f64| {
+    let line = move |what: &str, step: usize, total: usize, detail: String, elapsed: f64| {
         let Ok(mut last) = logged.lock() else { return };
         let due = step == 1 || step == total || last.is_none_or(|t| t.elapsed().as_secs() >= 10);
         if !tty && due {
             *last = Some(std::time::Instant::now());
-            let rate = if elapsed > 0.0 { step as f64 / elapsed } else { 0.0 };
-            eprintln!("train step {step}/{total}: loss {loss:.5} lr {lr:.2e} ({rate:.2} it/s)");
+            eprintln!("{what} step {step}/{total}: {detail}{}", rate(step, elapsed));
         }
     };
     let advance = move |step: usize, total: usize, msg: String| {
@@ -51,11 +50,14 @@ pub(super) fn listener() -> crate::session::Listener {
         Event::Encoded { photo, detail, .. } => eprintln!("{photo}: {detail}"),
         Event::Note(n) => eprintln!("{n}"),
         Event::Train { step, total, loss, lr, elapsed } => {
-            train_line(*step, *total, *loss, *lr, *elapsed);
+            line("train", *step, *total, format!("loss {loss:.5} lr {lr:.2e} "), *elapsed);
             advance(*step, *total, format!("loss {loss:.5} lr {lr:.2e} {}", rate(*step, *elapsed)))
         }
         Event::Preview { .. } => {}
-        Event::Step { step, total, elapsed } => advance(*step, *total, rate(*step, *elapsed)),
+        Event::Step { step, total, elapsed } => {
+            line("sampling", *step, *total, String::new(), *elapsed);
+            advance(*step, *total, rate(*step, *elapsed))
+        }
     })
 }
 

@@ -44,7 +44,8 @@ pub fn grid(cells: &[Cell], cols: Option<usize>, title: Option<&str>) -> Result<
     let scale = if cw >= 384 { 2 } else { 1 };
     // labels wrap over up to LABEL_LINES lines under narrow cells (names differ at their ends: seeds, weights)
     let max = (cw / (8 * scale)).max(1);
-    let label_lines = cells.iter().map(|c| c.label.chars().count().div_ceil(max)).max().unwrap_or(1).clamp(1, LABEL_LINES);
+    let label_lines =
+        cells.iter().map(|c| c.label.chars().count().div_ceil(max)).max().unwrap_or(1).clamp(1, LABEL_LINES);
     let line = label_lines * (8 * scale + 1) + 2 * PAD;
     let title_h = if title.is_some_and(|t| !t.is_empty()) { 8 * scale * 2 + 2 * PAD } else { 0 };
     let width = cols * (cw + PAD) + PAD;

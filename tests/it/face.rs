@@ -212,7 +212,11 @@ fn id_condition_matches_the_official_node() {
         eprintln!("{name}: max {d}, mean {mean:.3}, {:.2}% beyond ±2, {inner} of them away from the edge", off * 100.0);
         // the fixture's tolerance: ±2 levels except along the face's edge (where the mask blends photo and grey)
         assert_eq!(inner, 0, "{name}: {inner} values beyond ±2 levels away from the face's edge (max {d})");
-        assert!(off < 0.02 && mean < 0.5 && d <= 32, "{name}: {:.2}% beyond ±2 levels, max {d}, mean {mean:.3}", off * 100.0);
+        assert!(
+            off < 0.02 && mean < 0.5 && d <= 32,
+            "{name}: {:.2}% beyond ±2 levels, max {d}, mean {mean:.3}",
+            off * 100.0
+        );
     }
     // the fixture's tolerance for the processor output: max-abs ≤ 0.05, mean-abs ≤ 0.005
     let px = hyperlora::vision::processor::clip_pixel_values(&c.clip_crop, 224).unwrap();

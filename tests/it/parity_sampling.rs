@@ -144,7 +144,12 @@ fn img2img_matches_the_diffusers_pipeline() {
             .unwrap()
             .unwrap();
         assert_eq!(steps, 4, "{name}: int(10 · 0.45) steps run");
-        assert_max_abs(&format!("{name}.final_latents"), &out.latents, &load(I, &format!("{name}.final_latents")), 1e-3);
+        assert_max_abs(
+            &format!("{name}.final_latents"),
+            &out.latents,
+            &load(I, &format!("{name}.final_latents")),
+            1e-3,
+        );
         assert_max_abs(
             &format!("{name}.decoded"),
             &out.images[0].unsqueeze(0).unwrap(),

@@ -266,7 +266,13 @@ fn close64(got: &[f32], want: &[f64], rel: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     assert!(scale > 0.0, "{what}: the reference is zero");
-    let worst = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).abs()).fold(0f64, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) });
+    let worst = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).abs()).fold(0f64, |m, d| {
+        if d.is_nan() {
+            f64::NAN
+        } else {
+            m.max(d)
+        }
+    });
     assert!(worst <= rel * scale, "{what}: max |Δ| {worst:e} > {rel:e} × {scale:e}");
 }
 /// Eigenvalues of a small symmetric matrix by cyclic Jacobi rotations (the reference's own, in f64).
