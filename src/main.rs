@@ -2,7 +2,18 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match hyperlora::cli::run(hyperlora::cli::Cli::parse()) {
+    let cli = hyperlora::cli::Cli::parse();
+    // scripts may build and print deeply nested values (Rhai formats and drops them recursively): the command runs
+    // on a thread with a stack large enough for the deepest value the sandbox's size limits allow
+    let worker =
+        std::thread::Builder::new().stack_size(hyperlora::script::STACK_BYTES).spawn(move || hyperlora::cli::run(cli));
+    let result = match worker {
+        Ok(w) => {
+            w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("internal error (a bug in hyperlora, please report it)")))
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot start the command's thread: {e}")),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));

@@ -67,7 +67,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(p) = hist.parent() {
         let _ = std::fs::create_dir_all(p);
     }
-    let _ = rl.load_history(&hist);
+    // the history is read only from a regular file of sane size (HYPERLORA_HISTORY=/dev/zero must not fill memory)
+    match std::fs::metadata(&hist) {
+        Ok(m) if m.is_file() && m.len() <= 16 << 20 => drop(rl.load_history(&hist)),
+        Ok(m) if m.is_file() => eprintln!("{}: history larger than 16 MB, not read", hist.display()),
+        Ok(_) => eprintln!("{}: not a regular file; history is not read or written", hist.display()),
+        Err(_) => {}
+    }
+    let hist_ok = std::fs::metadata(&hist).map(|m| m.is_file()).unwrap_or(true);
     println!(
         "hyperlora {} — help() lists the API, :quit or Ctrl-D leaves, Ctrl-C stops a running job.",
         env!("CARGO_PKG_VERSION")
@@ -113,7 +120,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             continue;
         }
         let _ = rl.add_history_entry(code);
-        let _ = rl.append_history(&hist);
+        if hist_ok {
+            let _ = rl.append_history(&hist);
+        }
         let report = |r: Result<rhai::Dynamic, crate::script::ScriptError>, source: &str| match r {
             Ok(v) if v.is_unit() => true,
             Ok(v) => {

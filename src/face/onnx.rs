@@ -15,19 +15,35 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::invalid(path, format!("{what}: {e}"))
 }
 
+/// `f` with a panic inside tract (a corrupt graph can reach an `unwrap` there) turned into an error naming `path`.
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic in the ONNX runtime");
+        Err(Error::invalid(path, format!("{what}: the ONNX file is corrupt or unsupported ({why})")))
+    })
+}
+
 fn plan(path: &Path, shape: [usize; 4]) -> Result<Plan> {
-    let model = tract_onnx::onnx().model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
-    model
-        .with_input_fact(0, f32::fact(shape).into())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| err(path, &format!("cannot prepare the model for input {shape:?}"), e))
+    guarded(path, "cannot load the model", || {
+        let model = tract_onnx::onnx().model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
+        model
+            .with_input_fact(0, f32::fact(shape).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| err(path, &format!("cannot prepare the model for input {shape:?}"), e))
+    })
 }
 
 /// Run and return every output flattened, in graph order.
 fn run(p: &Plan, path: &Path, input: Vec<f32>, shape: [usize; 4]) -> Result<Vec<Vec<f32>>> {
     let t = tract_ndarray::Array4::from_shape_vec(shape, input).map_err(|e| err(path, "input", e))?;
-    let out = p.run(tvec!(Tensor::from(t).into())).map_err(|e| err(path, "inference failed", e))?;
+    let out = guarded(path, "inference failed", || {
+        p.run(tvec!(Tensor::from(t).into())).map_err(|e| err(path, "inference failed", e))
+    })?;
     out.iter()
         .map(|o| {
             Ok(o.to_plain_array_view::<f32>().map_err(|e| err(path, "output is not f32", e))?.iter().copied().collect())
@@ -126,6 +142,9 @@ impl Scrfd {
     }
 }
 
+/// The width of an ArcFace embedding (glintr100, w600k_r50; spec: id_embed_dim 512).
+pub const RECOGNIZER_WIDTH: usize = 512;
+
 /// An insightface ArcFace recognizer (glintr100, w600k_r50, …).
 pub struct ArcFace {
     path: PathBuf,
@@ -189,7 +208,16 @@ impl ArcFace {
         let g = graph_info(path)?;
         let (mean, std) = if g.sub && g.mul { (0.0, 1.0) } else { (127.5, 127.5) };
         let size = square_input(path, &g.dims, "an ArcFace recognizer")?;
-        Ok(ArcFace { plan: plan(path, [1, 3, size, size])?, path: path.to_path_buf(), input_size: size, mean, std })
+        let plan = plan(path, [1, 3, size, size])?;
+        // an ArcFace embedding has 512 numbers; a landmark (212) or detection model in its place must not pass
+        let out = plan.model().output_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|d| d.to_vec()));
+        if let Some(d) = out.filter(|d| d.iter().product::<usize>() != RECOGNIZER_WIDTH) {
+            return Err(Error::invalid(
+                path,
+                format!("outputs {d:?}, not the {RECOGNIZER_WIDTH} numbers of an ArcFace embedding (a landmark or detection model in the recognizer's place?)"),
+            ));
+        }
+        Ok(ArcFace { plan, path: path.to_path_buf(), input_size: size, mean, std })
     }
 
     /// The recognizer's input for an aligned crop: (RGB − mean)/std, CHW.

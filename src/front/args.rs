@@ -83,6 +83,13 @@ impl ModelArgs {
 /// Model paths: flags and environment first, then the config file, then a ComfyUI tree (flag, env or config),
 /// then the Hugging Face hub cache. Returns the paths and the hints the searches left.
 pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)> {
+    // a configs folder that is not there is a mistyped path, never silently skipped
+    if let Some(c) = a.sdxl_config.as_ref().filter(|c| !c.is_dir()) {
+        anyhow::bail!(
+            "{}: --sdxl-config is not a folder (a diffusers-layout folder with the configs is expected)",
+            c.display()
+        );
+    }
     let mut paths = a.paths();
     let mut hints = Vec::new();
     if a.demo {

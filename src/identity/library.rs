@@ -71,23 +71,30 @@ impl Library {
 
     fn index(&self) -> Result<Index> {
         let p = self.dir.join(INDEX);
-        match std::fs::read_to_string(&p) {
-            Ok(t) => {
-                let i: Index =
-                    serde_json::from_str(&t).map_err(|e| Error::invalid(&p, format!("not a library index: {e}")))?;
-                if i.format != FORMAT {
-                    return Err(Error::invalid(&p, format!("format `{}`, expected `{FORMAT}`", i.format)));
-                }
-                Ok(i)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Index { format: FORMAT.into(), version: 1, variant: None, entries: BTreeMap::new() })
-            }
-            Err(e) => Err(Error::io(&p, e)),
+        if !p.exists() {
+            return Ok(Index { format: FORMAT.into(), version: 1, variant: None, entries: BTreeMap::new() });
         }
+        // a regular file only (a FIFO would block): one open that refuses anything else
+        let bytes = crate::files::read_regular(&p)?;
+        let i: Index =
+            serde_json::from_slice(&bytes).map_err(|e| Error::invalid(&p, format!("not a library index: {e}")))?;
+        if i.format != FORMAT {
+            return Err(Error::invalid(&p, format!("format `{}`, expected `{FORMAT}`", i.format)));
+        }
+        // a library touches only its own folder: every entry is a plain file name in it
+        for (name, e) in &i.entries {
+            if !is_plain_file_name(&e.file) {
+                return Err(Error::invalid(
+                    &p,
+                    format!("entry `{name}` names the file {:?}, which is not a file name inside the library (a path with / or .., or absolute): refusing to use it", e.file),
+                ));
+            }
+        }
+        Ok(i)
     }
 
     fn write_index(&self, i: &Index) -> Result<()> {
+        debug_assert!(i.entries.values().all(|e| is_plain_file_name(&e.file)));
         let text = serde_json::to_string_pretty(i).map_err(|e| Error::InvalidValue(format!("library index: {e}")))?;
         crate::files::output::write_file(&self.dir.join(INDEX), text.as_bytes(), true)
     }
@@ -176,4 +183,10 @@ impl Library {
             if index.entries.len() > 8 { "e.g. " } else { "" }
         ))
     }
+}
+
+/// One normal path component (`me.safetensors`): no separator, no `.`/`..`, not absolute, not empty.
+fn is_plain_file_name(f: &str) -> bool {
+    let mut parts = std::path::Path::new(f).components();
+    matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) && !f.contains(['/', '\\'])
 }

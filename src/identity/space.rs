@@ -406,6 +406,12 @@ pub fn pca(xs: &[Coeffs], k: usize) -> Result<Pca> {
     if k == 0 {
         return Err(Error::InvalidValue("pca: k must be at least 1".into()));
     }
+    if k > n {
+        return Err(Error::InvalidValue(format!(
+            "pca: k = {k} directions from {n} identities: {n} centred points span at most {} directions",
+            n - 1
+        )));
+    }
     for x in xs {
         xs[0].check_same(x, "pca")?;
     }

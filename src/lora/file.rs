@@ -35,6 +35,23 @@ pub fn export_kohya(
         let k = names::kohya_name(&s.target);
         let rank = s.down.dims()[0];
         max_rank = max_rank.max(rank);
+        for (t, which) in [(&s.down, "lora_down"), (&s.up, "lora_up")] {
+            // every value must survive the file's dtype: a NaN (from the bases) or a weight that overflows f16
+            // would write a file that loads and ruins every image
+            let v = t.to_dtype(dtype)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+                let hint = if t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()) {
+                    format!(
+                        "the values overflow {dtype:?} (a LoRA weight too large?): export as f32, or lower the weight"
+                    )
+                } else {
+                    "the LoRA itself holds NaN or ±inf: check the weights, and the variant's bases".to_string()
+                };
+                return Err(crate::error::Error::InvalidValue(format!(
+                    "export: {k}.{which}.weight would hold {bad} in {dtype:?}; nothing was written — {hint}"
+                )));
+            }
+        }
         tensors.push((format!("{k}.lora_down.weight"), RawTensor::from_tensor(&s.down, dtype)?));
         tensors.push((format!("{k}.lora_up.weight"), RawTensor::from_tensor(&s.up, dtype)?));
         tensors.push((format!("{k}.alpha"), RawTensor::scalar_f32((rank as f64 * alpha_ratio) as f32)));

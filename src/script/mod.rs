@@ -3,6 +3,7 @@
 pub mod api;
 mod identity;
 mod image;
+mod imports;
 mod lora;
 mod session_fns;
 mod space;
@@ -44,6 +45,10 @@ struct RunState {
 }
 
 type Run = Arc<Mutex<RunState>>;
+
+/// The stack of a thread that runs scripts: a value nested as deep as the array size limit (100,000) allows is
+/// formatted and dropped recursively by Rhai, about 1 KB of stack per level. Only the pages touched are committed.
+pub const STACK_BYTES: usize = 512 << 20;
 
 /// Sandbox limits (defaults suit recipes; a runaway loop stops at `max_operations`).
 #[derive(Debug, Clone, Copy)]
@@ -392,6 +397,7 @@ impl Script {
             rhai::Token::Reserved(s) if s.as_str() == "module" => rhai::Token::Identifier(s),
             token => token,
         });
+        engine.set_module_resolver(imports::GuardedImports::new());
         engine.set_max_operations(limits.max_operations);
         engine.set_max_call_levels(limits.max_call_levels);
         engine.set_max_expr_depths(128, 64);

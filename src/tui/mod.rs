@@ -184,7 +184,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     let (code_tx, code_rx) = mpsc::channel::<String>();
     let wtx = tx.clone();
     let resident = sess.clone();
-    std::thread::spawn(move || {
+    let worker = std::thread::Builder::new().stack_size(crate::script::STACK_BYTES).spawn(move || {
         let otx = wtx.clone();
         let mut script = Script::new(sess, Arc::new(move |o: Out| drop(otx.send(Msg::Out(o)))), Limits::default());
         if let Some(d) = &demo {
@@ -211,6 +211,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
             }
         }
     });
+    worker.map_err(|e| anyhow::anyhow!("cannot start the script thread: {e}"))?;
 
     let (device, dtype) = device_dtype(models)?;
     let app_device = format!("{device} {dtype:?}").to_lowercase();

@@ -291,3 +291,122 @@ fn randomised_corruption_never_panics() {
     }
     assert!(failures.is_empty(), "{} of {n} cases failed:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Second-round hardening causes, each on the path a user takes: a landmark model in the recognizer's place is
+/// refused at load (output width), a history that is a device is not read, a library index whose entry points
+/// outside the library is refused (and nothing outside is deleted), an f16 export that would overflow is refused
+/// with nothing written, a missing --sdxl-config folder is an error, absurd --batch and bench sizes are refused
+/// before anything is built, and pca with k > n is an error.
+#[test]
+fn second_round_causes_stay_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"));
+        c.args(args).env("HYPERLORA_DEMO_DIR", crate::common::demo_dir());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    // a landmark model (212 outputs) named glintr100.onnx
+    let raw = hyperlora::synthetic::onnx::mean_face_106();
+    let lm = tmp.path().join("glintr100.onnx");
+    std::fs::write(&lm, hyperlora::synthetic::onnx::landmark_106(&raw, &[0.0; 212]).unwrap()).unwrap();
+    let e = hyperlora::face::onnx::ArcFace::load(&lm).err().expect("a landmark model loaded as a recognizer");
+    assert!(e.to_string().contains("glintr100.onnx") && e.to_string().contains("512"), "{e}");
+    // HYPERLORA_HISTORY=/dev/zero: the REPL starts, reads nothing, runs the line
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["repl", "--demo"])
+        .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
+        .env("HYPERLORA_HISTORY", "/dev/zero")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"40000 + 3\n:quit\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("40003"), "{}", err(&o));
+    assert!(err(&o).contains("/dev/zero") && err(&o).contains("not a regular file"), "{}", err(&o));
+    // a library whose index points outside it
+    let lib = tmp.path().join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let index = serde_json::json!({
+        "format": "hyperlora.library", "version": 1, "variant": null,
+        "entries": { "x": { "file": "../victim.txt", "hash": "0", "photos": 1, "sources": [],
+            "variant": { "hash": "0", "label": "v" }, "saved": 0, "dtype": "f32" } }
+    });
+    std::fs::write(lib.join("index.json"), index.to_string()).unwrap();
+    let o = cli(&["library", "rm", lib.to_str().unwrap(), "x"], &[]);
+    assert!(!o.status.success() && err(&o).contains("index.json") && err(&o).contains("../victim.txt"), "{}", err(&o));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me", "a file outside the library was touched");
+    // an export whose f16 values overflow: refused, nothing written
+    let (mut s, id) = {
+        let mut s = hyperlora::front::args::quiet_session(hyperlora::session::ModelPaths {
+            hyperlora: Some(fixture("hyperlora-tiny")),
+            ..Default::default()
+        });
+        let id = s
+            .identity_from_features(&hyperlora::synthetic::hyper::random_features(1, 512, 257, 32, 3).unwrap())
+            .unwrap();
+        (s, id)
+    };
+    let out = tmp.path().join("huge.safetensors");
+    let e = s.export_lora(&hyperlora::LoraMix::lora(&id, 1e6), &out, DType::F16, false).unwrap_err().to_string();
+    assert!(e.contains("F16") && e.contains("f32") && !out.exists(), "{e}");
+    s.export_lora(&hyperlora::LoraMix::lora(&id, 1e6), &out, DType::F32, false).unwrap();
+    // flags: a configs folder that is not there, an absurd batch, an impossible bench size
+    let o = cli(&["doctor", "--sdxl-config", tmp.path().join("nope").to_str().unwrap()], &[]);
+    assert!(!o.status.success() && err(&o).contains("nope") && err(&o).contains("not a folder"), "{}", err(&o));
+    let o = cli(
+        &["generate", "--demo", "--prompt", "x", "--batch", "18446744073709551615", "--out", "/tmp/never.png"],
+        &[],
+    );
+    assert!(!o.status.success() && err(&o).contains("--batch"), "{}", err(&o));
+    for size in ["0", "7", "1000000"] {
+        let o = cli(&["bench", "sdxl", "--size", size, "--steps", "1"], &[]);
+        assert!(!o.status.success() && err(&o).contains("--size"), "--size {size}: {}", err(&o));
+    }
+    // imports: a file that imports itself, a cycle through two files, a FIFO — errors, not a stack overflow or a hang
+    let d = tmp.path().join("imports");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("self.rhai"), "import \"self\";\n").unwrap();
+    std::fs::write(d.join("a.rhai"), "import \"b\";\n").unwrap();
+    std::fs::write(d.join("b.rhai"), "import \"a\";\n").unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(d.join("fifo.rhai")).status().unwrap().success());
+    std::fs::write(d.join("f.rhai"), "import \"fifo\";\n").unwrap();
+    for (file, want) in [("self.rhai", "import cycle"), ("a.rhai", "import cycle"), ("f.rhai", "not a regular file")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+            .arg("run")
+            .arg(file)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && err(&o).contains(want), "{file}: {}", err(&o));
+    }
+    // a value nested 20,000 deep prints (the command's thread has the stack for it)
+    std::fs::write(d.join("deep.rhai"), "let a = []; for i in 0..20000 { a = [a]; } print(a); print(\"done\");\n")
+        .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .arg("run")
+        .arg("deep.rhai")
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with("done\n"), "{}", err(&o));
+    // pca: more directions than identities
+    let ids: Vec<hyperlora::Identity> = (0..3)
+        .map(|i| {
+            s.identity_from_features(&hyperlora::synthetic::hyper::random_features(1, 512, 257, 32, 20 + i).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let e = s.pca(&ids, 9).err().expect("k > n accepted").to_string();
+    assert!(e.contains("k = 9") && e.contains("3 identities"), "{e}");
+}

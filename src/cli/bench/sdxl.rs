@@ -110,6 +110,23 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
 }
 
 pub fn sdxl(a: Args) -> anyhow::Result<()> {
+    let size = a.size.unwrap_or(1024);
+    anyhow::ensure!(
+        size >= 64 && size.is_multiple_of(64) && size <= crate::sdxl::model::MAX_SIDE,
+        "--size {size}: a multiple of 64 from 64 to {}",
+        crate::sdxl::model::MAX_SIDE
+    );
+    // the refusal generation makes, before any weight is made (the bench calls the sampler directly)
+    let elem = if matches!(a.dtype.dtype(), DType::F32) { 4 } else { 2 };
+    let need = crate::sdxl::model::memory_needed(&sdxl_base_unet_config(), 128, elem, 1, size, size);
+    if let (true, Some(avail)) = (a.device == "cpu", crate::sdxl::model::available_memory()) {
+        anyhow::ensure!(
+            need <= avail,
+            "--size {size} needs about {:.1} GB beyond the weights; {:.1} GB are available",
+            need as f64 / 1e9,
+            avail as f64 / 1e9
+        );
+    }
     let dev = crate::front::device(&a.device)?;
     let dtype = a.dtype.dtype();
     let mut table = Table(Vec::new());
@@ -238,6 +255,12 @@ fn tokens(hidden: usize, size: usize) -> usize {
 }
 
 pub fn lora(a: Args) -> anyhow::Result<()> {
+    let size = a.size.unwrap_or(1024);
+    anyhow::ensure!(
+        size >= 64 && size.is_multiple_of(64) && size <= crate::sdxl::model::MAX_SIDE,
+        "--size {size}: a multiple of 64 from 64 to {}",
+        crate::sdxl::model::MAX_SIDE
+    );
     let dev = crate::front::device(&a.device)?;
     let dtype = a.dtype.dtype();
     let r = 8;
