@@ -44,6 +44,37 @@ impl ClipTextConfig {
                 format!("hidden_act `{}` is not supported (quick_gelu or gelu)", c.hidden_act),
             ));
         }
+        use crate::sdxl::unet::MAX_CONFIG_SIZE as BIG;
+        crate::sdxl::unet::bounded(&[
+            ("hidden_size", c.hidden_size, BIG),
+            ("intermediate_size", c.intermediate_size, BIG),
+            ("num_hidden_layers", c.num_hidden_layers, 256),
+            ("max_position_embeddings", c.max_position_embeddings, 1 << 16),
+            ("vocab_size", c.vocab_size, BIG),
+            ("projection_dim", c.projection_dim.unwrap_or(0), BIG),
+        ])
+        .map_err(|why| Error::invalid(path, why))?;
+        if c.max_position_embeddings < 77 || c.num_hidden_layers < 2 || c.vocab_size == 0 {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "max_position_embeddings {} (at least 77 tokens), num_hidden_layers {} (at least 2: SDXL reads the penultimate) or vocab_size {} does not fit",
+                    c.max_position_embeddings, c.num_hidden_layers, c.vocab_size
+                ),
+            ));
+        }
+        if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0) {
+            return Err(Error::invalid(
+                path,
+                format!("layer_norm_eps {} is not in (0, 1) (CLIP: 1e-5)", c.layer_norm_eps),
+            ));
+        }
+        if c.eos_token_id as usize >= c.vocab_size {
+            return Err(Error::invalid(
+                path,
+                format!("eos_token_id {} is outside the vocabulary of {} tokens", c.eos_token_id, c.vocab_size),
+            ));
+        }
         if c.num_attention_heads == 0 || c.hidden_size == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::invalid(
                 path,

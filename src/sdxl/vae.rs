@@ -58,8 +58,20 @@ impl VaeConfig {
                 self.norm_num_groups
             ));
         }
-        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(format!("scaling_factor {} is not a positive number (SDXL: 0.13025)", self.scaling_factor));
+        use crate::sdxl::unet::MAX_CONFIG_SIZE as BIG;
+        crate::sdxl::unet::bounded(&[
+            ("in_channels", self.in_channels, 64),
+            ("out_channels", self.out_channels, 64),
+            ("latent_channels", self.latent_channels, 1024),
+            ("layers_per_block", self.layers_per_block, 64),
+            ("norm_num_groups", self.norm_num_groups, BIG),
+            ("block_out_channels", self.block_out_channels.iter().copied().max().unwrap_or(0), BIG),
+        ])?;
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0 && self.scaling_factor <= 100.0) {
+            return Err(format!(
+                "scaling_factor {} is not a positive number up to 100 (SDXL: 0.13025)",
+                self.scaling_factor
+            ));
         }
         if self.shift_factor.is_some_and(|s| !s.is_finite()) {
             return Err("shift_factor is not a finite number".into());

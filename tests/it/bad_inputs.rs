@@ -400,6 +400,36 @@ fn second_round_causes_stay_fixed() {
         .output()
         .unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with("done\n"), "{}", err(&o));
+    // config values that would drive an allocation or break the maths: refused at load, naming the file
+    let cfgs = tmp.path().join("cfgs");
+    std::fs::create_dir(&cfgs).unwrap();
+    let edit = |sub: &str, key: &str, v: serde_json::Value| {
+        let mut j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(&format!("sdxl-tiny/{sub}/config.json"))).unwrap())
+                .unwrap();
+        j[key] = v;
+        let p = cfgs.join(format!("{sub}-{key}.json"));
+        std::fs::write(&p, j.to_string()).unwrap();
+        p
+    };
+    for (key, v) in [
+        ("addition_time_embed_dim", serde_json::json!(1e12 as u64)),
+        ("addition_time_embed_dim", serde_json::json!(0)),
+        ("cross_attention_dim", serde_json::json!(1u64 << 40)),
+        ("norm_eps", serde_json::json!(1.5)),
+    ] {
+        let p = edit("unet", key, v);
+        let e = hyperlora::sdxl::unet::UNetConfig::load(&p).err().unwrap_or_else(|| panic!("unet {key} accepted"));
+        assert!(e.to_string().contains(p.file_name().unwrap().to_str().unwrap()) && e.to_string().contains(key), "{e}");
+    }
+    let p = edit("vae", "scaling_factor", serde_json::json!(1e12));
+    let e = hyperlora::sdxl::vae::VaeConfig::load(&p).err().expect("scaling_factor 1e12 accepted").to_string();
+    assert!(e.contains("scaling_factor"), "{e}");
+    for (key, v) in [("eos_token_id", serde_json::json!(1_000_000)), ("layer_norm_eps", serde_json::json!(1.0))] {
+        let p = edit("text_encoder", key, v);
+        let e = hyperlora::sdxl::text::ClipTextConfig::load(&p).err().unwrap_or_else(|| panic!("{key} accepted"));
+        assert!(e.to_string().contains(key), "{e}");
+    }
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {

@@ -131,6 +131,35 @@ impl UNetConfig {
         };
         per_block("attention_head_dim", &self.attention_head_dim)?;
         per_block("transformer_layers_per_block", &self.transformer_layers_per_block)?;
+        let big = MAX_CONFIG_SIZE;
+        let most = |p: &PerBlock| match p {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(v) => v.iter().copied().max().unwrap_or(0),
+        };
+        let time = self.addition_time_embed_dim.unwrap_or(0);
+        let class = self.projection_class_embeddings_input_dim.unwrap_or(0);
+        bounded(&[
+            ("in_channels", self.in_channels, 64),
+            ("out_channels", self.out_channels, 64),
+            ("layers_per_block", self.layers_per_block, 64),
+            ("cross_attention_dim", self.cross_attention_dim, big),
+            ("norm_num_groups", self.norm_num_groups, big),
+            ("block_out_channels", self.block_out_channels.iter().copied().max().unwrap_or(0), big),
+            ("transformer_layers_per_block", most(&self.transformer_layers_per_block), 256),
+            ("attention_head_dim", most(&self.attention_head_dim), big),
+            ("num_attention_heads", self.num_attention_heads.as_ref().map(most).unwrap_or(0), big),
+            ("addition_time_embed_dim", time, 1 << 14),
+            ("projection_class_embeddings_input_dim", class, big),
+        ])?;
+        // the added embedding is the pooled text embedding plus six sinusoidal time ids of this width
+        if time < 2 || !time.is_multiple_of(2) || class <= 6 * time {
+            return Err(format!(
+                "addition_time_embed_dim {time} and projection_class_embeddings_input_dim {class} do not fit: the input is the pooled text embedding plus 6 × an even time width (SDXL: 256 and 2816)"
+            ));
+        }
+        if self.norm_eps >= 1.0 {
+            return Err(format!("norm_eps {} is not below 1 (SDXL: 1e-5)", self.norm_eps));
+        }
         if let Some(h) = &self.num_attention_heads {
             per_block("num_attention_heads", h)?;
         }
@@ -192,6 +221,18 @@ impl UNetConfig {
 pub(crate) fn no_zero(sizes: &[(&str, usize)]) -> std::result::Result<(), String> {
     match sizes.iter().find(|(_, v)| *v == 0) {
         Some((name, _)) => Err(format!("{name} is 0")),
+        None => Ok(()),
+    }
+}
+
+/// The largest width, channel count or vocabulary a config may ask for: every size goes through this before
+/// anything is allocated (SDXL's largest is 2,816; a corrupt `1e12` would otherwise abort on a 2 TB allocation).
+pub const MAX_CONFIG_SIZE: usize = 1 << 20;
+
+/// The first of the named sizes above `MAX_CONFIG_SIZE` (or `max` where given), as an error.
+pub(crate) fn bounded(sizes: &[(&str, usize, usize)]) -> std::result::Result<(), String> {
+    match sizes.iter().find(|(_, v, max)| v > max) {
+        Some((name, v, max)) => Err(format!("{name} = {v} is larger than {max} (a corrupt config?)")),
         None => Ok(()),
     }
 }
