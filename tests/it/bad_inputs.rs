@@ -423,7 +423,7 @@ fn second_round_causes_stay_fixed() {
         assert!(e.to_string().contains(p.file_name().unwrap().to_str().unwrap()) && e.to_string().contains(key), "{e}");
     }
     let p = edit("vae", "scaling_factor", serde_json::json!(1e12));
-    let e = hyperlora::sdxl::vae::VaeConfig::load(&p).err().expect("scaling_factor 1e12 accepted").to_string();
+    let e = hyperlora::sdxl::vae::VaeConfig::load(&p).expect_err("scaling_factor 1e12 accepted").to_string();
     assert!(e.contains("scaling_factor"), "{e}");
     for (key, v) in [("eos_token_id", serde_json::json!(1_000_000)), ("layer_norm_eps", serde_json::json!(1.0))] {
         let p = edit("text_encoder", key, v);
