@@ -150,7 +150,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 }
             }
             Ok(Some(Command::Mem)) => println!("resident memory {}", rss().unwrap_or_else(|| "unknown".into())),
-            Ok(Some(Command::LoadSession(f))) => match std::fs::read_to_string(&f) {
+            Ok(Some(Command::LoadSession(f))) => match crate::files::read_text(&f) {
                 Ok(t) => _ = report(script.eval(&t), &f.display().to_string()),
                 Err(e) => eprintln!("{}: cannot read: {e}", f.display()),
             },

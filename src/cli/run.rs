@@ -30,7 +30,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let code =
-        std::fs::read_to_string(&a.recipe).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.recipe.display()))?;
+        crate::files::read_text(&a.recipe).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.recipe.display()))?;
     let flag = a.shard.as_deref().map(Shard::parse).transpose()?;
     // HYPERLORA_SHARDS reaches `a.shards` through clap; the resolver reads the rest of the environment
     let (shard, source) = crate::sweep::shard::resolve(flag, a.shards, &|k| {

@@ -165,6 +165,8 @@ struct GraphInfo {
 }
 
 fn graph_info(path: &Path) -> Result<GraphInfo> {
+    // a regular file only: a FIFO in the model's place would block the reader forever
+    drop(crate::files::open_regular(path)?);
     let proto =
         tract_onnx::onnx().proto_model_for_path(path).map_err(|e| err(path, "cannot read the ONNX model", e))?;
     let graph = proto.graph.as_ref().ok_or_else(|| Error::invalid(path, "ONNX file has no graph"))?;

@@ -19,6 +19,28 @@ pub fn open_regular(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
 }
 
+/// The largest text file read whole (configs, tokenizer files, recipes, indexes): anything larger is not ours.
+pub const MAX_TEXT_BYTES: u64 = 256 << 20;
+
+/// `std::fs::read_to_string` for the files the program reads as text, refusing before anything is read what is not a
+/// regular file (a FIFO would block forever, `/dev/zero` would never end) or is larger than `MAX_TEXT_BYTES`. The
+/// error kinds stay `std::io`'s, so a missing file is still `NotFound`.
+pub fn read_text(path: impl AsRef<Path>) -> std::io::Result<String> {
+    let path = path.as_ref();
+    let m = std::fs::metadata(path)?;
+    if !m.is_file() {
+        let what = if m.is_dir() { "is a folder" } else { "is not a regular file (a FIFO, device or socket)" };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    }
+    if m.len() > MAX_TEXT_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is {} MB, more than any text file this program reads", m.len() >> 20),
+        ));
+    }
+    std::fs::read_to_string(path)
+}
+
 /// Read a whole regular file (see [`open_regular`]).
 pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;

@@ -110,7 +110,7 @@ impl VariantConfigJson {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_str(&text).map(Some).map_err(|e| Error::invalid(path, format!("not a valid config: {e}")))
     }
 }

@@ -33,7 +33,7 @@ pub fn config_path() -> PathBuf {
 
 /// The config file, if there is one. A file that does not parse is an error naming it and the problem.
 pub fn load_config(path: &Path) -> Result<Option<FileConfig>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),

@@ -116,7 +116,7 @@ pub fn hub_dir() -> PathBuf {
 /// The snapshot folders of a hub repo (`models--org--name/snapshots/<rev>/`), the one `refs/main` names first.
 fn snapshots(hub: &Path, repo: &str) -> Vec<PathBuf> {
     let dir = hub.join(format!("models--{}", repo.replace('/', "--")));
-    let main = std::fs::read_to_string(dir.join("refs").join("main")).ok().map(|s| s.trim().to_string());
+    let main = crate::files::read_text(dir.join("refs").join("main")).ok().map(|s| s.trim().to_string());
     let mut snaps = sorted_dirs(&dir.join("snapshots"));
     if let Some(m) = main {
         snaps.sort_by_key(|p| p.file_name().is_none_or(|n| n.to_string_lossy() != m));

@@ -51,7 +51,7 @@ fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
     if p.is_dir() {
         let index = p.join("model_index.json");
         let mi: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?)
+            serde_json::from_str(&crate::files::read_text(&index).map_err(|e| Error::io(&index, e))?)
                 .map_err(|e| Error::invalid(&index, e.to_string()))?;
         let class = mi.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
         if !class.starts_with("StableDiffusionXL") {

@@ -109,7 +109,7 @@ pub fn memory_needed(unet: &UNetConfig, vae_ch: usize, elem: usize, batch: usize
 
 /// MemAvailable from /proc/meminfo, in bytes.
 pub fn available_memory() -> Option<u128> {
-    let t = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let t = crate::files::read_text("/proc/meminfo").ok()?;
     let kb: u128 = t.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -247,7 +247,7 @@ impl Sdxl {
 
     fn load_folder(dir: &Path, name: String, opts: &SdxlOptions) -> Result<Self> {
         let index = dir.join("model_index.json");
-        let mi: serde_json::Value = match std::fs::read_to_string(&index) {
+        let mi: serde_json::Value = match crate::files::read_text(&index) {
             Ok(t) => serde_json::from_str(&t).map_err(|e| Error::invalid(&index, format!("not valid JSON: {e}")))?,
             Err(e) => return Err(Error::io(&index, e)),
         };

@@ -38,7 +38,7 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path).map_err(|e| Error::io(path, e))?;
         let c: SchedulerConfig =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a scheduler config: {e}")))?;
         if c.beta_schedule != "scaled_linear" && c.beta_schedule != "linear" {

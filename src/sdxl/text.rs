@@ -35,7 +35,7 @@ fn default_eos() -> u32 {
 
 impl ClipTextConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path).map_err(|e| Error::io(path, e))?;
         let c: Self =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a CLIP text config: {e}")))?;
         if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
@@ -301,7 +301,7 @@ impl ClipTokenizer {
     /// Load from a `tokenizer*/` folder: `tokenizer.json` if present, else `vocab.json` + `merges.txt`.
     /// The pad token comes from `special_tokens_map.json` (SDXL: `<|endoftext|>` for tokenizer, `!` for tokenizer_2).
     pub fn load(dir: &Path) -> Result<Self> {
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| Error::io(dir.join(f), e));
+        let read = |f: &str| crate::files::read_text(dir.join(f)).map_err(|e| Error::io(dir.join(f), e));
         let pad_name = match read("special_tokens_map.json") {
             Ok(t) => serde_json::from_str::<serde_json::Value>(&t)
                 .ok()

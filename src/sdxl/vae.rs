@@ -31,7 +31,7 @@ fn yes() -> bool {
 
 impl VaeConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path).map_err(|e| Error::io(path, e))?;
         let c: Self =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a VAE config: {e}")))?;
         c.validate().map_err(|why| Error::invalid(path, why))?;

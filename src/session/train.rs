@@ -95,7 +95,7 @@ impl Session {
                 rgb.extend_from_slice(&r.rgb[(y * rw + left) * 3..(y * rw + left + size) * 3]);
             }
             let pixels = crate::files::png_meta::rgb8_to_tensor(&rgb, size, size)?;
-            let caption = match std::fs::read_to_string(path.with_extension("txt")) {
+            let caption = match crate::files::read_text(path.with_extension("txt")) {
                 Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
                 _ => default_caption.clone(),
             };

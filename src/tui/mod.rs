@@ -33,7 +33,7 @@ pub fn values(script: &Script) -> Vec<Value> {
 fn eval(script: &mut Script, code: &str) -> (Result<String, String>, bool) {
     use crate::front::input::{command, Command};
     let (source, text) = match command(code) {
-        Ok(Some(Command::LoadSession(f))) => match std::fs::read_to_string(&f) {
+        Ok(Some(Command::LoadSession(f))) => match crate::files::read_text(&f) {
             Ok(t) => (f.display().to_string(), t),
             Err(e) => return (Err(format!("{}: cannot read: {e}", f.display())), false),
         },

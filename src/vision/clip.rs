@@ -42,7 +42,7 @@ fn channels() -> usize {
 impl ClipVisionConfig {
     /// A `clip_vision_model` config, or a full `clip` config's `vision_config` (openai/clip-vit-large-patch14).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path).map_err(|e| Error::io(path, e))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
         let mut vc = v.get("vision_config").cloned().unwrap_or(v.clone());

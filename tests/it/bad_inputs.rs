@@ -430,6 +430,48 @@ fn second_round_causes_stay_fixed() {
         let e = hyperlora::sdxl::text::ClipTextConfig::load(&p).err().unwrap_or_else(|| panic!("{key} accepted"));
         assert!(e.to_string().contains(key), "{e}");
     }
+    // a FIFO in place of a file the program reads: an error naming it, never a hang
+    let finish = |mut c: std::process::Child| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if c.try_wait().unwrap().is_some() {
+                return c.wait_with_output().unwrap();
+            }
+            if std::time::Instant::now() > end {
+                let _ = c.kill();
+                panic!("blocked on a FIFO for 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let sdxl = tmp.path().join("sdxl-fifo");
+    copy_tree(&fixture("sdxl-tiny"), &sdxl);
+    for f in ["unet/config.json", "model_index.json", "tokenizer/vocab.json"] {
+        let p = sdxl.join(f);
+        let _ = std::fs::remove_file(&p);
+        assert!(std::process::Command::new("mkfifo").arg(&p).status().unwrap().success());
+    }
+    let o = finish(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+            .args(["generate", "--model", sdxl.to_str().unwrap(), "--prompt", "x", "--steps", "1", "--out"])
+            .arg(tmp.path().join("fifo.png"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(!o.status.success() && err(&o).contains("not a regular file"), "{}", err(&o));
+    let cfg = tmp.path().join("config-fifo.toml");
+    assert!(std::process::Command::new("mkfifo").arg(&cfg).status().unwrap().success());
+    let o = finish(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+            .arg("doctor")
+            .env("HYPERLORA_CONFIG", &cfg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(!o.status.success() && err(&o).contains("config-fifo.toml"), "{}", err(&o));
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {

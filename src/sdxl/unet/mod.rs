@@ -80,7 +80,7 @@ fn yes() -> bool {
 
 impl UNetConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path).map_err(|e| Error::io(path, e))?;
         let c: Self =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not a UNet config: {e}")))?;
         if c.addition_embed_type.as_deref() != Some("text_time")
