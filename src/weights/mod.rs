@@ -290,6 +290,22 @@ impl StFile {
         keys.into_iter().map(|k| Ok((k.clone(), self.tensor(&k, dtype, device)?))).collect()
     }
 
+    /// True when the tensor data holds only zero bytes (checked whole up to 64 MiB, else at 1024 evenly spaced 4 KiB
+    /// samples): a wiped or never-filled checkpoint, which would load and make constant images.
+    pub fn all_zero(&self) -> bool {
+        let data = &self.bytes[self.data_start.min(self.bytes.len())..];
+        const WHOLE: usize = 64 << 20;
+        if data.is_empty() {
+            return false;
+        }
+        if data.len() <= WHOLE {
+            return data.iter().all(|b| *b == 0);
+        }
+        let (chunk, n) = (4096, 1024);
+        let step = (data.len() - chunk) / (n - 1);
+        (0..n).all(|i| data[i * step..i * step + chunk].iter().all(|b| *b == 0))
+    }
+
     /// A content fingerprint that is cheap on multi-GB files: the header, the length and (for large files) 1024
     /// evenly spaced 4 KiB samples of the data; small files are hashed whole.
     pub fn fingerprint(&self) -> [u8; 32] {

@@ -172,6 +172,12 @@ pub fn build_strict<T>(
             self.0.contains_tensor(n)
         }
     }
+    if file.all_zero() {
+        return Err(Error::invalid(
+            file.path(),
+            "every weight in it is zero (a wiped or never-written file): it would load and make constant images",
+        ));
+    }
     let vb = candle_nn::VarBuilder::from_backend(Box::new(Shared(backend.clone())), dtype, device.clone());
     let model = match build(vb) {
         Ok(m) => m,

@@ -472,6 +472,29 @@ fn second_round_causes_stay_fixed() {
             .unwrap(),
     );
     assert!(!o.status.success() && err(&o).contains("config-fifo.toml"), "{}", err(&o));
+    // a VAE whose weights are all zero: refused at load, naming the file (it would make flat grey images)
+    let vae = tmp.path().join("zero-vae");
+    copy_tree(&fixture("sdxl-tiny/vae"), &vae);
+    let w = hyperlora::weights::StFile::open(vae.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let zeroed: Vec<(String, hyperlora::files::output::RawTensor)> = w
+        .keys()
+        .into_iter()
+        .map(|k| {
+            let t = w.tensor(&k, DType::F32, &Device::Cpu).unwrap().zeros_like().unwrap();
+            (k, hyperlora::files::output::RawTensor::from_tensor(&t, DType::F32).unwrap())
+        })
+        .collect();
+    drop(w);
+    std::fs::write(
+        vae.join("diffusion_pytorch_model.safetensors"),
+        hyperlora::files::output::safetensors_bytes(&zeroed, Default::default()).unwrap(),
+    )
+    .unwrap();
+    let e = hyperlora::sdxl::vae::load_vae(&vae, DType::F32, &Device::Cpu)
+        .err()
+        .expect("an all-zero VAE loaded")
+        .to_string();
+    assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("zero"), "{e}");
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {
