@@ -43,15 +43,40 @@ pub fn write_png(path: &Path, img: &Tensor, text: &[(String, String)], overwrite
 /// The largest PNG side decoded (a header can claim 2³¹ pixels; a few kilobytes must not ask for gigabytes).
 pub const MAX_PNG_SIDE: usize = 16384;
 
+/// The most text one chunk may bring in, decompressed, and all chunks together: settings are a few kilobytes, and a
+/// compressed text chunk (a zTXt "bomb") must not turn a small file into hundreds of megabytes that `save` copies.
+pub const MAX_TEXT_CHUNK: usize = 1 << 20;
+pub const MAX_TEXT_TOTAL: usize = 8 << 20;
+
 fn text_chunks(info: &png::Info) -> Vec<(String, String)> {
-    let mut text: Vec<(String, String)> =
-        info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
+    let dropped = || format!("(dropped: more than {} KiB of text in this chunk)", MAX_TEXT_CHUNK >> 10);
+    let mut text: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), if t.text.len() > MAX_TEXT_CHUNK { dropped() } else { t.text.clone() }))
+        .collect();
     for z in &info.compressed_latin1_text {
-        text.push((z.keyword.clone(), z.get_text().unwrap_or_default()));
+        let mut z = z.clone();
+        let t = match z.decompress_text_with_limit(MAX_TEXT_CHUNK).and_then(|_| z.get_text()) {
+            Ok(t) => t,
+            Err(_) => dropped(),
+        };
+        text.push((z.keyword.clone(), t));
     }
     for i in &info.utf8_text {
-        text.push((i.keyword.clone(), i.get_text().unwrap_or_default()));
+        let mut i = i.clone();
+        let t = match i.decompress_text_with_limit(MAX_TEXT_CHUNK).and_then(|_| i.get_text()) {
+            Ok(t) => t,
+            Err(_) => dropped(),
+        };
+        text.push((i.keyword.clone(), t));
     }
+    // and a bound on all of them together
+    let mut total = 0;
+    text.retain(|(k, v)| {
+        total += k.len() + v.len();
+        total <= MAX_TEXT_TOTAL
+    });
     text
 }
 

@@ -495,6 +495,19 @@ fn second_round_causes_stay_fixed() {
         .expect("an all-zero VAE loaded")
         .to_string();
     assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("zero"), "{e}");
+    // a zTXt "bomb" (20 MB of text in a few KB): the text is dropped, not copied into what is saved
+    let bomb = tmp.path().join("bomb.png");
+    {
+        let f = std::fs::File::create(&bomb).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 8, 8);
+        enc.set_color(png::ColorType::Rgb);
+        enc.add_ztxt_chunk("prompt".into(), "a".repeat(20 << 20)).unwrap();
+        enc.write_header().unwrap().write_image_data(&[90u8; 8 * 8 * 3]).unwrap();
+    }
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 200_000);
+    let (_, _, _, text) = hyperlora::files::png_meta::read_png(&bomb).unwrap();
+    let total: usize = text.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(total < 4096 && text.iter().any(|(_, v)| v.contains("dropped")), "{total} bytes of text kept");
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {
