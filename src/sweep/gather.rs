@@ -133,12 +133,13 @@ pub fn gather(
     crate::files::output::refuse_existing(&index, overwrite)?;
     let files = pngs(dir)?;
     let mut report = Report { index: index.clone(), ..Default::default() };
-    // recipe → (row, pixels) in file order
-    let mut groups: BTreeMap<String, Vec<(usize, Vec<u8>, usize, usize)>> = BTreeMap::new();
+    // recipe → (row, file) in file order; the first pass reads only the text chunks, the pixels are decoded one
+    // image at a time when its thumbnail is made (twelve 16384² PNGs must not be held at once)
+    let mut groups: BTreeMap<String, Vec<(usize, std::path::PathBuf)>> = BTreeMap::new();
     for (i, p) in files.iter().enumerate() {
         progress(i, files.len());
         let file = relative(dir, p);
-        let (rgb, w, h, settings) = match crate::files::png_meta::read_png(p) {
+        let (_, _, settings) = match crate::files::png_meta::read_png_text(p) {
             Ok(x) => x,
             Err(e) => {
                 report.skipped.push((file, e.to_string()));
@@ -153,7 +154,7 @@ pub fn gather(
         let recipe = settings.iter().find(|(k, _)| k == "recipe").map(|(_, v)| v.clone()).unwrap_or_default();
         let recipe = if recipe.is_empty() { "unnamed".to_string() } else { recipe };
         report.rows.push(Row { file, recipe: recipe.clone(), settings });
-        groups.entry(recipe).or_default().push((report.rows.len() - 1, rgb, w, h));
+        groups.entry(recipe).or_default().push((report.rows.len() - 1, p.clone()));
     }
     progress(files.len(), files.len());
     if report.rows.is_empty() {
@@ -162,7 +163,21 @@ pub fn gather(
             format!("no generated images found ({} PNG file(s) looked at, none with generation settings)", files.len()),
         ));
     }
-    let sheet_path = |recipe: &str| out.join(format!("sheet-{}.png", slug(recipe)));
+    // one sheet per recipe, never two recipes on one name (`x/y` and `x_y` both slug to `x_y`: those get a hash)
+    let mut slugs: BTreeMap<String, usize> = BTreeMap::new();
+    for recipe in groups.keys() {
+        *slugs.entry(slug(recipe)).or_default() += 1;
+    }
+    let sheet_path = |recipe: &str| {
+        let s = slug(recipe);
+        match slugs.get(&s) {
+            Some(n) if *n > 1 => {
+                let h = crate::files::provenance::sha256_hex(recipe.as_bytes());
+                out.join(format!("sheet-{s}-{}.png", &h[..8]))
+            }
+            _ => out.join(format!("sheet-{s}.png")),
+        }
+    };
     for recipe in groups.keys() {
         crate::files::output::refuse_existing(&sheet_path(recipe), overwrite)?;
     }
@@ -184,9 +199,18 @@ pub fn gather(
         let fit = ((grid::MAX_PIXELS as f64 / n as f64).sqrt() * 0.8) as usize;
         let side = THUMB.min(fit).max(16);
         let mut thumbs = Vec::with_capacity(n);
-        for (r, rgb, w, h) in rows {
-            let (t, tw, th) = thumbnail(rgb, w, h, side)?;
-            thumbs.push((r, t, tw, th));
+        for (r, p) in rows {
+            match crate::files::png_meta::read_png(&p) {
+                Ok((rgb, w, h, _)) => {
+                    let (t, tw, th) = thumbnail(rgb, w, h, side)?;
+                    thumbs.push((r, t, tw, th));
+                }
+                // its settings were readable, its pixels are not: a blank cell, and said so
+                Err(e) => {
+                    report.skipped.push((report.rows[r].file.clone(), format!("pixels unreadable, a blank cell: {e}")));
+                    thumbs.push((r, vec![40; 16 * 16 * 3], 16, 16));
+                }
+            }
         }
         let cells: Vec<Cell> = thumbs
             .iter()

@@ -221,3 +221,35 @@ fn conflicting_shard_sources_are_named() {
     assert!(!o.status.success() && err.contains("HYPERLORA_SHARDS"), "{err}");
     assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing written");
 }
+
+/// Recipes whose names slug alike (`x/y` and `x_y`) get a sheet each, neither replacing the other.
+#[test]
+fn recipes_that_slug_alike_get_their_own_sheets() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, recipe) in ["x/y", "x_y"].iter().enumerate() {
+        let settings = vec![
+            ("prompt".to_string(), "p".to_string()),
+            ("seed".to_string(), i.to_string()),
+            ("recipe".to_string(), recipe.to_string()),
+        ];
+        let rgb = vec![(i * 100) as u8; 32 * 32 * 3];
+        std::fs::write(
+            tmp.path().join(format!("img{i}.png")),
+            hyperlora::files::png_meta::encode_png(&rgb, 32, 32, &settings).unwrap(),
+        )
+        .unwrap();
+    }
+    let o = gather(tmp.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sheets: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sheet-"))
+        .collect();
+    assert_eq!(sheets.len(), 2, "{sheets:?}");
+    for s in &sheets {
+        let (_, _, _, text) = hyperlora::files::png_meta::read_png(&tmp.path().join(s)).unwrap();
+        let meta = text.iter().find(|(k, _)| k == "hyperlora:grid").unwrap();
+        assert!(meta.1.contains("\"cells\""), "{s}");
+    }
+}
