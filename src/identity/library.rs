@@ -108,6 +108,10 @@ impl Library {
     /// identity of another variant than the library's is refused.
     pub fn save(&self, name: &str, id: &Identity, dtype: DType, overwrite: bool) -> Result<Entry> {
         check_name(name)?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        // read, change and write the index under the library's lock: two processes saving at once both keep
+        // their names (the second reads what the first wrote)
+        let _lock = self.lock()?;
         let mut index = self.index()?;
         if let Some(v) = &index.variant {
             if v.hash != id.variant().hash {
@@ -133,7 +137,6 @@ impl Library {
             d => return Err(Error::InvalidValue(format!("library: store identities as f32 or f16, not {d:?}"))),
         };
         let file = format!("{name}.id.safetensors");
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         id.save_as(&self.dir.join(&file), true, dtype)?;
         let entry = Entry {
             file,
@@ -164,6 +167,7 @@ impl Library {
 
     /// Forget `name` and delete its file.
     pub fn remove(&self, name: &str) -> Result<Entry> {
+        let _lock = self.lock()?;
         let mut index = self.index()?;
         let e = index.entries.remove(name).ok_or_else(|| self.unknown(name, &index))?;
         if index.entries.is_empty() {
@@ -175,6 +179,26 @@ impl Library {
         Ok(e)
     }
 
+    /// The library's advisory lock (`flock` on `index.lock`), held until the guard is dropped.
+    fn lock(&self) -> Result<IndexLock> {
+        let p = self.dir.join("index.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open descriptor; flock has no other precondition
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(Error::io(&p, std::io::Error::last_os_error()));
+            }
+        }
+        Ok(IndexLock(f))
+    }
+
     fn unknown(&self, name: &str, index: &Index) -> Error {
         let names: Vec<&String> = index.entries.keys().take(8).collect();
         Error::InvalidValue(format!(
@@ -184,6 +208,9 @@ impl Library {
         ))
     }
 }
+
+/// Held while the index is read, changed and written; the lock goes with the file descriptor.
+struct IndexLock(#[allow(dead_code)] std::fs::File);
 
 /// One normal path component (`me.safetensors`): no separator, no `.`/`..`, not absolute, not empty.
 fn is_plain_file_name(f: &str) -> bool {

@@ -387,3 +387,37 @@ fn identity_space_against_an_f64_reference() {
         }
     }
 }
+
+/// Two processes saving into one library at once: every name of both is in the index afterwards (the index is
+/// read, changed and written under an advisory lock).
+#[test]
+fn two_processes_saving_into_one_library_keep_every_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    let script = |tag: &str| {
+        let p = tmp.path().join(format!("{tag}.rhai"));
+        std::fs::write(
+            &p,
+            format!(
+                "let me = identity(#{{ path: demo_photo, box: demo_box }});\nlet lib = library({:?});\nfor i in 0..20 {{ lib.save(`{tag}_${{i}}`, me); }}\n",
+                lib.display().to_string()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+            .args(["run", "--demo", "--preview", "never"])
+            .arg(&p)
+            .env("HYPERLORA_DEMO_DIR", demo_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (script("a"), script("b"));
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let names: Vec<String> = Library::open(&lib).unwrap().list().unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 40, "names lost from the index: {names:?}");
+}
