@@ -508,15 +508,6 @@ fn second_round_causes_stay_fixed() {
     let (_, _, _, text) = hyperlora::files::png_meta::read_png(&bomb).unwrap();
     let total: usize = text.iter().map(|(k, v)| k.len() + v.len()).sum();
     assert!(total < 4096 && text.iter().any(|(_, v)| v.contains("dropped")), "{total} bytes of text kept");
-    // the map size limit holds for `m[k] = v` too
-    std::fs::write(d.join("map.rhai"), "let m = #{}; for i in 0..150000 { m[`k${i}`] = i; }\n").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
-        .arg("run")
-        .arg("map.rhai")
-        .current_dir(&d)
-        .output()
-        .unwrap();
-    assert!(!o.status.success() && err(&o).contains("too large"), "{}", err(&o));
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {
