@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """One LoRA training step in PyTorch on the shapes `hyperlora bench train` times, for a side-by-side ratio.
 
-The same work as our bench: a UNet of SDXL base 1.0's shapes (or --config's) with random weights, frozen; a rank-8
+The same work as our bench: a UNet of --config's shapes (`hyperlora bench train` passes SDXL base 1.0's, or the
+demo's tiny one) with random weights, frozen; a rank-8
 LoRA (scale 0.5 = alpha/rank) on to_q, to_k, to_v and to_out.0 of every attention, its factors the only trainable
 tensors; the ε-prediction MSE at timestep 500 of SDXL's scaled-linear schedule; forward and backward. Once without
 and once with diffusers' gradient checkpointing (`enable_gradient_checkpointing`, non-reentrant). One warm-up step,
 then the median of --repeat. Peak memory is the resident set's high-water mark during a step minus the resident set
 before it (Linux /proc), as ours is measured.
 
-    python3 bench/compare_train.py --size 256 --repeat 2 --threads 2
+    python3 bench/compare_train.py --config sdxl_unet_config.json --size 256 --repeat 2 --threads 2
     python3 bench/compare_train.py --config ../shared/fixtures/sdxl-tiny/unet/config.json --size 128
 
 Prints one line of JSON: the versions, and per mode the seconds per step and the peak bytes.
@@ -19,25 +20,6 @@ import statistics
 import sys
 import time
 
-SDXL_BASE_UNET = {
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [320, 640, 1280],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "layers_per_block": 2,
-    "transformer_layers_per_block": [1, 2, 10],
-    "attention_head_dim": [5, 10, 20],
-    "cross_attention_dim": 2048,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "use_linear_projection": True,
-}
 
 
 def status(field):
@@ -63,7 +45,7 @@ def trim():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--config")
+    ap.add_argument("--config", required=True, help="a diffusers UNet config.json")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int)
     a = ap.parse_args()
@@ -77,10 +59,8 @@ def main():
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = SDXL_BASE_UNET
-    if a.config:
-        with open(a.config) as f:
-            cfg = json.load(f)
+    with open(a.config) as f:
+        cfg = json.load(f)
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(cfg).float()
     unet.requires_grad_(False)

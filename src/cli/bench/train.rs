@@ -129,14 +129,12 @@ fn measure(
     Ok((times[times.len() / 2], peak))
 }
 
-fn run_torch(python: &Path, config: Option<&Path>, size: usize, repeat: usize) -> anyhow::Result<Torch> {
+fn run_torch(python: &Path, config: &Path, size: usize, repeat: usize) -> anyhow::Result<Torch> {
     const SCRIPT: &str = include_str!("../../../bench/compare_train.py");
     let mut cmd = std::process::Command::new(python);
     cmd.arg("-").args(["--size", &size.to_string(), "--repeat", &repeat.to_string()]);
     cmd.args(["--threads", &rayon::current_num_threads().to_string()]);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
+    cmd.arg("--config").arg(config);
     eprintln!("timing a PyTorch training step with {} …", python.display());
     run_script(cmd, SCRIPT, "torch")
 }
@@ -155,11 +153,16 @@ pub(super) fn run(a: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut versions = None;
     let tiny_config = tiny_dir.join("config.json");
+    // the script builds the same shapes from the same config.json
+    let sdxl_config = std::env::temp_dir().join(format!("hyperlora-bench-train-{}.json", std::process::id()));
+    if a.torch.is_some() {
+        std::fs::write(&sdxl_config, crate::sdxl::model::SDXL_UNET)?;
+    }
     for (real, size) in [(false, tiny_size), (true, size)] {
         // torch first, so that its process has ended (and freed its weights) before ours are made
         let torch = match &a.torch {
             Some(py) => {
-                let t = run_torch(py, (!real).then_some(tiny_config.as_path()), size, a.repeat)?;
+                let t = run_torch(py, if real { &sdxl_config } else { &tiny_config }, size, a.repeat)?;
                 versions = Some(format!("torch {}, diffusers {}, {} threads", t.torch, t.diffusers, t.threads));
                 Some(t.rows)
             }
@@ -192,6 +195,7 @@ pub(super) fn run(a: Args) -> anyhow::Result<()> {
             });
         }
     }
+    let _ = std::fs::remove_file(&sdxl_config);
     println!(
         "hyperlora {} bench train — one step (forward + backward to a rank-8 LoRA on every attention projection), CPU, {} threads{}",
         env!("CARGO_PKG_VERSION"),
