@@ -33,6 +33,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         crate::files::read_text(&a.recipe).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.recipe.display()))?;
     let flag = a.shard.as_deref().map(Shard::parse).transpose()?;
     // HYPERLORA_SHARDS reaches `a.shards` through clap; the resolver reads the rest of the environment
+    // clap lets a --shards flag silently win over HYPERLORA_SHARDS: two sources that disagree are named instead
+    if let (Ok(env), Some(flag_n)) = (std::env::var("HYPERLORA_SHARDS"), a.shards) {
+        if env.trim().parse::<usize>().ok() != Some(flag_n) {
+            anyhow::bail!("HYPERLORA_SHARDS={env} and --shards {flag_n} disagree: give one of them");
+        }
+    }
     let (shard, source) = crate::sweep::shard::resolve(flag, a.shards, &|k| {
         if k == "HYPERLORA_SHARDS" {
             None

@@ -508,6 +508,16 @@ fn second_round_causes_stay_fixed() {
     let (_, _, _, text) = hyperlora::files::png_meta::read_png(&bomb).unwrap();
     let total: usize = text.iter().map(|(k, v)| k.len() + v.len()).sum();
     assert!(total < 4096 && text.iter().any(|(_, v)| v.contains("dropped")), "{total} bytes of text kept");
+    // HYPERLORA_SHARDS and --shards that disagree are named (clap would let the flag win silently)
+    let o = cli(
+        &["run", "--shards", "5", "--preview", "never", d.join("deep.rhai").to_str().unwrap()],
+        &[("HYPERLORA_SHARDS", "4")],
+    );
+    assert!(
+        !o.status.success() && err(&o).contains("HYPERLORA_SHARDS=4") && err(&o).contains("--shards 5"),
+        "{}",
+        err(&o)
+    );
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {
