@@ -182,8 +182,9 @@ fn defaults_fit_the_model() {
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_hyperlora")).args(args).env("HYPERLORA_DEMO_DIR", &demo).output().unwrap()
     };
+    let generate = |extra: &[&str]| cli(&[&["generate", "--demo", "--prompt", "x"][..], extra].concat());
     let a = tmp.path().join("a.png");
-    let o = cli(&["generate", "--demo", "--prompt", "x", "--steps", "1", "--seed", "1", "--out", a.to_str().unwrap()]);
+    let o = generate(&["--steps", "1", "--seed", "1", "--out", a.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let native = hyperlora::sdxl::unet::UNetConfig::load(
         &hyperlora::synthetic::demo::DemoSet::in_dir(&demo).sdxl.join("unet/config.json"),
@@ -195,34 +196,10 @@ fn defaults_fit_the_model() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("projections merged"), "a LoRA line without a LoRA");
     // img2img keeps the init image's size
     let init = tmp.path().join("init.png");
-    let o = cli(&[
-        "generate",
-        "--demo",
-        "--prompt",
-        "x",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "96",
-        "--out",
-        init.to_str().unwrap(),
-    ]);
+    let o = generate(&["--steps", "1", "--width", "64", "--height", "96", "--out", init.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let b = tmp.path().join("b.png");
-    let o = cli(&[
-        "generate",
-        "--demo",
-        "--prompt",
-        "x",
-        "--steps",
-        "2",
-        "--init-image",
-        init.to_str().unwrap(),
-        "--out",
-        b.to_str().unwrap(),
-    ]);
+    let o = generate(&["--steps", "2", "--init-image", init.to_str().unwrap(), "--out", b.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let img = hyperlora::session::Image::load(&b).unwrap();
     assert_eq!((img.width, img.height), (64, 96), "img2img changed the init image's size");

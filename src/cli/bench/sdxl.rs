@@ -109,13 +109,19 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn sdxl(a: Args) -> anyhow::Result<()> {
+/// `--size` for sdxl and lora: a multiple of 64 up to the generation limit (default 1024).
+fn bench_size(a: &Args) -> anyhow::Result<usize> {
     let size = a.size.unwrap_or(1024);
     anyhow::ensure!(
         size >= 64 && size.is_multiple_of(64) && size <= crate::sdxl::model::MAX_SIDE,
         "--size {size}: a multiple of 64 from 64 to {}",
         crate::sdxl::model::MAX_SIDE
     );
+    Ok(size)
+}
+
+pub fn sdxl(a: Args) -> anyhow::Result<()> {
+    let size = bench_size(&a)?;
     // the refusal generation makes, before any weight is made (the bench calls the sampler directly)
     let elem = if matches!(a.dtype.dtype(), DType::F32) { 4 } else { 2 };
     let need = crate::sdxl::model::memory_needed(&sdxl_base_unet_config(), 128, elem, 1, size, size);
@@ -255,12 +261,7 @@ fn tokens(hidden: usize, size: usize) -> usize {
 }
 
 pub fn lora(a: Args) -> anyhow::Result<()> {
-    let size = a.size.unwrap_or(1024);
-    anyhow::ensure!(
-        size >= 64 && size.is_multiple_of(64) && size <= crate::sdxl::model::MAX_SIDE,
-        "--size {size}: a multiple of 64 from 64 to {}",
-        crate::sdxl::model::MAX_SIDE
-    );
+    let size = bench_size(&a)?;
     let dev = crate::front::device(&a.device)?;
     let dtype = a.dtype.dtype();
     let r = 8;
