@@ -31,7 +31,7 @@ fn run_diffusers(python: &std::path::Path, a: &Args, dev: &Device) -> anyhow::Re
     };
     let mut cmd = std::process::Command::new(python);
     cmd.arg("-").args(["--device", if dev.is_cpu() { "cpu" } else { a.device.as_str() }, "--dtype", dtype]);
-    cmd.args(["--size", &a.size.unwrap_or(1024).to_string(), "--steps", &a.steps.to_string(), "--cfg", "5"]);
+    cmd.args(["--size", &bench_size(a)?.to_string(), "--steps", &a.steps.to_string(), "--cfg", "5"]);
     if dev.is_cpu() {
         cmd.args(["--threads", &rayon::current_num_threads().to_string()]);
     }
@@ -169,14 +169,14 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     let cond =
         Conditioning { embeds: ctx.clone(), pooled: Tensor::randn(0f32, 1.0, (1, pooled_dim), &dev)?.to_dtype(dtype)? };
     let uncond = Conditioning::zeros_like(&cond)?;
-    let lat = a.size.unwrap_or(1024) / 8;
+    let lat = size / 8;
     let spec = SampleSpec {
         sampler: SamplerKind::DpmPp2mKarras,
         steps: a.steps,
         cfg: 5.0,
         cond: &cond,
         uncond: &uncond,
-        time_ids: time_ids(a.size.unwrap_or(1024), a.size.unwrap_or(1024), &dev)?,
+        time_ids: time_ids(size, size, &dev)?,
         strength: 1.0,
     };
     let noise = seeded_noise(1, &[1, 4, lat, lat], &dev)?.to_dtype(dtype)?;
@@ -192,7 +192,7 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
     sync(&dev)?;
     let total = t.elapsed();
     table.row(
-        &format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, a.size.unwrap_or(1024)),
+        &format!("{} steps, {}², CFG 5 (UNet batch 2)", a.steps, size),
         total,
         format!("{:.3} s/step", total.as_secs_f64() / a.steps as f64),
     );
@@ -230,15 +230,15 @@ pub fn sdxl(a: Args) -> anyhow::Result<()> {
         let t = Instant::now();
         run_rest()?;
         let rest = t.elapsed();
-        table.row(&format!("text encoders + VAE decode at {}² (f32 VAE)", a.size.unwrap_or(1024)), rest, String::new());
+        table.row(&format!("text encoders + VAE decode at {}² (f32 VAE)", size), rest, String::new());
         table.row("whole image = sampling + the above", total + rest, "s/image".into());
     }
     if let Some(m) = &model {
         let t = Instant::now();
         let req = GenerateRequest {
             steps: a.steps,
-            width: a.size.unwrap_or(1024),
-            height: a.size.unwrap_or(1024),
+            width: size,
+            height: size,
             ..GenerateRequest::new("fcsks fxhks fhyks, a portrait")
         };
         m.generate(&req, &mut |_, _| ControlFlow::Continue(()))?;
@@ -273,7 +273,7 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
             let rows = 2 * if matches!(p, Proj::K | Proj::V) && m.cross_attention_dim.is_some() {
                 77
             } else {
-                tokens(m.hidden_size, a.size.unwrap_or(1024))
+                tokens(m.hidden_size, size)
             };
             let w = Tensor::randn(0f32, 0.02, (o, i), &dev)?.to_dtype(dtype)?;
             let down = Tensor::randn(0f32, 0.02, (r, i), &dev)?;
@@ -306,10 +306,7 @@ pub fn lora(a: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     table.row(
-        &format!(
-            "runtime terms: x·Dᵀ·Uᵀ on every projection, one UNet forward at {}² with CFG",
-            a.size.unwrap_or(1024)
-        ),
+        &format!("runtime terms: x·Dᵀ·Uᵀ on every projection, one UNet forward at {}² with CFG", size),
         runtime,
         format!("paid every step: {:.2} s over {} steps", runtime.as_secs_f64() * a.steps as f64, a.steps),
     );
