@@ -4,8 +4,10 @@ use crate::error::{Error, Result};
 
 /// The largest photo side and decoder allocation accepted: a header that claims more (a decompression bomb, a
 /// corrupt file) is refused before anything is allocated.
-pub const MAX_PHOTO_SIDE: u32 = 16_384;
-pub const MAX_PHOTO_BYTES: u64 = 1 << 30;
+/// 8,192 px a side so that the face chain fits in a few GB: a 16,384² photo with a whole-image face box needed
+/// 1.1 GB in one allocation for its masks and crops (the 8 GB probe's abort); phone and camera photos are smaller.
+pub const MAX_PHOTO_SIDE: u32 = 8_192;
+pub const MAX_PHOTO_BYTES: u64 = 1 << 28;
 
 /// Read a photo (JPEG, PNG or WebP; the format is sniffed from the bytes) as 8-bit RGB: EXIF orientation applied,
 /// grey and 16-bit converted, alpha dropped (as PIL's `convert("RGB")`). A file that cannot be decoded, or whose

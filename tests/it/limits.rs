@@ -37,7 +37,11 @@ fn a_photo_claiming_gigapixels_is_refused_without_allocating() {
     let p = dir.path().join("bomb.png");
     std::fs::write(&p, png_claiming(65_500, 65_500)).unwrap();
     let e = hyperlora::pixels::photo::load_photo(&p).unwrap_err().to_string();
-    assert!(e.contains("bomb.png") && e.contains("65500×65500") && e.contains("16384"), "{e}");
+    assert!(e.contains("bomb.png") && e.contains("65500×65500") && e.contains("8192"), "{e}");
+    // 16384² was within the old limit, and its face chain (a whole-image box) aborted on a 1.1 GB allocation
+    std::fs::write(&p, png_claiming(16_384, 16_384)).unwrap();
+    let e = hyperlora::pixels::photo::load_photo(&p).unwrap_err().to_string();
+    assert!(e.contains("16384×16384") && e.contains("8192"), "{e}");
     // an ordinary photo still loads
     assert!(hyperlora::pixels::photo::load_photo(&fixture("photo.png")).is_ok());
 }
