@@ -120,6 +120,13 @@ impl HyperLora {
         // the bases are read for every synthesis for as long as the session lives: held in memory, not mapped, so a
         // file replaced or truncated meanwhile cannot kill the session with SIGBUS
         let bases_file = StFile::read(dir.join(BASES_FILE))?;
+        // a NaN in a basis reaches every LoRA made from it: refused here, naming the tensor
+        if let Some(key) = bases_file.first_non_finite() {
+            return Err(Error::invalid(
+                bases_file.path(),
+                format!("`{key}` holds NaN or ±inf: every LoRA synthesized from it would too"),
+            ));
+        }
         let file_cfg = VariantConfigJson::load(&dir.join(CONFIG_FILE))?;
         let base_res_path = dir.join(BASE_RESAMPLER_FILE);
         let has_base = file_cfg.as_ref().and_then(|c| c.has_base_lora).unwrap_or_else(|| base_res_path.exists());

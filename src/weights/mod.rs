@@ -290,6 +290,34 @@ impl StFile {
         keys.into_iter().map(|k| Ok((k.clone(), self.tensor(&k, dtype, device)?))).collect()
     }
 
+    /// The first float tensor holding a NaN or ±inf, by key (read from the raw bytes in parallel: a 3 GB f16 file
+    /// takes a fraction of a second). Integer tensors are skipped.
+    pub fn first_non_finite(&self) -> Option<String> {
+        use rayon::prelude::*;
+        let bad = |raw: &[u8], dt: StDtype| -> bool {
+            match dt {
+                // f16: exponent bits all ones; bf16: likewise in its 8 exponent bits
+                StDtype::F16 => raw
+                    .par_chunks(1 << 16)
+                    .any(|c| c.chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00)),
+                StDtype::BF16 => raw
+                    .par_chunks(1 << 16)
+                    .any(|c| c.chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80)),
+                StDtype::F32 => raw
+                    .par_chunks(1 << 16)
+                    .any(|c| c.chunks_exact(4).any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())),
+                StDtype::F64 => {
+                    raw.chunks_exact(8).any(|b| !f64::from_le_bytes(b.try_into().unwrap_or([0; 8])).is_finite())
+                }
+                _ => false,
+            }
+        };
+        self.keys().into_iter().find(|k| match (self.raw(k), self.dtype(k)) {
+            (Some(raw), Some(dt)) => bad(raw, dt),
+            _ => false,
+        })
+    }
+
     /// True when the tensor data holds only zero bytes (checked whole up to 64 MiB, else at 1024 evenly spaced 4 KiB
     /// samples): a wiped or never-filled checkpoint, which would load and make constant images.
     pub fn all_zero(&self) -> bool {

@@ -518,6 +518,29 @@ fn second_round_causes_stay_fixed() {
         "{}",
         err(&o)
     );
+    // one NaN in the bases: the variant is refused at load, naming the tensor (before any LoRA is made from it)
+    let variant = tmp.path().join("nan-variant");
+    copy_tree(&fixture("hyperlora-tiny"), &variant);
+    let bases = variant.join("hyper_lora_modules.safetensors");
+    let f = hyperlora::weights::StFile::read(&bases).unwrap();
+    let keys: Vec<String> = f.keys().into_iter().collect();
+    let poisoned = keys[0].clone();
+    let tensors: Vec<(String, hyperlora::files::output::RawTensor)> = keys
+        .iter()
+        .map(|k| {
+            let dt = if f.dtype(k) == Some(safetensors::Dtype::F16) { DType::F16 } else { DType::F32 };
+            let mut v = f.to_f32_vec(k).unwrap();
+            if *k == poisoned {
+                v[0] = f32::NAN;
+            }
+            let t = candle_core::Tensor::from_vec(v, f.shape(k).unwrap(), &Device::Cpu).unwrap();
+            (k.clone(), hyperlora::files::output::RawTensor::from_tensor(&t, dt).unwrap())
+        })
+        .collect();
+    drop(f);
+    std::fs::write(&bases, hyperlora::files::output::safetensors_bytes(&tensors, Default::default()).unwrap()).unwrap();
+    let e = hyperlora::HyperLora::load(&variant, &Default::default()).err().expect("NaN bases loaded").to_string();
+    assert!(e.contains("hyper_lora_modules.safetensors") && e.contains(&poisoned) && e.contains("NaN"), "{e}");
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {
