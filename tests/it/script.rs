@@ -404,35 +404,21 @@ fn face_score_ranks_the_own_identity_first() {
 /// It waits for the first sampling step's line (printed where stderr is no terminal), so the signal meets a job.
 #[test]
 fn run_stops_on_ctrl_c() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("long.rhai");
     std::fs::write(&f, "let x = generate(\"x\", #{ steps: 999, width: 256, height: 256 });\nprint(\"finished\");\n")
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+    let out = dir.path().join("stdout.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_hyperlora"))
         .args(["run", "--demo", "--preview", "never"])
         .arg(&f)
         .env("HYPERLORA_DEMO_DIR", demo_dir())
         .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&out).unwrap())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        seen += &l;
-        seen.push('\n');
-        if l.starts_with("sampling step 1/999") {
-            break;
-        }
-    }
-    assert!(seen.contains("sampling step 1/999"), "no sampling step reported:\n{seen}");
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let out = child.wait_with_output().unwrap();
-    let rest = rest.join("\n");
-    assert!(!out.status.success(), "exit 0 after Ctrl-C:\n{rest}");
+    let (status, rest) = crate::common::interrupt_after(child, "sampling step 1/999");
+    assert!(!status.success(), "exit 0 after Ctrl-C:\n{rest}");
     assert!(rest.contains("cancelled"), "{rest}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("finished"), "the script went on after Ctrl-C");
+    assert!(!std::fs::read_to_string(&out).unwrap().contains("finished"), "the script went on after Ctrl-C");
 }

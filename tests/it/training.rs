@@ -266,14 +266,13 @@ fn finetune_refuses_bad_requests_clearly() {
 /// identity nor the loss log.
 #[test]
 fn finetune_stops_on_ctrl_c_and_writes_nothing() {
-    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ft.safetensors");
     let b = hyperlora::synthetic::demo::PHOTO_FACE_BOX;
     let bx = format!("{},{},{},{}", b[0], b[1], b[2], b[3]);
     let demo = demo_dir();
     let photo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo).photo;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
         .args(["finetune", "--demo", "--box", &bx, "--steps", "100000", "--sample-steps", "0", "--out"])
         .arg(&out)
         .arg(&photo)
@@ -282,22 +281,8 @@ fn finetune_stops_on_ctrl_c_and_writes_nothing() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen += &line;
-        seen.push('\n');
-        // the first step's line: training runs (no bar on a pipe, a line instead)
-        if line.starts_with("train step 1/100000: loss ") {
-            break;
-        }
-    }
-    assert!(seen.contains("train step 1/100000"), "no step reported:\n{seen}");
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = child.wait().unwrap();
-    let rest = rest.join("\n");
+    // the first step's line: training runs (no bar on a pipe, a line instead)
+    let (status, rest) = crate::common::interrupt_after(child, "train step 1/100000: loss ");
     assert!(!status.success(), "exit 0 after Ctrl-C:\n{rest}");
     assert!(rest.contains("cancelled"), "{rest}");
     assert!(!out.exists() && !out.with_extension("loss.csv").exists(), "a file was written after Ctrl-C");

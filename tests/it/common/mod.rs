@@ -150,3 +150,23 @@ pub fn cached_dir(key: &str, make: impl FnOnce(&Path)) -> PathBuf {
 pub fn describe_sources(id: &hyperlora::Identity) -> String {
     hyperlora::script::describe_identity(id)
 }
+
+/// Ctrl-C as a user gives it: wait until `child` (stderr piped) prints a line starting with `ready`, send it a
+/// real SIGINT, and return its exit status and everything it printed to stderr after that line.
+pub fn interrupt_after(mut child: std::process::Child, ready: &str) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let mut seen = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen += &l;
+        seen.push('\n');
+        if l.starts_with(ready) {
+            break;
+        }
+    }
+    assert!(seen.lines().any(|l| l.starts_with(ready)), "`{ready}` never printed:\n{seen}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    (child.wait().unwrap(), rest.join("\n"))
+}
