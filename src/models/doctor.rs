@@ -77,6 +77,7 @@ fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
             crate::sdxl::scheduler::SchedulerConfig::load(&sched)?;
         }
         let f = StFile::open(&unet)?;
+        f.check_float_dtypes()?;
         Ok(format!(
             "diffusers folder, {}, UNet {} tensors, {}",
             human(size_of(p)),
@@ -85,6 +86,7 @@ fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
         ))
     } else {
         let f = StFile::open(p)?;
+        f.check_float_dtypes()?;
         crate::sdxl::single_file::detect(&f)?;
         let configs = match config {
             Some(c) => format!("configs from {}", c.display()),
@@ -114,6 +116,7 @@ fn check_hyper(p: &Path) -> Result<String> {
     let (modules, _) = crate::hyper::modules::load(&p.join("hyper_lora_modules.json"))?;
     let n = modules.len();
     let bases = StFile::open(p.join("hyper_lora_modules.safetensors"))?;
+    bases.check_float_dtypes()?;
     let id_bases = bases.keys().iter().filter(|k| k.contains(".id_")).count();
     if id_bases != 8 * n {
         return Err(Error::invalid(
@@ -122,6 +125,7 @@ fn check_hyper(p: &Path) -> Result<String> {
         ));
     }
     let res = StFile::open(p.join("resampler.safetensors"))?;
+    res.check_float_dtypes()?;
     let q = res.shape("latents").map(|s| s.to_vec()).unwrap_or_default();
     if q.get(1) != Some(&(8 * n)) {
         return Err(Error::invalid(
@@ -129,15 +133,21 @@ fn check_hyper(p: &Path) -> Result<String> {
             format!("`latents` has shape {q:?}; {n} modules need {} queries", 8 * n),
         ));
     }
-    StFile::open(p.join("id_projector.safetensors"))?;
+    StFile::open(p.join("id_projector.safetensors"))?.check_float_dtypes()?;
     let first = bases.keys().into_iter().next().unwrap_or_default();
-    let base = if p.join("base_resampler.safetensors").is_file() { ", Base branch" } else { "" };
+    let base = if p.join("base_resampler.safetensors").is_file() {
+        StFile::open(p.join("base_resampler.safetensors"))?.check_float_dtypes()?;
+        ", Base branch"
+    } else {
+        ""
+    };
     Ok(format!("{} modules, {}, bases {}{base}", n, human(size_of(p)), tensor_info(&bases, &first)))
 }
 
 fn check_clip(p: &Path) -> Result<String> {
     let cfg = crate::vision::clip::ClipVisionConfig::load(&p.join("config.json"))?;
     let f = StFile::open(p.join("model.safetensors"))?;
+    f.check_float_dtypes()?;
     let key = "vision_model.embeddings.patch_embedding.weight";
     let shape = f
         .shape(key)

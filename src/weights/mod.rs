@@ -113,6 +113,14 @@ impl StFile {
         Some(&self.bytes[self.data_start + a..self.data_start + b])
     }
 
+    /// Every tensor is of a float dtype the loaders read (header only; `doctor` runs it as loading does).
+    pub fn check_float_dtypes(&self) -> Result<()> {
+        for k in self.keys() {
+            self.check_dtype(&k)?;
+        }
+        Ok(())
+    }
+
     fn check_dtype(&self, key: &str) -> Result<StDtype> {
         let dt = self.dtype(key).ok_or_else(|| Error::Missing {
             file: self.path.clone(),

@@ -541,6 +541,42 @@ fn second_round_causes_stay_fixed() {
     std::fs::write(&bases, hyperlora::files::output::safetensors_bytes(&tensors, Default::default()).unwrap()).unwrap();
     let e = hyperlora::HyperLora::load(&variant, &Default::default()).err().expect("NaN bases loaded").to_string();
     assert!(e.contains("hyper_lora_modules.safetensors") && e.contains(&poisoned) && e.contains("NaN"), "{e}");
+    // a bool tensor among the bases: doctor says BAD with the loader's words (file and tensor), as loading does
+    let variant = tmp.path().join("bool-variant");
+    copy_tree(&fixture("hyperlora-tiny"), &variant);
+    let bases = variant.join("hyper_lora_modules.safetensors");
+    let f = hyperlora::weights::StFile::read(&bases).unwrap();
+    let keys: Vec<String> = f.keys().into_iter().collect();
+    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let shape = f.shape(k).unwrap().to_vec();
+            match i {
+                0 => (k.clone(), safetensors::Dtype::BOOL, shape.clone(), vec![0u8; shape.iter().product()]),
+                _ => (k.clone(), f.dtype(k).unwrap(), shape, f.raw(k).unwrap().to_vec()),
+            }
+        })
+        .collect();
+    drop(f);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(k, dt, shape, data)| {
+            (k.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap())
+        })
+        .collect();
+    std::fs::write(&bases, safetensors::serialize(views, None).unwrap()).unwrap();
+    let load =
+        hyperlora::HyperLora::load(&variant, &Default::default()).err().expect("a BOOL basis loaded").to_string();
+    let c =
+        hyperlora::models::doctor(&hyperlora::session::ModelPaths { hyperlora: Some(variant), ..Default::default() });
+    let h = c.iter().find(|c| c.component == "hyperlora").unwrap();
+    assert!(h.status == hyperlora::models::Status::Bad, "doctor says ok where loading refuses: {load}");
+    assert!(
+        h.detail.contains(&keys[0]) && h.detail.contains("BOOL") && load.contains(&keys[0]),
+        "{} / {load}",
+        h.detail
+    );
     // pca: more directions than identities
     let ids: Vec<hyperlora::Identity> = (0..3)
         .map(|i| {
