@@ -72,12 +72,7 @@ fn out_paths(a: &Args) -> Vec<PathBuf> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if let Some(c) = a.config.as_ref().filter(|c| !c.is_dir()) {
-        anyhow::bail!(
-            "{}: --config is not a folder (a diffusers-layout folder with the configs is expected)",
-            c.display()
-        );
-    }
+    crate::front::args::configs_folder(a.config.as_deref(), "--config")?;
     anyhow::ensure!(
         (1..=crate::sdxl::model::MAX_BATCH).contains(&a.batch),
         "--batch {}: batch must be 1 to {} (images in one UNet batch)",

@@ -12,11 +12,19 @@ use std::path::Path;
 /// something writes to it, a device could be endless, a folder is a mistake worth naming.
 pub fn open_regular(path: &Path) -> Result<std::fs::File> {
     let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !m.is_file() {
-        let what = if m.is_dir() { "a folder" } else { "not a regular file (a FIFO, device or socket)" };
+    if let Some(what) = not_regular(&m) {
         return Err(Error::invalid(path, format!("is {what}; expected a file")));
     }
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// What a path is when it is not a regular file, as the refusals of `open_regular` and `read_text` say it.
+fn not_regular(m: &std::fs::Metadata) -> Option<&'static str> {
+    match (m.is_file(), m.is_dir()) {
+        (true, _) => None,
+        (false, true) => Some("a folder"),
+        (false, false) => Some("not a regular file (a FIFO, device or socket)"),
+    }
 }
 
 /// The largest text file read whole (configs, tokenizer files, recipes, indexes): anything larger is not ours.
@@ -28,9 +36,8 @@ pub const MAX_TEXT_BYTES: u64 = 256 << 20;
 pub fn read_text(path: impl AsRef<Path>) -> std::io::Result<String> {
     let path = path.as_ref();
     let m = std::fs::metadata(path)?;
-    if !m.is_file() {
-        let what = if m.is_dir() { "is a folder" } else { "is not a regular file (a FIFO, device or socket)" };
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    if let Some(what) = not_regular(&m) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("is {what}")));
     }
     if m.len() > MAX_TEXT_BYTES {
         return Err(std::io::Error::new(

@@ -2,7 +2,7 @@
 //! (flags > environment > config file > ComfyUI tree > hub cache), the device and dtype, and the session built
 //! from them.
 use crate::session::{Event, ModelPaths, Session, SessionOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The dtype SDXL computes in (the VAE stays f32).
@@ -116,6 +116,17 @@ pub fn resolve_paths(a: &ModelArgs) -> anyhow::Result<(ModelPaths, Vec<String>)>
         paths.sdxl_config = d.candidates.iter().find(|(c, p)| *c == "sdxl" && p.is_dir()).map(|(_, p)| p.clone());
     }
     Ok((paths, hints))
+}
+
+/// A configs folder given for a single-file checkpoint must exist: a mistyped path is an error, never skipped.
+pub fn configs_folder(dir: Option<&Path>, flag: &str) -> anyhow::Result<()> {
+    match dir.filter(|c| !c.is_dir()) {
+        Some(c) => anyhow::bail!(
+            "{}: {flag} is not a folder (a diffusers-layout folder with the configs is expected)",
+            c.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The session for resolved paths, reporting to `listener`.

@@ -37,8 +37,9 @@ pub fn export_kohya(
         max_rank = max_rank.max(rank);
         for (t, which) in [(&s.down, "lora_down"), (&s.up, "lora_up")] {
             // every value must survive the file's dtype: a NaN (from the bases) or a weight that overflows f16
-            // would write a file that loads and ruins every image
-            let v = t.to_dtype(dtype)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            // would write a file that loads and ruins every image (converted once, checked, then stored)
+            let stored = t.to_dtype(dtype)?;
+            let v = stored.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
                 let hint = if t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()) {
                     format!(
@@ -51,9 +52,8 @@ pub fn export_kohya(
                     "export: {k}.{which}.weight would hold {bad} in {dtype:?}; nothing was written — {hint}"
                 )));
             }
+            tensors.push((format!("{k}.{which}.weight"), RawTensor::from_tensor(&stored, dtype)?));
         }
-        tensors.push((format!("{k}.lora_down.weight"), RawTensor::from_tensor(&s.down, dtype)?));
-        tensors.push((format!("{k}.lora_up.weight"), RawTensor::from_tensor(&s.up, dtype)?));
         tensors.push((format!("{k}.alpha"), RawTensor::scalar_f32((rank as f64 * alpha_ratio) as f32)));
     }
     let bytes = safetensors_bytes(&tensors, metadata)?;

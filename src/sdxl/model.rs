@@ -108,6 +108,22 @@ pub fn memory_needed(unet: &UNetConfig, vae_ch: usize, elem: usize, batch: usize
     (scores * 2 + activations) * elem as u128 + vae
 }
 
+/// The one refusal of every memory estimate (generation, training, benchmarks): `need` bytes against MemAvailable,
+/// as "{what} needs about N GB{purpose}; M GB are available{remedy}". Where /proc does not tell, nothing is refused.
+pub fn refuse_over_available(need: u128, what: &str, purpose: &str, remedy: &str) -> Result<()> {
+    match available_memory() {
+        Some(avail) if need > avail => {
+            let gb = |b: u128| b as f64 / 1e9;
+            Err(Error::InvalidValue(format!(
+                "{what} needs about {:.1} GB{purpose}; {:.1} GB are available{remedy}",
+                gb(need),
+                gb(avail)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// MemAvailable from /proc/meminfo, in bytes.
 pub fn available_memory() -> Option<u128> {
     let t = crate::files::read_text("/proc/meminfo").ok()?;
@@ -160,20 +176,12 @@ impl Sdxl {
         };
         let vae_ch = self.vae.config().block_out_channels.first().copied().unwrap_or(128);
         let need = memory_needed(self.unet.config(), vae_ch, elem as usize, req.batch, req.height, req.width);
-        if let Some(avail) = available_memory() {
-            if need > avail {
-                let gb = |b: u128| b as f64 / 1e9;
-                return Err(Error::InvalidValue(format!(
-                    "a batch of {} at {}×{} needs about {:.1} GB for the UNet's attention and activations and the VAE decode; {:.1} GB are available: use a smaller size or batch",
-                    req.batch,
-                    req.width,
-                    req.height,
-                    gb(need),
-                    gb(avail)
-                )));
-            }
-        }
-        Ok(())
+        refuse_over_available(
+            need,
+            &format!("a batch of {} at {}×{}", req.batch, req.width, req.height),
+            " for the UNet's attention and activations and the VAE decode",
+            ": use a smaller size or batch",
+        )
     }
 
     /// `path`: a diffusers folder (model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/) or a

@@ -79,18 +79,15 @@ pub fn check_memory(unet: &UNet, batch: usize, size: usize, checkpointing: bool)
     }
     let elem = unet.dtype().size_in_bytes() as u128;
     let need = unet.config().training_elements(batch, size, size, checkpointing) * elem;
-    let Some(avail) = crate::sdxl::model::available_memory() else { return Ok(()) };
-    if need > avail {
-        let gb = |b: u128| b as f64 / 1e9;
-        return Err(Error::InvalidValue(format!(
-            "a training step at {size}² (batch {batch}, gradient checkpointing {}) needs about {:.1} GB for the UNet's activations; {:.1} GB are available: {}",
-            if checkpointing { "on" } else { "off" },
-            gb(need),
-            gb(avail),
-            if checkpointing { "use a smaller size" } else { "turn gradient checkpointing on or use a smaller size" }
-        )));
-    }
-    Ok(())
+    crate::sdxl::model::refuse_over_available(
+        need,
+        &format!(
+            "a training step at {size}² (batch {batch}, gradient checkpointing {})",
+            if checkpointing { "on" } else { "off" }
+        ),
+        " for the UNet's activations",
+        if checkpointing { ": use a smaller size" } else { ": turn gradient checkpointing on or use a smaller size" },
+    )
 }
 
 /// DDPM `add_noise`: `sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise`, row by row (ᾱ from the scheduler's `alphas_cumprod`).

@@ -326,20 +326,23 @@ impl StFile {
         })
     }
 
-    /// True when the tensor data holds only zero bytes (checked whole up to 64 MiB, else at 1024 evenly spaced 4 KiB
-    /// samples): a wiped or never-filled checkpoint, which would load and make constant images.
-    pub fn all_zero(&self) -> bool {
+    /// The tensor data as `fingerprint` and `all_zero` read it: whole up to 64 MiB, else 1024 evenly spaced 4 KiB
+    /// samples (cheap on multi-GB files).
+    fn data_samples(&self) -> Vec<&[u8]> {
         let data = &self.bytes[self.data_start.min(self.bytes.len())..];
         const WHOLE: usize = 64 << 20;
-        if data.is_empty() {
-            return false;
-        }
         if data.len() <= WHOLE {
-            return data.iter().all(|b| *b == 0);
+            return vec![data];
         }
         let (chunk, n) = (4096, 1024);
         let step = (data.len() - chunk) / (n - 1);
-        (0..n).all(|i| data[i * step..i * step + chunk].iter().all(|b| *b == 0))
+        (0..n).map(|i| &data[i * step..i * step + chunk]).collect()
+    }
+
+    /// True when the tensor data holds only zero bytes (all of it up to 64 MiB, else the samples of
+    /// `data_samples`): a wiped or never-filled checkpoint, which would load and make constant images.
+    pub fn all_zero(&self) -> bool {
+        self.bytes.len() > self.data_start && self.data_samples().iter().all(|s| s.iter().all(|b| *b == 0))
     }
 
     /// A content fingerprint that is cheap on multi-GB files: the header, the length and (for large files) 1024
@@ -349,18 +352,8 @@ impl StFile {
         let bytes: &[u8] = &self.bytes;
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes[..self.data_start.min(bytes.len())]);
-        let data = &bytes[self.data_start.min(bytes.len())..];
-        const WHOLE: usize = 64 << 20;
-        if data.len() <= WHOLE {
-            h.update(data);
-        } else {
-            let chunk = 4096;
-            let n = 1024;
-            let step = (data.len() - chunk) / (n - 1);
-            for i in 0..n {
-                let a = i * step;
-                h.update(&data[a..a + chunk]);
-            }
+        for s in self.data_samples() {
+            h.update(s);
         }
         h.finalize().into()
     }

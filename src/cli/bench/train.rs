@@ -41,14 +41,10 @@ fn reset_peak() {
     }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
-fn peak_rss() -> Option<f64> {
+/// A `kB` field of /proc/self/status (VmRSS, VmHWM), in bytes.
+fn status_bytes(field: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
-}
-fn rss() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024.0)
 }
 
@@ -116,11 +112,11 @@ fn measure(
     let mut peak: Option<f64> = None;
     for _ in 0..repeat.max(1) {
         reset_peak();
-        let before = rss();
+        let before = status_bytes("VmRSS:");
         let t = Instant::now();
         run()?;
         times.push(t.elapsed());
-        if let (Some(b), Some(p)) = (before, peak_rss()) {
+        if let (Some(b), Some(p)) = (before, status_bytes("VmHWM:")) {
             peak = Some(peak.unwrap_or(0f64).max(p - b));
         }
     }
