@@ -23,12 +23,18 @@ pub(super) fn listener() -> crate::session::Listener {
     let bar: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
     let logged: Mutex<Option<std::time::Instant>> = Mutex::new(None);
     let tty = std::io::stderr().is_terminal();
-    let line = move |what: &str, step: usize, total: usize, detail: String, elapsed: f64| {
+    // `first`: the first step of this run (a resumed training run starts past 1); rate and ETA count from it
+    let line = move |what: &str, step: usize, first: usize, total: usize, detail: String, elapsed: f64| {
         let Ok(mut last) = logged.lock() else { return };
-        let due = step == 1 || step == total || last.is_none_or(|t| t.elapsed().as_secs() >= 10);
+        let due = step == first || step == total || last.is_none_or(|t| t.elapsed().as_secs() >= 10);
         if !tty && due {
             *last = Some(std::time::Instant::now());
-            eprintln!("{what} step {step}/{total}: {detail}{}", rate(step, elapsed));
+            let done = (step + 1).saturating_sub(first);
+            let eta = match elapsed > 0.0 && done > 0 && step < total {
+                true => format!(", eta {:.0} s", elapsed / done as f64 * (total - step) as f64),
+                false => String::new(),
+            };
+            eprintln!("{what} step {step}/{total}: {detail}{}{eta}", rate(done, elapsed));
         }
     };
     let advance = move |step: usize, total: usize, msg: String| {
@@ -49,13 +55,14 @@ pub(super) fn listener() -> crate::session::Listener {
         Event::Loaded { component, seconds } => eprintln!("loaded {component} in {seconds:.1} s"),
         Event::Encoded { photo, detail, .. } => eprintln!("{photo}: {detail}"),
         Event::Note(n) => eprintln!("{n}"),
-        Event::Train { step, total, loss, lr, elapsed } => {
-            line("train", *step, *total, format!("loss {loss:.5} lr {lr:.2e} "), *elapsed);
-            advance(*step, *total, format!("loss {loss:.5} lr {lr:.2e} {}", rate(*step, *elapsed)))
+        Event::Train { step, total, first, loss, lr, elapsed } => {
+            line("train", *step, *first, *total, format!("loss {loss:.5} lr {lr:.2e} "), *elapsed);
+            let done = (step + 1).saturating_sub(*first);
+            advance(*step, *total, format!("loss {loss:.5} lr {lr:.2e} {}", rate(done, *elapsed)))
         }
         Event::Preview { .. } => {}
         Event::Step { step, total, elapsed } => {
-            line("sampling", *step, *total, String::new(), *elapsed);
+            line("sampling", *step, 1, *total, String::new(), *elapsed);
             advance(*step, *total, rate(*step, *elapsed))
         }
     })

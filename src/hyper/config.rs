@@ -75,8 +75,48 @@ impl HyperConfig {
         }
     }
 
+    /// The demo set's small configuration (`--dims tiny`) for `num_modules` modules and CLIP width `embedding_dim`.
+    pub fn tiny(num_modules: usize, embedding_dim: usize) -> Self {
+        HyperConfig {
+            id_embed_dim: 512,
+            num_id_tokens: 4,
+            embedding_dim,
+            resampler: ResamplerConfig {
+                dim: 64,
+                depth: 2,
+                heads: 2,
+                dim_head: 32,
+                ff_mult: 4,
+                num_queries: 8 * num_modules,
+                embedding_dim,
+                output_dim: 16,
+                n_conds: 2,
+            },
+            hyper_dim: 16,
+            lora_rank: 4,
+            base_lora_rank: None,
+            num_modules,
+        }
+    }
+
     pub fn has_base(&self) -> bool {
         self.base_lora_rank.is_some()
+    }
+
+    /// The variant's `config.json` (what `VariantConfigJson` reads back and cross-checks).
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.resampler;
+        let mut c = serde_json::json!({
+            "encoder_types": ["clip", "arcface"],
+            "id_embed_dim": self.id_embed_dim, "num_id_tokens": self.num_id_tokens, "embedding_dim": self.embedding_dim,
+            "resampler": { "dim": r.dim, "dim_head": r.dim_head, "heads": r.heads, "depth": r.depth, "ff_mult": r.ff_mult },
+            "hyper_dim": self.hyper_dim, "lora_rank": self.lora_rank, "has_base_lora": self.has_base(),
+            "num_modules": self.num_modules, "num_queries": r.num_queries,
+        });
+        if let Some(b) = self.base_lora_rank {
+            c["base_lora_rank"] = b.into();
+        }
+        c
     }
 }
 

@@ -36,20 +36,31 @@ pub struct Trainable {
     device: Device,
 }
 
-/// Variables for the expected keys of one file, and a VarBuilder over them.
+/// Which weights get a variable (and so a gradient): the others are constants, which a backward pass skips.
+pub type Selects<'a> = &'a dyn Fn(&str) -> bool;
+
+/// Variables (for the selected keys; constants for the rest) for the expected keys of one file, and a VarBuilder
+/// over them.
 fn vars_of(
     file: &StFile,
     expected: &[Expected],
     group: &str,
     device: &Device,
+    selects: Selects,
     out: &mut Vec<(String, Var)>,
 ) -> Result<VarBuilder<'static>> {
     file.check_strict(expected, "")?;
     let mut map = HashMap::new();
     for e in expected {
-        let v = Var::from_tensor(&file.tensor(&e.key, DType::F32, device)?)?;
-        map.insert(e.key.clone(), v.as_tensor().clone());
-        out.push((format!("{group}.{}", e.key), v));
+        let t = file.tensor(&e.key, DType::F32, device)?;
+        let name = format!("{group}.{}", e.key);
+        if selects(&name) {
+            let v = Var::from_tensor(&t)?;
+            map.insert(e.key.clone(), v.as_tensor().clone());
+            out.push((name, v));
+        } else {
+            map.insert(e.key.clone(), t);
+        }
     }
     Ok(VarBuilder::from_tensors(map, DType::F32, device))
 }
@@ -57,18 +68,24 @@ fn vars_of(
 impl HyperLora {
     /// Every weight of this variant as an f32 variable on `device`, in modules that compute with them.
     pub fn trainable(&self, device: &Device) -> Result<Trainable> {
+        self.trainable_with(device, &|_| true)
+    }
+
+    /// The variant's weights in f32 on `device`, as variables where `selects(group.key)` says so and as constants
+    /// elsewhere (a backward pass computes no gradient for those).
+    pub fn trainable_with(&self, device: &Device, selects: Selects) -> Result<Trainable> {
         let mut vars = Vec::new();
         let build = |e: candle_core::Error, f: &StFile| Error::invalid(f.path(), format!("cannot build: {e}"));
         let f = StFile::open(self.dir.join(ID_PROJECTOR_FILE))?;
-        let vb = vars_of(&f, &IdProjector::expected(&self.config), ID_PROJECTOR, device, &mut vars)?;
+        let vb = vars_of(&f, &IdProjector::expected(&self.config), ID_PROJECTOR, device, selects, &mut vars)?;
         let id_projector = IdProjector::new(&self.config, vb).map_err(|e| build(e, &f))?;
         let f = StFile::open(self.dir.join(RESAMPLER_FILE))?;
-        let vb = vars_of(&f, &Resampler::expected(&self.config.resampler), RESAMPLER, device, &mut vars)?;
+        let vb = vars_of(&f, &Resampler::expected(&self.config.resampler), RESAMPLER, device, selects, &mut vars)?;
         let resampler = Resampler::new(&self.config.resampler, vb).map_err(|e| build(e, &f))?;
         let base_resampler = match &self.base_resampler_config {
             Some(c) => {
                 let f = StFile::open(self.dir.join(BASE_RESAMPLER_FILE))?;
-                let vb = vars_of(&f, &Resampler::expected(c), BASE_RESAMPLER, device, &mut vars)?;
+                let vb = vars_of(&f, &Resampler::expected(c), BASE_RESAMPLER, device, selects, &mut vars)?;
                 Some(Resampler::new(c, vb).map_err(|e| build(e, &f))?)
             }
             None => None,
@@ -78,9 +95,15 @@ impl HyperLora {
         let f = self.bases.file();
         let mut bases = HashMap::new();
         for e in &expected {
-            let v = Var::from_tensor(&f.tensor(&e.key, DType::F32, device)?)?;
-            bases.insert(e.key.clone(), v.as_tensor().clone());
-            vars.push((format!("{BASES}.{}", e.key), v));
+            let t = f.tensor(&e.key, DType::F32, device)?;
+            let name = format!("{BASES}.{}", e.key);
+            if selects(&name) {
+                let v = Var::from_tensor(&t)?;
+                bases.insert(e.key.clone(), v.as_tensor().clone());
+                vars.push((name, v));
+            } else {
+                bases.insert(e.key.clone(), t);
+            }
         }
         Ok(Trainable {
             vars,
@@ -98,7 +121,7 @@ impl HyperLora {
 }
 
 impl Trainable {
-    /// Every variable with its name (`group.key`), in file order.
+    /// Every variable with its name (`group.key`), in file order (only the selected ones: `trainable_with`).
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
     }

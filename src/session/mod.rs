@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::models::ModelPaths;
+pub use curriculum::{Dims, TrainOutcome, TrainRun};
 pub use generate::Generate;
 pub use image::Image;
 use photos::PhotoFeatures;
@@ -31,6 +32,7 @@ pub use photos::PhotoSpec;
 pub use refine::{detail_square, feather, RefineFace};
 pub use train::{centre_crop, Finetune, FinetuneReport};
 
+mod curriculum;
 mod generate;
 mod image;
 mod lora;
@@ -82,10 +84,12 @@ pub enum Event {
         total: usize,
         image: Image,
     },
-    /// One training step done (1-based) of `total`: its loss and learning rate.
+    /// One training step done (1-based) of `total`: its loss and learning rate. `first` is the first step of this
+    /// run (a resumed run starts past 1), `elapsed` the seconds since it.
     Train {
         step: usize,
         total: usize,
+        first: usize,
         loss: f64,
         lr: f64,
         elapsed: f64,

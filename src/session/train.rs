@@ -64,15 +64,7 @@ impl Session {
         if f.photos.is_empty() {
             return Err(Error::Mismatch("fine-tuning needs at least one photo".into()));
         }
-        let size = match f.size {
-            Some(s) => s,
-            None => self.sdxl()?.unet.config().native_size(),
-        };
-        if size == 0 || !size.is_multiple_of(8) || size > crate::sdxl::model::MAX_SIDE {
-            return Err(Error::InvalidValue(format!(
-                "training size {size} must be a positive multiple of 8 up to 8192"
-            )));
-        }
+        let size = self.training_size(f.size)?;
         step::check_memory(&self.sdxl()?.unet, 1, size, f.options.checkpointing.at(size))?;
         let default_caption = f.prompt.clone().unwrap_or_else(|| format!("{TRIGGER}, a photo of a person"));
         let mut pairs = Vec::new();
@@ -88,34 +80,61 @@ impl Session {
                     ),
                 ));
             }
-            let (rw, rh, top, left) = centre_crop(img.width, img.height, size);
-            let r = img.resized(rw, rh)?;
-            let mut rgb = Vec::with_capacity(size * size * 3);
-            for y in top..top + size {
-                rgb.extend_from_slice(&r.rgb[(y * rw + left) * 3..(y * rw + left + size) * 3]);
-            }
-            let pixels = crate::files::png_meta::rgb8_to_tensor(&rgb, size, size)?;
             let caption = match crate::files::read_text(path.with_extension("txt")) {
                 Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
                 _ => default_caption.clone(),
             };
-            let (cond, _, _) = self.encode_text(&caption, None)?;
-            let sdxl = self.sdxl()?;
-            let dev = sdxl.options.device.clone();
-            let latents = sdxl
-                .vae
-                .encode_latents(&pixels.to_device(&dev)?.to_dtype(sdxl.options.vae_dtype)?, None)?
-                .to_dtype(sdxl.options.dtype)?;
-            let ids = [img.height, img.width, top, left, size, size].map(|v| v as f32);
-            pairs.push(crate::train::finetune::Pair {
-                name: path.display().to_string(),
-                latents,
-                context: cond.embeds.clone(),
-                text_embeds: cond.pooled.clone(),
-                time_ids: Tensor::new(&[ids], &dev)?.to_dtype(sdxl.options.dtype)?,
-            });
+            pairs.push(self.training_pair(&img, &path.display().to_string(), &caption, size)?);
         }
         Ok((pairs, size))
+    }
+
+    /// The training size asked for (default: the model's native size), checked.
+    pub(super) fn training_size(&mut self, size: Option<usize>) -> Result<usize> {
+        let size = match size {
+            Some(s) => s,
+            None => self.sdxl()?.unet.config().native_size(),
+        };
+        if size == 0 || !size.is_multiple_of(8) || size > crate::sdxl::model::MAX_SIDE {
+            return Err(Error::InvalidValue(format!(
+                "training size {size} must be a positive multiple of 8 up to 8192"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// One photo as a training pair: resized so its short side is `size` and centre-cropped (`centre_crop`),
+    /// VAE-encoded (latent mean × scaling factor), its caption encoded, with SDXL time ids (original size, crop
+    /// top-left, target size).
+    pub(super) fn training_pair(
+        &mut self,
+        img: &Image,
+        name: &str,
+        caption: &str,
+        size: usize,
+    ) -> Result<crate::train::finetune::Pair> {
+        let (rw, rh, top, left) = centre_crop(img.width, img.height, size);
+        let r = img.resized(rw, rh)?;
+        let mut rgb = Vec::with_capacity(size * size * 3);
+        for y in top..top + size {
+            rgb.extend_from_slice(&r.rgb[(y * rw + left) * 3..(y * rw + left + size) * 3]);
+        }
+        let pixels = crate::files::png_meta::rgb8_to_tensor(&rgb, size, size)?;
+        let (cond, _, _) = self.encode_text(caption, None)?;
+        let sdxl = self.sdxl()?;
+        let dev = sdxl.options.device.clone();
+        let latents = sdxl
+            .vae
+            .encode_latents(&pixels.to_device(&dev)?.to_dtype(sdxl.options.vae_dtype)?, None)?
+            .to_dtype(sdxl.options.dtype)?;
+        let ids = [img.height, img.width, top, left, size, size].map(|v| v as f32);
+        Ok(crate::train::finetune::Pair {
+            name: name.to_string(),
+            latents,
+            context: cond.embeds.clone(),
+            text_embeds: cond.pooled.clone(),
+            time_ids: Tensor::new(&[ids], &dev)?.to_dtype(sdxl.options.dtype)?,
+        })
     }
 
     /// A step callback that reports progress and stops on Ctrl-C (between steps).
@@ -125,6 +144,7 @@ impl Session {
             listener(&Event::Train {
                 step: r.step,
                 total: r.total,
+                first: 1,
                 loss: r.loss,
                 lr: r.lr,
                 elapsed: t0.elapsed().as_secs_f64(),

@@ -5,7 +5,7 @@
 use super::onnx;
 use crate::error::{Error, Result};
 use crate::files::output::{safetensors_bytes, RawTensor};
-use crate::hyper::config::{HyperConfig, ResamplerConfig};
+use crate::hyper::config::HyperConfig;
 use crate::hyper::modules::ModuleSpec;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -276,26 +276,7 @@ fn write_all(set: &DemoSet) -> Result<()> {
     record(&set.clip.join("model.safetensors"), 5, |vb| crate::vision::clip::ClipVision::new(&vc, vb, true))?;
     // HyperLoRA variant for that UNet
     let modules = modules_for_unet(&unet_cfg);
-    let cfg = HyperConfig {
-        id_embed_dim: 512,
-        num_id_tokens: 4,
-        embedding_dim: 32,
-        resampler: ResamplerConfig {
-            dim: 64,
-            depth: 2,
-            heads: 2,
-            dim_head: 32,
-            ff_mult: 4,
-            num_queries: 8 * modules.len(),
-            embedding_dim: 32,
-            output_dim: 16,
-            n_conds: 2,
-        },
-        hyper_dim: 16,
-        lora_rank: 4,
-        base_lora_rank: None,
-        num_modules: modules.len(),
-    };
+    let cfg = HyperConfig::tiny(modules.len(), 32);
     super::hyper::write_variant(&set.hyperlora, &cfg, &modules, 6, true)?;
     // antelopev2: a detector that finds nothing (random), a landmark model that draws a generic face in the box,
     // a random recognizer

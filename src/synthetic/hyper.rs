@@ -101,14 +101,7 @@ pub fn write_variant(
         write_f16_file(&dir.join(BASE_RESAMPLER_FILE), &Resampler::expected(&base), seed.wrapping_add(3))?;
     }
     if with_config {
-        let r = &cfg.resampler;
-        let c = serde_json::json!({
-            "encoder_types": ["clip", "arcface"],
-            "id_embed_dim": cfg.id_embed_dim, "num_id_tokens": cfg.num_id_tokens, "embedding_dim": cfg.embedding_dim,
-            "resampler": { "dim": r.dim, "dim_head": r.dim_head, "heads": r.heads, "depth": r.depth, "ff_mult": r.ff_mult },
-            "hyper_dim": cfg.hyper_dim, "lora_rank": cfg.lora_rank, "has_base_lora": cfg.has_base(),
-            "num_modules": cfg.num_modules, "num_queries": r.num_queries,
-        });
+        let c = cfg.to_json();
         std::fs::write(dir.join(CONFIG_FILE), serde_json::to_string_pretty(&c).expect("json"))
             .map_err(|e| Error::io(dir.join(CONFIG_FILE), e))?;
     }

@@ -3,5 +3,7 @@
 //! functions of their factors, `hyper/` builds its modules from variables); this room holds the loops, the data
 //! and the optimiser state, and the session calls it.
 pub mod adamw;
+pub mod curriculum;
+pub mod data;
 pub mod finetune;
 pub mod step;

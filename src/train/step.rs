@@ -7,6 +7,7 @@
 //! the large graph — knows only LoRA factors, never identities.
 use crate::error::{Error, Result};
 use crate::hyper::synth::Branch;
+use crate::hyper::trainable::Trainable;
 use crate::hyper::{HyperLora, ALPHA_RATIO};
 use crate::identity::normalize_tokens;
 use crate::lora::names::kohya_name;
@@ -265,25 +266,41 @@ fn grad_or_zero(store: &candle_core::backprop::GradStore, t: &Tensor) -> Result<
     })
 }
 
-/// One step through the hypernetwork and the UNet with every gradient a trainer or a fine-tune may want, named
-/// as in the fixture `training/training_step.safetensors`: `output.loss`, `output.noise_pred`, `coeffs.{id,base}`,
-/// `grad.raw_mean.*`, `grad.coeffs.*`, `grad.lora.{id,base}.{kohya}.lora_{down,up}.weight` and `grad.{file}.{key}`
-/// for every weight of the variant. All f32 on the CPU.
-pub fn full_step(unet: &mut UNet, hyper: &HyperLora, inp: &FullInputs) -> Result<Vec<(String, Tensor)>> {
-    let dev = inp.batch.x0.device().clone();
-    let tr = hyper.trainable(&dev)?;
-    let use_base = tr.has_base() && inp.base_clip.is_some();
+/// Which LoRA branches a staged step applies, and which of them carries gradients back to the hypernetwork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Branches {
+    pub id: bool,
+    pub base: bool,
+}
+
+/// What a staged step gives: the loss and prediction, the named intermediates of `full_step` (coefficients and
+/// the gradients of the LoRA factors, coefficient tokens and raw means), and the gradient of each of the
+/// trainable's variables, in the order of `Trainable::vars`.
+pub struct StagedStep {
+    pub loss: f64,
+    pub named: Vec<(String, Tensor)>,
+    pub var_grads: Vec<Tensor>,
+}
+
+/// One step through the hypernetwork (`tr`: its variables are what trains) and the UNet, applying the branches
+/// `which` asks for (the Base branch only when the variant has it and Base features are given). The backward runs
+/// in the stages the module comment describes.
+pub fn staged_step(unet: &mut UNet, tr: &Trainable, inp: &FullInputs, which: Branches) -> Result<StagedStep> {
+    let use_base = which.base && tr.has_base() && inp.base_clip.is_some();
+    if !which.id && !use_base {
+        return Err(Error::Mismatch(
+            "a training step needs a LoRA branch: the Base branch needs Base features and a variant with it".into(),
+        ));
+    }
     // hypernetwork forward (graph kept for the last stage)
-    let raw_id = tr.raw_id(&inp.arcface, &inp.clip)?;
-    let m_id = raw_id.mean_keepdim(0)?;
-    let raw_base = match (&inp.base_clip, use_base) {
-        (Some(b), true) => Some(tr.raw_base(b)?),
-        _ => None,
-    };
-    let m_base = raw_base.as_ref().map(|r| r.mean_keepdim(0)).transpose()?;
-    let mut branches = vec![(Branch::Id, "id", m_id.clone(), inp.strength_id)];
-    if let Some(m) = &m_base {
-        branches.push((Branch::Base, "base", m.clone(), inp.strength_base));
+    let mut branches = Vec::new();
+    if which.id {
+        let m_id = tr.raw_id(&inp.arcface, &inp.clip)?.mean_keepdim(0)?;
+        branches.push((Branch::Id, "id", m_id, inp.strength_id));
+    }
+    if let (Some(b), true) = (&inp.base_clip, use_base) {
+        let m_base = tr.raw_base(b)?.mean_keepdim(0)?;
+        branches.push((Branch::Base, "base", m_base, inp.strength_base));
     }
     // stage values as leaves
     let m_vars: Vec<Var> =
@@ -309,12 +326,12 @@ pub fn full_step(unet: &mut UNet, hyper: &HyperLora, inp: &FullInputs) -> Result
         }
     }
     let ug = unet_stage(unet, &layers, &inp.batch, &inp.alphas_cumprod, LossOptions::default())?;
-    let mut out: Vec<(String, Tensor)> = vec![
+    let mut named: Vec<(String, Tensor)> = vec![
         ("input.noisy_latents".into(), ug.noisy.clone()),
         ("output.loss".into(), Tensor::new(ug.loss as f32, &Device::Cpu)?),
         ("output.noise_pred".into(), ug.noise_pred.clone()),
     ];
-    // synthesis stage: Σ factor ⊙ ∂factor over both branches → ∂coeffs and ∂bases
+    // synthesis stage: Σ factor ⊙ ∂factor over the branches → ∂coeffs and ∂bases
     let mut pairs = Vec::new();
     let mut at = 0;
     for ((_, name, _, _), set) in branches.iter().zip(&factor_sets) {
@@ -324,8 +341,8 @@ pub fn full_step(unet: &mut UNet, hyper: &HyperLora, inp: &FullInputs) -> Result
             pairs.push((&l.down, gd));
             pairs.push((&l.up, gu));
             let k = kohya_name(&l.target);
-            out.push((format!("grad.lora.{name}.{k}.lora_down.weight"), gd.clone()));
-            out.push((format!("grad.lora.{name}.{k}.lora_up.weight"), gu.clone()));
+            named.push((format!("grad.lora.{name}.{k}.lora_down.weight"), gd.clone()));
+            named.push((format!("grad.lora.{name}.{k}.lora_up.weight"), gu.clone()));
         }
     }
     let synth = inner(&pairs)?.ok_or_else(|| Error::Mismatch("no LoRA layers".into()))?.backward()?;
@@ -336,19 +353,33 @@ pub fn full_step(unet: &mut UNet, hyper: &HyperLora, inp: &FullInputs) -> Result
         g_m.push(vjp(&normalize_tokens(m.as_tensor())?, g, m.as_tensor())?);
     }
     for (((_, name, _, _), c), (gc, gm)) in branches.iter().zip(&c_vals).zip(g_c.iter().zip(&g_m)) {
-        out.push((format!("coeffs.{name}"), c.clone()));
-        out.push((format!("grad.coeffs.{name}"), gc.clone()));
-        out.push((format!("grad.raw_mean.{name}"), gm.clone()));
+        named.push((format!("coeffs.{name}"), c.clone()));
+        named.push((format!("grad.coeffs.{name}"), gc.clone()));
+        named.push((format!("grad.raw_mean.{name}"), gm.clone()));
     }
     // hypernetwork stage: Σ m ⊙ ∂m through the resamplers and the id projector
     let ms: Vec<&Tensor> = branches.iter().map(|b| &b.2).collect();
     let pairs: Vec<(&Tensor, &Tensor)> = ms.into_iter().zip(g_m.iter()).collect();
     let hyper_grads = inner(&pairs)?.ok_or_else(|| Error::Mismatch("no branch".into()))?.backward()?;
-    for (name, v) in tr.vars() {
-        let g = match synth.get(v.as_tensor()) {
+    let mut var_grads = Vec::with_capacity(tr.vars().len());
+    for (_, v) in tr.vars() {
+        var_grads.push(match synth.get(v.as_tensor()) {
             Some(g) => g.clone(),
             None => grad_or_zero(&hyper_grads, v.as_tensor())?,
-        };
+        });
+    }
+    Ok(StagedStep { loss: ug.loss, named, var_grads })
+}
+
+/// One step through the hypernetwork and the UNet with every gradient a trainer or a fine-tune may want, named
+/// as in the fixture `training/training_step.safetensors`: `output.loss`, `output.noise_pred`, `coeffs.{id,base}`,
+/// `grad.raw_mean.*`, `grad.coeffs.*`, `grad.lora.{id,base}.{kohya}.lora_{down,up}.weight` and `grad.{file}.{key}`
+/// for every weight of the variant. All f32 on the CPU.
+pub fn full_step(unet: &mut UNet, hyper: &HyperLora, inp: &FullInputs) -> Result<Vec<(String, Tensor)>> {
+    let tr = hyper.trainable(inp.batch.x0.device())?;
+    let s = staged_step(unet, &tr, inp, Branches { id: true, base: true })?;
+    let mut out = s.named;
+    for ((name, _), g) in tr.vars().iter().zip(s.var_grads) {
         out.push((format!("grad.{name}"), g));
     }
     out.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?))).collect()

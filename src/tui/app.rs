@@ -205,7 +205,7 @@ impl App {
                         (j.step, j.total, j.elapsed, j.train) = (step, total, elapsed, None);
                     }
                 }
-                Event::Train { step, total, loss, lr, elapsed } => {
+                Event::Train { step, total, loss, lr, elapsed, .. } => {
                     if let Some(j) = &mut self.job {
                         (j.step, j.total, j.elapsed, j.train) = (step, total, elapsed, Some((loss, lr)));
                     }

@@ -285,7 +285,7 @@ fn end_to_end_in_tmux() {
 #[test]
 fn the_status_bar_shows_a_training_steps_loss_and_lr() {
     let mut app = busy_app();
-    let e = hyperlora::session::Event::Train { step: 7, total: 50, loss: 0.123456, lr: 0.01, elapsed: 3.5 };
+    let e = hyperlora::session::Event::Train { step: 7, total: 50, first: 1, loss: 0.123456, lr: 0.01, elapsed: 3.5 };
     app.on_msg(Msg::Event(e));
     let s = screen(&app, 120, 40);
     assert!(s.contains("step 7/50 loss 0.12346 lr 1.00e-2 2.00 it/s"), "{s}");
