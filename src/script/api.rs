@@ -40,7 +40,11 @@ pub const API: &[(&str, &str, &str)] = &[
     ("finetune", "finetune(id, #{ photos, steps: 50, lr: 0.01, prompt, size, seed: 0, warmup: 0, schedule: \"constant\", max_grad_norm: 1.0, min_snr_gamma, strength: 1.0, sample_steps: 0, gradient_checkpointing: \"auto\" })", "fine-tune an identity on its photos (identity space): a new identity; printing it shows its origin and eval loss"),
     ("finetune_lora", "finetune_lora(id | lora, #{ photos, steps: 50, lr: 0.01, … as finetune })", "fine-tune a LoRA's factors on photos (LoRA space): a LoRA for generate, mixes and export_lora"),
     ("training_log", "training_log()", "the last fine-tune's steps as #{ step, loss, lr, grad_norm } (arrays; as far as it got if cancelled)"),
-    ("plot_loss", "plot_loss()", "plot the last fine-tune's loss by step (the TUI's preview pane, or a text chart)"),
+    (
+        "plot_loss",
+        "plot_loss() | plot_loss(\"run/log.csv\")",
+        "plot the last fine-tune's loss by step, or a loss log's (train's log.csv, finetune's .loss.csv)",
+    ),
     ("models", "models()", "the models this session uses and whether they are loaded"),
     ("unload", "unload(name)", "free sdxl, hyperlora, clip, antelopev2, encoders or all (values you made stay usable)"),
     ("help", "help() | help(\"name\")", "this help"),

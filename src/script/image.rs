@@ -126,6 +126,13 @@ pub(super) fn register(engine: &mut Engine, session: &Arc<Mutex<Session>>, outpu
         o(Out::Plot(from_lib(crate::render::plot::Plot::new(&steps, &losses, &title, "step", "loss"))?));
         Ok(())
     });
+    let (s, o) = (session.clone(), output.clone());
+    engine.register_fn("plot_loss", move |path: &str| -> RResult<()> {
+        let (steps, losses) = from_lib(lock(&s)?.read_loss_log(Path::new(path)))?;
+        let title = format!("training loss, {} steps ({path})", steps.len());
+        o(Out::Plot(from_lib(crate::render::plot::Plot::new(&steps, &losses, &title, "step", "loss"))?));
+        Ok(())
+    });
     let f = plot.clone();
     engine.register_fn("plot", move |xs: Array, ys: Array| f(xs, ys, Map::new()));
     engine.register_fn("plot", move |xs: Array, ys: Array, m: Map| plot(xs, ys, m));

@@ -160,6 +160,36 @@ impl Session {
         let on = r.checkpointing.at(size);
         crate::train::step::check_memory(&self.sdxl()?.unet, 1, size, on)?;
         self.apply(None)?;
+        // --- the variant
+        let variant_dir = match (&resume_from, &r.from) {
+            (Some((_, dir)), _) => dir.clone(),
+            (None, Some(from)) => from.clone(),
+            (None, None) => self.fresh_variant(r)?,
+        };
+        let hyper = self.timed("hyperlora", &variant_dir, || HyperLora::load(&variant_dir, &LoadOptions::default()))?;
+        if r.stage == Stage::Base && !hyper.has_base() {
+            return Err(Error::Incompatible(format!(
+                "stage base trains the Base branch, but {} has none (no {}; the released variants have none): start \
+                 from a fresh variant (leave --from out) or one trained with it",
+                variant_dir.display(),
+                crate::hyper::BASE_RESAMPLER_FILE
+            )));
+        }
+        let dev = self.opts.device.clone();
+        let stage = r.stage;
+        let tr = hyper.trainable_with(&dev, &|n| stage.trains(n))?;
+        let names: Vec<&str> = tr.vars().iter().map(|(n, _)| n.as_str()).collect();
+        let params_n: usize = tr.vars().iter().map(|(_, v)| v.elem_count()).sum();
+        let mut listing = format!(
+            "stage {}: {} trainable tensors, {} parameters (every other tensor is written back unchanged):",
+            stage.name(),
+            names.len(),
+            params_n
+        );
+        for (p, c) in name_patterns(&names) {
+            listing += &format!("\n  {p}{}", if c > 1 { format!(" ×{c}") } else { String::new() });
+        }
+        self.emit(Event::Note(listing));
         // --- the frozen encodings, once per image
         let cache_dir = r.cache.clone().unwrap_or_else(|| r.out.join("cache"));
         let default_caption = r.caption.clone().unwrap_or_else(|| format!("{TRIGGER}, a photo of a person"));
@@ -205,46 +235,10 @@ impl Session {
             h.update(u.key.as_bytes());
         }
         let data_print = crate::files::provenance::hex(&h.finalize());
-        // --- the variant
-        let variant_dir = match (&resume_from, &r.from) {
-            (Some((_, dir)), _) => dir.clone(),
-            (None, Some(from)) => from.clone(),
-            (None, None) => self.fresh_variant(r)?,
-        };
-        let hyper = self.timed("hyperlora", &variant_dir, || HyperLora::load(&variant_dir, &LoadOptions::default()))?;
-        if r.stage == Stage::Base && !hyper.has_base() {
-            return Err(Error::Incompatible(format!(
-                "stage base trains the Base branch, but {} has none (no {}; the released variants have none): start \
-                 from a fresh variant (leave --from out) or one trained with it",
-                variant_dir.display(),
-                crate::hyper::BASE_RESAMPLER_FILE
-            )));
-        }
-        let dev = self.opts.device.clone();
-        let stage = r.stage;
-        let tr = hyper.trainable_with(&dev, &|n| stage.trains(n))?;
-        let names: Vec<&str> = tr.vars().iter().map(|(n, _)| n.as_str()).collect();
-        let params_n: usize = tr.vars().iter().map(|(_, v)| v.elem_count()).sum();
-        let mut listing = format!(
-            "stage {}: {} trainable tensors, {} parameters (every other tensor is written back unchanged):",
-            stage.name(),
-            names.len(),
-            params_n
-        );
-        for (p, c) in name_patterns(&names) {
-            listing += &format!("\n  {p}{}", if c > 1 { format!(" ×{c}") } else { String::new() });
-        }
-        self.emit(Event::Note(listing));
         let params: Vec<&candle_core::Var> = tr.vars().iter().map(|(_, v)| v).collect();
         let (mut state, mut opt) = match &resume_from {
             Some((_, dir)) => {
-                let (s, o) = read_state(&dir.join(STATE_FILE), &tr, r.adamw)?;
-                if s.stage != stage {
-                    return Err(Error::invalid(
-                        dir,
-                        format!("is a checkpoint of stage {}, not {}", s.stage.name(), stage.name()),
-                    ));
-                }
+                let (s, o) = read_state(&dir.join(STATE_FILE), &tr, r.adamw, stage)?;
                 if s.data != data_print {
                     return Err(Error::invalid(
                         dir,
@@ -431,7 +425,8 @@ impl Session {
                 return Ok(Ok(Usable { item: item.clone(), cache, key, arcface, caption }));
             }
         }
-        let img = Image::load(&item.path).map_err(|e| at(format!("cannot be read: {e}")))?;
+        let img =
+            Image::load(&item.path).map_err(|e| Error::InvalidValue(format!("{e} (listed at {})", item.origin)))?;
         if let Some(b) = item.face_box {
             if b[0] < 0.0 || b[1] < 0.0 || b[2] > img.width as f64 || b[3] > img.height as f64 {
                 return Err(at(format!(
@@ -545,7 +540,6 @@ impl Session {
             self.apply(None)?;
             let stem = u.item.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let path = dir.join(format!("{i:03}-{stem}.png"));
-            self.save_image(&mut img, &path, false)?;
             let what = path.display().to_string();
             let score = match self.face().and_then(|f| f.embed_face(&img.rgb8(), &what, FacePick::Best)) {
                 Ok((e, _)) => Ok(e.iter().zip(&u.arcface).map(|(a, b)| (*a * *b) as f64).sum::<f64>()),
@@ -555,6 +549,13 @@ impl Session {
                 Ok(v) => (format!("{v:.4}"), format!("{v:.6}")),
                 Err(e) => (format!("n/a ({e})"), format!("\"n/a ({})\"", e.replace('"', "'"))),
             };
+            // `hyperlora gather` groups by recipe: one sheet per checkpoint
+            img.settings.push(("recipe".into(), format!("{}-step-{step}", r.stage.name())));
+            img.settings.push(("held_out_photo".into(), u.item.path.display().to_string()));
+            if let Ok(v) = &score {
+                img.settings.push(("face_score".into(), format!("{v:.6}")));
+            }
+            self.save_image(&mut img, &path, false)?;
             self.emit(Event::Note(format!("sample {what}: face_score {note}")));
             scores += &format!("{},{what},{cell}\n", u.item.path.display());
         }

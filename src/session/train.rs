@@ -246,6 +246,11 @@ impl Session {
         &self.training_log
     }
 
+    /// The `step` and `loss` columns of a loss log file (`hyperlora train`'s `log.csv`, `finetune`'s `.loss.csv`).
+    pub fn read_loss_log(&self, path: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+        crate::train::log::read_loss_csv(path)
+    }
+
     /// face_score of one image made with `id`'s LoRA (the first photo's caption, the run's seed), or why not.
     fn sample_score(&mut self, id: &Identity, f: &Finetune, size: usize) -> std::result::Result<f64, String> {
         if f.sample_steps == 0 {

@@ -392,8 +392,9 @@ fn write_state(path: &Path, tr: &Trainable, opt: &AdamW, s: &TrainState) -> Resu
     write_bytes(path, &safetensors_bytes(&raw, meta)?)
 }
 
-/// Read a checkpoint's train state: the state, and an optimiser over `tr`'s variables with its moments.
-pub fn read_state(path: &Path, tr: &Trainable, config: AdamWConfig) -> Result<(TrainState, AdamW)> {
+/// Read a checkpoint's train state for `stage`: the state, and an optimiser over `tr`'s variables with its
+/// moments. A state of another stage is refused, naming both.
+pub fn read_state(path: &Path, tr: &Trainable, config: AdamWConfig, stage: Stage) -> Result<(TrainState, AdamW)> {
     let f = StFile::read(path)?;
     let meta = f.metadata();
     let get = |k: &str| -> Result<String> {
@@ -416,6 +417,17 @@ pub fn read_state(path: &Path, tr: &Trainable, config: AdamWConfig) -> Result<(T
         },
         data: get("data")?,
     };
+    if state.stage != stage {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "is the state of a stage {} run, not {}: resume with --stage {}",
+                state.stage.name(),
+                stage.name(),
+                state.stage.name()
+            ),
+        ));
+    }
     let params: Vec<&Var> = tr.vars().iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(config, &params)?;
     opt.step = num("adamw_step")? as usize;

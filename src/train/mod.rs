@@ -6,4 +6,5 @@ pub mod adamw;
 pub mod curriculum;
 pub mod data;
 pub mod finetune;
+pub mod log;
 pub mod step;

@@ -3,6 +3,7 @@ mod bad_files;
 mod bad_inputs;
 mod cli;
 mod common;
+mod curriculum;
 mod deploy;
 mod download;
 mod encode;
