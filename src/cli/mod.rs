@@ -74,7 +74,7 @@ pub enum Cmd {
     /// Fine-tune an identity from its photos (~50 steps in identity space; the result is still an identity).
     Finetune(finetune::Args),
     /// Training: `train step` computes one step's loss and every gradient (to check other code against ours).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Print benchmark tables (real-size random weights unless --hyperlora is given).
     Bench(bench::Args),
 }
@@ -132,7 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Gather(a) => gather::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Library(a) => library::run(a),
-        Cmd::Train(a) => train::run(a),
+        Cmd::Train(a) => train::run(*a),
         Cmd::Finetune(a) => finetune::run(a),
     }
 }
