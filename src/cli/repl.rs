@@ -80,7 +80,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     if demo.is_some() {
-        println!("demo set loaded (random weights): try  let me = identity(#{{ path: demo_photo, box: demo_box }});");
+        println!("demo set loaded (random weights): try  let me = identity(demo_photo);");
     }
     // lines typed while a preview asked the terminal what it draws: they run next, an unfinished one is kept
     let mut queued: std::collections::VecDeque<String> = Default::default();

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Bump when the synthesized files change: a new folder is made beside the old one.
-const VERSION: &str = "demo-v2";
+const VERSION: &str = "demo-v3";
 
 /// NASA's portrait of Eileen Collins (scikit-image's `astronaut`, public domain).
 pub const PHOTO: &[u8] = include_bytes!("../../assets/astronaut.jpg");
 pub const PHOTO_NAME: &str = "astronaut.jpg";
-/// The face box in that photo (x1, y1, x2, y2): the demo's face models are random, so the box is given.
+/// The face box in that photo (x1, y1, x2, y2), for the box path (the demo's detector finds the face by its colour).
 pub const PHOTO_FACE_BOX: [f64; 4] = [180.0, 52.0, 270.0, 180.0];
 
 /// Where the demo set lives: `$HYPERLORA_DEMO_DIR`, else the user cache folder.
@@ -278,10 +278,10 @@ fn write_all(set: &DemoSet) -> Result<()> {
     let modules = modules_for_unet(&unet_cfg);
     let cfg = HyperConfig::tiny(modules.len(), 32);
     super::hyper::write_variant(&set.hyperlora, &cfg, &modules, 6, true)?;
-    // antelopev2: a detector that finds nothing (random), a landmark model that draws a generic face in the box,
+    // antelopev2: a detector that finds the astronaut's face by its skin colour (crafted), a landmark model that draws a generic face in the box,
     // a random recognizer
     let a = &set.antelopev2;
-    write(&a.join("scrfd_10g_bnkps.onnx"), onnx::scrfd(7, -30.0))?;
+    write(&a.join("scrfd_10g_bnkps.onnx"), onnx::skin_scrfd())?;
     write(&a.join("2d106det.onnx"), onnx::landmark_106(&onnx::mean_face_106(), &[0.0; 212])?)?;
     write(&a.join("glintr100.onnx"), onnx::arcface(8))?;
     write(&set.photo, PHOTO)?;

@@ -82,12 +82,28 @@ impl OnnxBuilder {
         rng: &mut Rng,
         bias: f32,
     ) -> String {
-        let n = self.count + 1;
         let fan_in = (cin * k * k) as f32;
         let mut w = vec![0f32; cout * cin * k * k];
         rng.fill(&mut w, 0.0, (3.0 / fan_in).sqrt());
+        self.conv_with(x, cin, cout, k, stride, pad, w, vec![bias; cout])
+    }
+
+    /// A k×k convolution with the given weights [cout, cin, k, k] and biases [cout].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_with(
+        &mut self,
+        x: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> String {
+        let n = self.count + 1;
         let w = self.weight(&format!("conv{n}.weight"), &[cout as i64, cin as i64, k as i64, k as i64], w);
-        let b = self.weight(&format!("conv{n}.bias"), &[cout as i64], vec![bias; cout]);
+        let b = self.weight(&format!("conv{n}.bias"), &[cout as i64], bias);
         let (k, s, p) = (k as i64, stride as i64, pad as i64);
         self.node(
             "Conv",
@@ -231,6 +247,61 @@ pub fn scrfd(seed: u64, score_bias: f32) -> Vec<u8> {
             let name = format!("{kind}_{s}");
             b.node("Reshape", &[&t, &shape], vec![], Some(&name));
             names.push(name);
+        }
+    }
+    let outs: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.finish(&[1, 3, -1, -1], &outs)
+}
+
+/// A SCRFD-shaped detector with crafted weights that finds a face by its skin colour, so that the demo's default
+/// detection path (SCRFD at 640 → landmarks → cutout → ArcFace re-detection on the 3× crop) runs on the demo photo
+/// without a box. Only stride 32 scores: per anchor, over the 64×64 window centred on its cell of the
+/// (RGB − 127.5)/128 input, the means of three
+/// colour features in pixel units — R − G − 33, G − B − 23 and (R − 210)/3, all near 0 on the astronaut's face and
+/// far from it on the flag, the suit and the background — are squared and summed (d²), and the score is
+/// sigmoid(0.1·(50 − d²)), above 0.5 where d² < 50. Boxes are a constant 128 px square on the cell's centre, the five
+/// keypoints a constant frontal layout inside it. Strides 8 and 16 score 0.
+pub fn skin_scrfd() -> Vec<u8> {
+    let mut b = OnnxBuilder::default();
+    let mut names = Vec::new();
+    let mut heads = Vec::new();
+    for s in [8usize, 16, 32] {
+        let score = if s == 32 {
+            // a 64×64 window per anchor (stride 32, padding 16): a face-sized area, so that small patches of
+            // skin-like colour in noise do not score
+            let (k, n) = (2 * s, (4 * s * s) as f32);
+            let mut w = vec![0f32; 3 * 3 * k * k];
+            let mut set = |o: usize, c: usize, v: f32| w[(o * 3 + c) * k * k..(o * 3 + c + 1) * k * k].fill(v);
+            // pixel = 128·x + 127.5, so a difference of two channels is 128·(x_a − x_b)
+            set(0, 0, 128.0 / n);
+            set(0, 1, -128.0 / n);
+            set(1, 1, 128.0 / n);
+            set(1, 2, -128.0 / n);
+            set(2, 0, 128.0 / (3.0 * n));
+            let f = b.conv_with("input.1", 3, 3, k, s, s / 2, w, vec![-33.0, -23.0, (127.5 - 210.0) / 3.0]);
+            let sq = b.node("Mul", &[&f, &f], vec![], None);
+            b.conv_with(&sq, 3, 2, 1, 1, 0, vec![-0.1; 6], vec![5.0; 2])
+        } else {
+            b.conv_with("input.1", 3, 2, s, s, 0, vec![0.0; 2 * 3 * s * s], vec![-30.0; 2])
+        };
+        let score = b.node("Sigmoid", &[&score], vec![], None);
+        // distances from the anchor (the cell's top-left corner) in strides: a 128 px box on the cell's centre
+        let half = 64.0 / s as f32;
+        let (near, far) = (half - 0.5, half + 0.5);
+        let bbox = b.conv_with("input.1", 3, 8, s, s, 0, vec![0.0; 8 * 3 * s * s], [near, near, far, far].repeat(2));
+        let layout = [(-0.35f32, -0.2f32), (0.35, -0.2), (0.0, 0.1), (-0.3, 0.45), (0.3, 0.45)];
+        let kps: Vec<f32> = layout.iter().flat_map(|(x, y)| [0.5 + x * 2.0 * half, 0.5 + y * 2.0 * half]).collect();
+        let kps = b.conv_with("input.1", 3, 20, s, s, 0, vec![0.0; 20 * 3 * s * s], kps.repeat(2));
+        heads.push((s, [("score", score, 1usize), ("bbox", bbox, 4), ("kps", kps, 10)]));
+    }
+    for kind in 0..3 {
+        for (s, h) in &heads {
+            let (name, c, width) = &h[kind];
+            let t = b.node("Transpose", &[c], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))], None);
+            let shape = b.ints(&format!("{name}_{s}.shape"), vec![-1, *width as i64]);
+            let out = format!("{name}_{s}");
+            b.node("Reshape", &[&t, &shape], vec![], Some(&out));
+            names.push(out);
         }
     }
     let outs: Vec<&str> = names.iter().map(String::as_str).collect();

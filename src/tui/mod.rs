@@ -223,7 +223,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
         app.info(format!("hint: {h}"));
     }
     if models.demo {
-        app.info("demo set (random weights): try  let me = identity(#{ path: demo_photo, box: demo_box });");
+        app.info("demo set (random weights): try  let me = identity(demo_photo);");
     }
     let mut terminal = ratatui::init();
     let tty = crate::term::query::open_tty();

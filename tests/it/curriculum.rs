@@ -10,13 +10,13 @@ use std::process::Output;
 const BOX: [f64; 4] = hyperlora::synthetic::demo::PHOTO_FACE_BOX;
 
 /// A dataset from the fixture photo: the photo, its mirror image and a 384² crop (each with its face box), and a
-/// 200² corner with no face and no box (listed, then skipped).
+/// 200² corner with no face and no box (the detector runs and finds none: listed, then skipped).
 fn dataset(dir: &Path) {
     let img = image::open(fixture("photo.png")).unwrap().to_rgb8();
     img.save(dir.join("a.png")).unwrap();
     image::imageops::flip_horizontal(&img).save(dir.join("b.png")).unwrap();
     image::imageops::crop_imm(&img, 100, 0, 384, 384).to_image().save(dir.join("c.png")).unwrap();
-    image::imageops::crop_imm(&img, 0, 0, 200, 200).to_image().save(dir.join("d.png")).unwrap();
+    crate::common::faceless_photo(dir, "d.png");
     let w = img.width() as f64;
     let b = |x: [f64; 4]| format!("[{}, {}, {}, {}]", x[0], x[1], x[2], x[3]);
     let lines = [
@@ -303,7 +303,8 @@ fn bad_data_names_the_file_and_the_line() {
     std::fs::create_dir(&empty).unwrap();
     let o = train(&empty, &["--stage", "base", "--steps", "1", "--out", tmp.path().join("e-out").to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("no training images"), "{}", text(&o));
-    let t = case("faceless", "{\"file_name\": \"a.png\"}\n", &[]);
+    let corner = crate::common::faceless_photo(tmp.path(), "corner.png");
+    let t = case("faceless", "{\"file_name\": \"d.png\"}\n", &[("d.png", &std::fs::read(&corner).unwrap())]);
     assert!(t.contains("no usable training image") && t.contains("1 skipped"), "{t}");
     // a stage the variant cannot train
     let good = tmp.path().join("good");

@@ -417,3 +417,48 @@ fn base_branch_from_a_photo_matches_the_reference() {
     let e = plain.identity(&[spec]).unwrap_err().to_string();
     assert!(e.contains("base: true") && e.contains("no Base weights") && e.contains("hyperlora-tiny"), "{e}");
 }
+
+/// The demo set's detector finds the astronaut (issue: the default detection path ran in no test): SCRFD at 640
+/// finds the face where the box path puts it, the landmarks, the cutout and the ArcFace re-detection on the 3×
+/// crop follow, and a recipe makes an identity of the demo photo without a box. The box path gives the same
+/// photo a different (landmark-aligned) embedding, so the two paths are told apart.
+#[test]
+fn the_demo_detector_finds_the_astronaut_without_a_box() {
+    let demo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo_dir());
+    let face = Antelope::load(&demo.antelopev2).unwrap();
+    let img = hyperlora::pixels::photo::load_photo(&demo.photo).unwrap();
+    let a = face.analyse(&img, "astronaut.jpg", &FaceOptions::default()).unwrap();
+    assert_eq!(a.det_size, Some(640));
+    assert!(a.faces_found >= 1 && a.score.is_some_and(|s| s > 0.5), "{:?}", a.score);
+    assert!(matches!(a.kps_from, KpsFrom::Redetected { score } if score > 0.5), "{:?}", a.kps_from);
+    let g = hyperlora::synthetic::demo::PHOTO_FACE_BOX;
+    let b = a.bbox;
+    let inter = (b[2].min(g[2]) - b[0].max(g[0])).max(0.0) * (b[3].min(g[3]) - b[1].max(g[1])).max(0.0);
+    let area = |x: [f64; 4]| (x[2] - x[0]) * (x[3] - x[1]);
+    let iou = inter / (area(b) + area(g) - inter);
+    assert!(iou > 0.4, "detected {b:?}, the face is at {g:?} (IoU {iou:.2})");
+    let boxed = FaceOptions { pick: FacePick::Box(g), ..Default::default() };
+    let by_box = face.analyse(&img, "astronaut.jpg", &boxed).unwrap();
+    assert!(matches!(by_box.kps_from, KpsFrom::Landmarks));
+    assert_ne!(by_box.embedding, a.embedding, "the detection path and the box path gave one embedding");
+    // nothing in a photo without a face
+    let tmp = tempfile::tempdir().unwrap();
+    let none = hyperlora::pixels::photo::load_photo(&faceless_photo(tmp.path(), "corner.png")).unwrap();
+    let e = face.analyse(&none, "corner.png", &FaceOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("no face detected"), "{e}");
+    // a recipe: the demo photo → identity through detection → image
+    let recipe = tmp.path().join("detect.rhai");
+    std::fs::write(
+        &recipe,
+        "let me = identity(demo_photo);\nprint(me);\nlet img = generate(\"a photo\", #{ lora: lora(me, 0.8), steps: 2, width: 64, height: 64 });\nprint(img);\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .args(["run", "--demo"])
+        .arg(&recipe)
+        .env("HYPERLORA_DEMO_DIR", demo_dir())
+        .output()
+        .unwrap();
+    let t = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && t.contains("identity ") && t.contains("image 64×64"), "{t}");
+}

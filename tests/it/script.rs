@@ -288,7 +288,9 @@ fn errors_speak_the_users_words() {
     let e = s.eval("lora(me, 1.0) * me").unwrap_err().message;
     assert!(!e.contains("hyperlora::") && !e.contains("LoraMix"), "{e}");
     // no face: the way out is named
-    let e = s.eval("identity(photo)").unwrap_err().message;
+    let tmp = tempfile::tempdir().unwrap();
+    let none = crate::common::faceless_photo(tmp.path(), "corner.png");
+    let e = s.eval(&format!("identity({:?})", none.display().to_string())).unwrap_err().message;
     assert!(e.contains("no face detected") && e.contains("box: [x1, y1, x2, y2]"), "{e}");
     // a refused overwrite names the script's way
     let dir = tempfile::tempdir().unwrap();

@@ -248,9 +248,9 @@ fn finetune_refuses_bad_requests_clearly() {
         assert!(!r.status.success() && err.contains(want), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote a file");
     }
-    // no face found (the demo's detector is random and no box is given): said, with the way out
+    // no face found (a photo without one, no box given): said, with the way out
     let demo = demo_dir();
-    let photo = hyperlora::synthetic::demo::DemoSet::in_dir(&demo).photo;
+    let photo = crate::common::faceless_photo(tmp.path(), "corner.png");
     let r = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
         .args(["finetune", "--demo", "--steps", "2", "--out", o])
         .arg(&photo)

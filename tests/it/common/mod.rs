@@ -170,3 +170,12 @@ pub fn interrupt_after(mut child: std::process::Child, ready: &str) -> (std::pro
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     (child.wait().unwrap(), rest.join("\n"))
 }
+
+/// A photo with no face: the fixture photo's bottom-left 200² corner (flag and suit; the demo's colour detector
+/// finds nothing there), written into `dir` as `name`.
+pub fn faceless_photo(dir: &Path, name: &str) -> PathBuf {
+    let img = image::open(fixture("photo.png")).unwrap().to_rgb8();
+    let p = dir.join(name);
+    image::imageops::crop_imm(&img, 0, 312, 200, 200).to_image().save(&p).unwrap();
+    p
+}
