@@ -287,9 +287,19 @@ impl Landmark106 {
         Ok((raw, m))
     }
 
-    /// 106 points in image coordinates for a face box.
+    /// 106 points in image coordinates for a face box. The model's raw outputs lie in [−1, 1] of its crop (1.5× the
+    /// box); values that are not finite, or far outside the crop, come from a damaged or wrong model, whatever the
+    /// box: the error names the model file.
     pub fn landmarks(&self, img: &Rgb8, bbox: [f64; 4]) -> Result<Vec<[f64; 2]>> {
         let (raw, m) = self.raw(img, bbox)?;
+        if let Some(v) = raw.iter().find(|v| !v.is_finite() || v.abs() > 4.0) {
+            return Err(Error::invalid(
+                &self.path,
+                format!(
+                    "the landmark model returned {v} for a point (outputs lie within ±1 of its crop): the model file is damaged or not 2d106det"
+                ),
+            ));
+        }
         super::landmark::decode(&raw, &m)
     }
 }

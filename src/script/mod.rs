@@ -404,6 +404,28 @@ impl Script {
         engine.set_max_string_size(limits.max_string_size);
         engine.set_max_array_size(limits.max_array_size);
         engine.set_max_map_size(limits.max_array_size);
+        // Rhai checks a map's size when a value is made, not when `m[k] = v` inserts a key: each access to a
+        // variable looks at its length (O(1), not recursive), so a map or array grown past the limit that way is
+        // an error at its next use
+        let max = limits.max_array_size;
+        #[allow(deprecated)] // "not deprecated, but considered volatile" (Rhai's words)
+        engine.on_var(move |name, _, ctx| {
+            let Some(v) = ctx.scope().get(name) else { return Ok(None) };
+            let len = if v.is_map() {
+                v.read_lock::<rhai::Map>().map(|m| m.len())
+            } else if v.is_array() {
+                v.read_lock::<rhai::Array>().map(|a| a.len())
+            } else {
+                None
+            };
+            match len {
+                Some(n) if max > 0 && n > max => {
+                    Err(format!("`{name}` holds {n} entries, over the limit of {max} (a map grown by `m[k] = v`?)")
+                        .into())
+                }
+                _ => Ok(None),
+            }
+        });
         let c = cancel.clone();
         engine.on_progress(move |_| if c.load(Ordering::Relaxed) { Some(Dynamic::from("cancelled")) } else { None });
         let o = output.clone();

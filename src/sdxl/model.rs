@@ -73,6 +73,8 @@ pub struct Sdxl {
     /// `force_zeros_for_empty_prompt` from model_index.json (SDXL: true).
     pub force_zeros_for_empty_prompt: bool,
     pub options: SdxlOptions,
+    /// Where each text encoder's weights come from, for errors that name the file.
+    pub text_sources: [String; 2],
 }
 
 fn json_or<T: serde::de::DeserializeOwned>(
@@ -251,6 +253,10 @@ impl Sdxl {
             scheduler,
             force_zeros_for_empty_prompt: true,
             options: opts.clone(),
+            text_sources: [
+                format!("{} (its text encoder, conditioner.embedders.0)", path.display()),
+                format!("{} (its second text encoder, conditioner.embedders.1)", path.display()),
+            ],
         })
     }
 
@@ -288,6 +294,10 @@ impl Sdxl {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(true),
             options: opts.clone(),
+            text_sources: [
+                dir.join("text_encoder").display().to_string(),
+                dir.join("text_encoder_2").display().to_string(),
+            ],
         })
     }
 
@@ -301,14 +311,19 @@ impl Sdxl {
         let o1 = self.text_encoder.forward(&ids(&t1.ids)?)?;
         let o2 = self.text_encoder_2.forward(&ids(&t2.ids)?)?;
         let pooled = o2.text_embeds.ok_or_else(|| Error::Mismatch("text encoder 2 has no projection".into()))?;
-        let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate.to_dtype(o1.penultimate.dtype())?], 2)?;
-        for t in [&embeds, &pooled] {
+        // each encoder checked on its own, so that the error names the weights that are wrong
+        for (t, src) in [
+            (&o1.penultimate, &self.text_sources[0]),
+            (&o2.penultimate, &self.text_sources[1]),
+            (&pooled, &self.text_sources[1]),
+        ] {
             all_finite(
                 t,
-                "the text encoders",
-                "non-finite text encoder weights, or an f16 overflow (try --dtype bf16)",
+                &format!("the text encoder from {src}"),
+                "non-finite weights in that file, or an f16 overflow (try --dtype bf16)",
             )?;
         }
+        let embeds = Tensor::cat(&[&o1.penultimate, &o2.penultimate.to_dtype(o1.penultimate.dtype())?], 2)?;
         Ok((Conditioning { embeds, pooled }, t1.truncated.or(t2.truncated)))
     }
 

@@ -381,7 +381,15 @@ fn second_round_causes_stay_fixed() {
     std::fs::write(d.join("b.rhai"), "import \"a\";\n").unwrap();
     assert!(std::process::Command::new("mkfifo").arg(d.join("fifo.rhai")).status().unwrap().success());
     std::fs::write(d.join("f.rhai"), "import \"fifo\";\n").unwrap();
-    for (file, want) in [("self.rhai", "import cycle"), ("a.rhai", "import cycle"), ("f.rhai", "not a regular file")] {
+    // the documented map limit (100,000 entries) holds for `m[k] = v` too
+    std::fs::write(d.join("map.rhai"), "let m = #{}; for i in 0..100001 { m[`k${i}`] = i; }\nprint(m.len());\n")
+        .unwrap();
+    for (file, want) in [
+        ("self.rhai", "import cycle"),
+        ("a.rhai", "import cycle"),
+        ("f.rhai", "not a regular file"),
+        ("map.rhai", "over the limit of 100000"),
+    ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
             .arg("run")
             .arg(file)
@@ -495,6 +503,34 @@ fn second_round_causes_stay_fixed() {
         .expect("an all-zero VAE loaded")
         .to_string();
     assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("zero"), "{e}");
+    // a landmark model whose weights hold NaN: the error names the model, not the box
+    let demo = hyperlora::synthetic::demo::DemoSet::in_dir(&crate::common::demo_dir());
+    let ant = tmp.path().join("antelopev2-nan");
+    crate::common::copy_tree(&demo.antelopev2, &ant);
+    let raw = hyperlora::synthetic::onnx::mean_face_106();
+    let gains = vec![f32::NAN; 212];
+    std::fs::write(ant.join("2d106det.onnx"), hyperlora::synthetic::onnx::landmark_106(&raw, &gains).unwrap()).unwrap();
+    let face = hyperlora::face::analyser::Antelope::load(&ant).unwrap();
+    let img = hyperlora::pixels::photo::load_photo(&demo.photo).unwrap();
+    let opts = hyperlora::face::analyser::FaceOptions {
+        pick: hyperlora::face::analyser::FacePick::Box(hyperlora::synthetic::demo::PHOTO_FACE_BOX),
+        ..Default::default()
+    };
+    let e = face.analyse(&img, "astronaut.jpg", &opts).err().expect("NaN landmarks accepted").to_string();
+    assert!(e.contains("2d106det.onnx") && e.contains("damaged") && !e.contains("wrong box"), "{e}");
+    // NaN in the second text encoder's weights: the error names that encoder's folder
+    let sd = tmp.path().join("sdxl-nan");
+    crate::common::copy_tree(&demo.sdxl, &sd);
+    let te2 = sd.join("text_encoder_2/model.safetensors");
+    crate::common::rewrite(&demo.sdxl.join("text_encoder_2/model.safetensors"), &te2, |entries| {
+        let (_, t) = entries.iter_mut().find(|(k, _)| k.contains("final_layer_norm.weight")).unwrap();
+        t.data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    let o = cli(
+        &["generate", "--model", sd.to_str().unwrap(), "--prompt", "x", "--steps", "1", "--out", "/tmp/never.png"],
+        &[],
+    );
+    assert!(!o.status.success() && err(&o).contains("text_encoder_2") && err(&o).contains("non-finite"), "{}", err(&o));
     // a zTXt "bomb" (20 MB of text in a few KB): the text is dropped, not copied into what is saved
     let bomb = tmp.path().join("bomb.png");
     {
