@@ -48,6 +48,19 @@ fn tensor_info(f: &StFile, key: &str) -> String {
 
 /// `config`: the folder a single file takes its configs and tokenizers from (none: SDXL base's, embedded).
 fn check_sdxl(p: &Path, config: Option<&Path>) -> Result<String> {
+    let info = sdxl_info(p, config)?;
+    // the loader itself, on headers alone: every component's strict key, shape and dtype check, tokenizers and
+    // configs, with the loader's own message — never ok where loading would refuse
+    let opts = crate::sdxl::model::SdxlOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        vae_dtype: candle_core::DType::F32,
+    };
+    crate::weights::headers_only(|| crate::sdxl::model::Sdxl::load(p, config, &opts))?;
+    Ok(info)
+}
+
+fn sdxl_info(p: &Path, config: Option<&Path>) -> Result<String> {
     if p.is_dir() {
         let index = p.join("model_index.json");
         let mi: serde_json::Value =
@@ -146,6 +159,9 @@ fn check_hyper(p: &Path) -> Result<String> {
 
 fn check_clip(p: &Path) -> Result<String> {
     let cfg = crate::vision::clip::ClipVisionConfig::load(&p.join("config.json"))?;
+    crate::weights::headers_only(|| {
+        crate::vision::clip::load_clip_vision(p, candle_core::DType::F32, &candle_core::Device::Cpu)
+    })?;
     let f = StFile::open(p.join("model.safetensors"))?;
     f.check_float_dtypes()?;
     let key = "vision_model.embeddings.patch_embedding.weight";

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 mod strict;
-pub use strict::{build_strict, Expected, StrictBackend, Transform};
+pub use strict::{build_strict, headers_only, Expected, StrictBackend, Transform};
 
 enum Bytes {
     Mapped(memmap2::Mmap),
@@ -121,7 +121,7 @@ impl StFile {
         Ok(())
     }
 
-    fn check_dtype(&self, key: &str) -> Result<StDtype> {
+    pub(crate) fn check_dtype(&self, key: &str) -> Result<StDtype> {
         let dt = self.dtype(key).ok_or_else(|| Error::Missing {
             file: self.path.clone(),
             key: key.into(),

@@ -76,6 +76,25 @@ impl Transform {
     }
 }
 
+thread_local! {
+    static HEADERS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` (a loader) with every strict build on this thread checking keys, shapes and dtypes from the headers
+/// alone: the model is built on zero-stride tensors of the right shapes (one element each), so `doctor` runs the
+/// loaders' own checks — and says what they say — without reading or holding the weights.
+pub fn headers_only<T>(f: impl FnOnce() -> T) -> T {
+    let before = HEADERS_ONLY.with(|h| h.replace(true));
+    let out = f();
+    HEADERS_ONLY.with(|h| h.set(before));
+    out
+}
+
+/// A stand-in of `shape` that holds one element (`headers_only`).
+fn stand_in(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+}
+
 /// A `VarBuilder` backend over one file that records every key a model asks for, so that after building the model
 /// a missing key, a wrong shape (with both shapes) or an unused key is reported like PyTorch's strict loading.
 /// `rename` maps the model's (diffusers) key to the file's key, for checkpoints with another layout.
@@ -84,6 +103,7 @@ pub struct StrictBackend {
     rename: Box<dyn Fn(&str) -> (String, Transform) + Send + Sync>,
     seen: std::sync::Mutex<BTreeSet<String>>,
     first_error: std::sync::Mutex<Option<Error>>,
+    headers_only: bool,
 }
 
 impl StrictBackend {
@@ -120,6 +140,10 @@ impl candle_nn::var_builder::SimpleBackend for StrictBackend {
                 found,
                 hint,
             })),
+            Some(_) if self.headers_only => {
+                self.file.check_dtype(&key).map_err(|e| self.fail(e))?;
+                stand_in(s.dims(), dtype, dev)
+            }
             Some(_) => {
                 let t = self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))?;
                 tf.apply(t)
@@ -129,6 +153,19 @@ impl candle_nn::var_builder::SimpleBackend for StrictBackend {
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let (key, tf) = (self.rename)(name);
         self.seen.lock().expect("lock").insert(key.clone());
+        if self.headers_only {
+            let shape = self.file.shape(&key).map(|f| tf.shape(f));
+            let shape = shape.ok_or_else(|| {
+                self.fail(Error::Missing {
+                    file: self.file.path.clone(),
+                    key: key.clone(),
+                    expected: vec![],
+                    hint: String::new(),
+                })
+            })?;
+            self.file.check_dtype(&key).map_err(|e| self.fail(e))?;
+            return stand_in(&shape, dtype, dev);
+        }
         let t = self.file.tensor(&key, dtype, dev).map_err(|e| self.fail(e))?;
         tf.apply(t)
     }
@@ -152,6 +189,7 @@ pub fn build_strict<T>(
         rename: Box::new(rename),
         seen: Default::default(),
         first_error: Default::default(),
+        headers_only: HEADERS_ONLY.with(|h| h.get()),
     });
     struct Shared(std::sync::Arc<StrictBackend>);
     impl candle_nn::var_builder::SimpleBackend for Shared {

@@ -250,7 +250,8 @@ fn non_finite_numbers_stop_where_they_enter() {
         Ok(_) => panic!("a NaN text encoder made an image"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains("text encoders") && e.contains("non-finite"), "{e}");
+    // the error names the encoder whose weights are wrong
+    assert!(e.contains("text_encoder") && e.contains("non-finite"), "{e}");
 }
 
 /// Stale temporary files of our own pattern (from a writer killed mid-write) are removed on the next write into
