@@ -51,6 +51,45 @@ type Run = Arc<Mutex<RunState>>;
 pub const STACK_BYTES: usize = 512 << 20;
 
 /// Sandbox limits (defaults suit recipes; a runaway loop stops at `max_operations`).
+/// How deep arrays and maps may nest inside each other in a script's values.
+pub const MAX_NESTING: usize = 1_000;
+
+/// Whether `v` nests arrays or maps more than `limit` deep, looking at no more than a fixed budget of elements
+/// (so the check costs O(1) per variable access): a chain deeper than the limit is always found, since following
+/// it costs one element per level.
+fn nesting_over(v: &Dynamic, limit: usize) -> bool {
+    /// Some(true): deeper than the limit; Some(false): not; None: the budget ran out (not found within it).
+    fn over(d: &Dynamic, depth: usize, limit: usize, budget: &mut usize) -> Option<bool> {
+        if depth > limit {
+            return Some(true);
+        }
+        let mut each = |x: &Dynamic| -> Option<bool> {
+            *budget = budget.checked_sub(1)?;
+            if x.is_array() || x.is_map() {
+                over(x, depth + 1, limit, budget)
+            } else {
+                Some(false)
+            }
+        };
+        if let Some(a) = d.read_lock::<rhai::Array>() {
+            for x in a.iter() {
+                if each(x)? {
+                    return Some(true);
+                }
+            }
+        } else if let Some(m) = d.read_lock::<rhai::Map>() {
+            for x in m.values() {
+                if each(x)? {
+                    return Some(true);
+                }
+            }
+        }
+        Some(false)
+    }
+    let mut budget = limit + 64;
+    over(v, 0, limit, &mut budget).unwrap_or(false)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_operations: u64,
@@ -404,9 +443,10 @@ impl Script {
         engine.set_max_string_size(limits.max_string_size);
         engine.set_max_array_size(limits.max_array_size);
         engine.set_max_map_size(limits.max_array_size);
-        // Rhai checks a map's size when a value is made, not when `m[k] = v` inserts a key: each access to a
-        // variable looks at its length (O(1), not recursive), so a map or array grown past the limit that way is
-        // an error at its next use
+        // Rhai checks a map's size when a value is made, not when `m[k] = v` inserts a key, and its size check walks
+        // the whole value each time, so `a = [a]` in a loop is quadratic. Each access to a variable therefore looks
+        // at its length (O(1)) and at its nesting within a budget of elements (O(1) per access): a map or array grown
+        // past the limit, or nested deeper than MAX_NESTING, is an error at its next use
         let max = limits.max_array_size;
         #[allow(deprecated)] // "not deprecated, but considered volatile" (Rhai's words)
         engine.on_var(move |name, _, ctx| {
@@ -419,10 +459,14 @@ impl Script {
                 None
             };
             match len {
-                Some(n) if max > 0 && n > max => {
-                    Err(format!("`{name}` holds {n} entries, over the limit of {max} (a map grown by `m[k] = v`?)")
-                        .into())
-                }
+                Some(n) if max > 0 && n > max => Err(format!(
+                    "`{name}` holds {n} entries, over the limit of {max} (a map grown by `m[k] = v`?)"
+                )
+                .into()),
+                Some(_) if nesting_over(v, MAX_NESTING) => Err(format!(
+                    "`{name}` is nested more than {MAX_NESTING} levels deep (arrays or maps inside each other): the limit for values"
+                )
+                .into()),
                 _ => Ok(None),
             }
         });

@@ -398,8 +398,17 @@ fn second_round_causes_stay_fixed() {
             .unwrap();
         assert!(!o.status.success() && err(&o).contains(want), "{file}: {}", err(&o));
     }
-    // a value nested 20,000 deep prints (the command's thread has the stack for it)
-    std::fs::write(d.join("deep.rhai"), "let a = []; for i in 0..20000 { a = [a]; } print(a); print(\"done\");\n")
+    // nesting is bounded (1,000 levels), so `a = [a]` 100,000 times is an error at level 1,001, not minutes of
+    // Rhai's whole-value size checks; a value 900 deep prints (the command's thread has the stack for it)
+    std::fs::write(d.join("nest.rhai"), "let a = []; for i in 0..100000 { a = [a]; }\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
+        .arg("run")
+        .arg("nest.rhai")
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && err(&o).contains("nested more than 1000 levels"), "{}", err(&o));
+    std::fs::write(d.join("deep.rhai"), "let a = []; for i in 0..900 { a = [a]; } print(a); print(\"done\");\n")
         .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyperlora"))
         .arg("run")
