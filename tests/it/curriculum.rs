@@ -122,7 +122,24 @@ fn the_three_stages_run_in_order_and_each_changes_only_its_own_tensors() {
     let moved = changed(&init, &base, Stage::Base);
     assert_eq!(groups(&moved), ["base_resampler", "bases.base"].map(String::from).into(), "{moved:?}");
 
-    run("id-clip", Some(&base), "clip");
+    // held-out photos given: the fixture photo, found by the demo's detector; a sample at step 3 with its settings
+    let t = {
+        let out = tmp.path().join("clip");
+        let photo = fixture("photo.png");
+        let a = ["--stage", "id-clip", "--steps", "3", "--lr", "1e-2", "--weight-decay", "0", "--eval-every", "3"];
+        let mut args: Vec<&str> = a.to_vec();
+        args.extend([
+            "--eval-steps",
+            "1",
+            "--eval-photos",
+            photo.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+        ]);
+        args.extend(["--from", base.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        ok(train(&data, &args))
+    };
+    assert!(t.contains("sample ") && tmp.path().join("clip/samples/step-3/000-photo.png").is_file(), "{t}");
     let clip = tmp.path().join("clip/checkpoint-3");
     let moved = changed(&base, &clip, Stage::IdClip);
     assert_eq!(groups(&moved), ["bases.id", "resampler"].map(String::from).into(), "{moved:?}");

@@ -424,3 +424,19 @@ fn run_stops_on_ctrl_c() {
     assert!(rest.contains("cancelled"), "{rest}");
     assert!(!std::fs::read_to_string(&out).unwrap().contains("finished"), "the script went on after Ctrl-C");
 }
+
+/// `plot_loss(path)` plots a loss log (train's log.csv, finetune's .loss.csv) as the REPL and the TUI show plots;
+/// a file that is not one says which column is missing.
+#[test]
+fn plot_loss_reads_a_loss_log() {
+    let (mut s, printed) = script(Limits::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log.csv");
+    std::fs::write(&log, "step,loss,lr,seconds\n1,1.5,0.001,0.2\n2,1.25,0.001,0.4\n3,1.0,0.001,0.6\n").unwrap();
+    s.eval(&format!("plot_loss({:?})", log.display().to_string())).unwrap();
+    let out = printed.lock().unwrap().join("\n");
+    assert!(out.contains("PLOT training loss, 3 steps") && out.contains("(3 points)"), "{out}");
+    std::fs::write(&log, "step,lr\n1,0.1\n").unwrap();
+    let e = s.eval(&format!("plot_loss({:?})", log.display().to_string())).unwrap_err().message;
+    assert!(e.contains("log.csv") && e.contains("`loss`"), "{e}");
+}
