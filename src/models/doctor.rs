@@ -154,6 +154,9 @@ fn check_hyper(p: &Path) -> Result<String> {
     } else {
         ""
     };
+    // the loader itself: strict keys and shapes of every file, config.json against the shapes, NaN in the bases
+    // (the one check that reads the data), with the modules built on stand-ins
+    crate::weights::headers_only(|| crate::hyper::HyperLora::load(p, &crate::hyper::LoadOptions::default()))?;
     Ok(format!("{} modules, {}, bases {}{base}", n, human(size_of(p)), tensor_info(&bases, &first)))
 }
 

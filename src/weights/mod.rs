@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 mod strict;
-pub use strict::{build_strict, headers_only, Expected, StrictBackend, Transform};
+pub use strict::{build_strict, headers_only, is_headers_only, stand_in, Expected, StrictBackend, Transform};
 
 enum Bytes {
     Mapped(memmap2::Mmap),

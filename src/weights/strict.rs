@@ -90,8 +90,13 @@ pub fn headers_only<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Whether this thread runs a loader for `headers_only` (loaders that read outside `build_strict` ask).
+pub fn is_headers_only() -> bool {
+    HEADERS_ONLY.with(|h| h.get())
+}
+
 /// A stand-in of `shape` that holds one element (`headers_only`).
-fn stand_in(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+pub fn stand_in(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
 }
 

@@ -191,6 +191,8 @@ fn two_plus_two_steps_equal_four_bit_for_bit() {
     let go = |steps: &str, out: &str, resume: bool| {
         let out = tmp.path().join(out);
         let mut a = vec!["--stage", "base", "--lr", "1e-2", "--steps", steps, "--save-every", "2", "--seed", "5"];
+        // batches of 2 rows, 2 accumulated per step: 4 rows a step, drawn across epochs of 3 images
+        a.extend(["--batch", "2", "--grad-accum", "2"]);
         a.extend(["--cache", cache.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         if resume {
             a.push("--resume");

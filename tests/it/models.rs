@@ -285,3 +285,40 @@ fn doctor_refuses_what_the_sdxl_loader_refuses() {
         }
     }
 }
+
+/// The same for a HyperLoRA variant: a resampler without one of its tensors, or a NaN in the bases, is BAD in
+/// `doctor` with the loader's message (doctor said ok to both before it ran the loader).
+#[test]
+fn doctor_refuses_what_the_hyperlora_loader_refuses() {
+    use hyperlora::hyper::{HyperLora, LoadOptions};
+    let t = tempfile::tempdir().unwrap();
+    let src = fixture("hyperlora-tiny");
+    let drop_norm = |d: &Path| {
+        rewrite(&src.join("resampler.safetensors"), &d.join("resampler.safetensors"), |e| {
+            e.retain(|(k, _)| k != "layers.0.norm_ff.bias")
+        })
+    };
+    let nan_basis = |d: &Path| {
+        rewrite(&src.join("hyper_lora_modules.safetensors"), &d.join("hyper_lora_modules.safetensors"), |e| {
+            let (_, t) = e.iter_mut().find(|(k, _)| k.ends_with("to_v.id_up_basis")).unwrap();
+            match t.dtype {
+                safetensors::Dtype::F16 => t.data[..2].copy_from_slice(&half::f16::NAN.to_le_bytes()),
+                _ => t.data[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+            }
+        })
+    };
+    let cases: [(&str, &dyn Fn(&Path)); 3] =
+        [("intact", &|_| {}), ("no norm_ff.bias", &drop_norm), ("NaN basis", &nan_basis)];
+    for (name, edit) in cases {
+        let dir = t.path().join(name.replace(' ', "-"));
+        copy_tree(&src, &dir);
+        edit(&dir);
+        let load = HyperLora::load(&dir, &LoadOptions::default()).err().map(|e| e.to_string());
+        let c = doctor(&ModelPaths { hyperlora: Some(dir.clone()), ..Default::default() });
+        let h = c.iter().find(|c| c.component == "hyperlora").unwrap();
+        match load {
+            None => assert!(name == "intact" && h.status == Status::Ok, "{name}: loads, doctor says {h:?}"),
+            Some(e) => assert!(h.status == Status::Bad && h.detail.contains(&e), "{name}: loader {e}; doctor {h:?}"),
+        }
+    }
+}

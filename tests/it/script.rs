@@ -433,7 +433,7 @@ fn plot_loss_reads_a_loss_log() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("log.csv");
     std::fs::write(&log, "step,loss,lr,seconds\n1,1.5,0.001,0.2\n2,1.25,0.001,0.4\n3,1.0,0.001,0.6\n").unwrap();
-    s.eval(&format!("plot_loss({:?})", log.display().to_string())).unwrap();
+    let _ = s.eval(&format!("plot_loss({:?})", log.display().to_string())).unwrap();
     let out = printed.lock().unwrap().join("\n");
     assert!(out.contains("PLOT training loss, 3 steps") && out.contains("(3 points)"), "{out}");
     std::fs::write(&log, "step,lr\n1,0.1\n").unwrap();
