@@ -1,9 +1,10 @@
 //! Pixels: the 8-bit RGB image every room passes around, and what is done to it whoever asks — crop and Pillow-exact
-//! bicubic resize (here), decoding a photo (`photo`), affine warps (`warp`), blur and masked paste (`blur`). Below
+//! bicubic resize (here), decoding a photo (`photo`, with `jpeg`'s check that the scans hold what the header claims), affine warps (`warp`), blur and masked paste (`blur`). Below
 //! `face/` and `vision/`, which both use it; it uses neither.
 use crate::error::{Error, Result};
 
 pub mod blur;
+pub mod jpeg;
 pub mod photo;
 pub mod warp;
 

@@ -79,6 +79,17 @@ pub fn load_photo(path: &std::path::Path) -> Result<Rgb8> {
             ),
         ));
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        // the decoder would fill what the scan data lacks and say nothing
+        super::jpeg::check_scans(&bytes).map_err(|e| {
+            Error::invalid(
+                path,
+                format!(
+                    "the JPEG's image data is shorter than its header says ({e}): a damaged file or a patched header"
+                ),
+            )
+        })?;
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_PHOTO_SIDE);
     limits.max_image_height = Some(MAX_PHOTO_SIDE);

@@ -512,6 +512,15 @@ fn second_round_causes_stay_fixed() {
         .expect("an all-zero VAE loaded")
         .to_string();
     assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("zero"), "{e}");
+    // a JPEG whose header claims 4096² over the demo photo's 512² of scan data (within the size limit): refused,
+    // where the decoder would fill the missing blocks and hand back a flat image
+    let mut jpeg = hyperlora::synthetic::demo::PHOTO.to_vec();
+    let sof = (0..jpeg.len() - 1).find(|&i| jpeg[i] == 0xFF && jpeg[i + 1] == 0xC0).unwrap();
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0x10, 0, 0x10, 0]);
+    let patched = tmp.path().join("claims-4096.jpg");
+    std::fs::write(&patched, &jpeg).unwrap();
+    let e = hyperlora::pixels::photo::load_photo(&patched).expect_err("a patched JPEG header accepted").to_string();
+    assert!(e.contains("claims-4096.jpg") && e.contains("shorter than its header"), "{e}");
     // a landmark model whose weights hold NaN: the error names the model, not the box
     let demo = hyperlora::synthetic::demo::DemoSet::in_dir(&crate::common::demo_dir());
     let ant = tmp.path().join("antelopev2-nan");

@@ -139,10 +139,20 @@ fn downloads_resume_and_land_in_the_hub_cache() {
     // discovery and doctor accept what landed
     let d = hyperlora::models::discover_hub(cache.path());
     assert_eq!(d.paths.hyperlora.as_ref(), Some(variant));
-    assert!(hyperlora::models::doctor(&d.paths)
-        .iter()
-        .filter(|c| c.component == "hyperlora" || c.component == "clip")
-        .all(|c| c.status == hyperlora::models::Status::Ok));
+    let checks = hyperlora::models::doctor(&d.paths);
+    let of = |n: &str| checks.iter().find(|c| c.component == n).unwrap();
+    assert_eq!(of("clip").status, hyperlora::models::Status::Ok, "{:?}", of("clip"));
+    // doctor says what the loader says: the tiny fixture's bases under the release's names, without the
+    // config.json the release has none of, cannot tell its heads × dim_head (not 12 × 64) — both refuse, naming it
+    let load = hyperlora::hyper::HyperLora::load(variant, &Default::default()).err().map(|e| e.to_string());
+    let h = of("hyperlora");
+    match load {
+        None => assert_eq!(h.status, hyperlora::models::Status::Ok, "{h:?}"),
+        Some(e) => {
+            assert!(h.status == hyperlora::models::Status::Bad && h.detail.contains(&e), "loader: {e}; doctor: {h:?}");
+            assert!(e.contains("dim_head"), "{e}");
+        }
+    }
     // a second run finds everything in the cache: no transfers
     let before = hub.log.lock().unwrap().len();
     download(&plans("fidelity", true, None).unwrap(), cache.path(), &hub.url, false).unwrap();
