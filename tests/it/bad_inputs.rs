@@ -641,3 +641,142 @@ fn second_round_causes_stay_fixed() {
     let e = s.pca(&ids, 9).err().expect("k > n accepted").to_string();
     assert!(e.contains("k = 9") && e.contains("3 identities"), "{e}");
 }
+
+/// `doctor` runs the loaders' own strict checks on headers alone: wherever loading the SDXL folder refuses a file
+/// (a UNet without `conv_in.weight`, a text encoder with a mis-shaped or extra tensor, an empty VAE file), doctor
+/// says BAD with the same message, and it says ok where loading succeeds.
+#[test]
+fn doctor_refuses_what_the_sdxl_loader_refuses() {
+    use hyperlora::sdxl::model::{Sdxl, SdxlOptions};
+    let t = tempfile::tempdir().unwrap();
+    let opts = SdxlOptions {
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        vae_dtype: candle_core::DType::F32,
+    };
+    type Edit = Box<dyn Fn(&std::path::Path)>;
+    let drop_key = |file: &'static str, key: &'static str| -> Edit {
+        Box::new(move |d: &std::path::Path| {
+            let f = d.join(file);
+            crate::common::rewrite(&crate::common::fixture("sdxl-tiny").join(file), &f, |e| {
+                e.retain(|(k, _)| k != key)
+            });
+        })
+    };
+    let cases: Vec<(&str, Edit)> = vec![
+        ("intact", Box::new(|_: &std::path::Path| {})),
+        ("no conv_in", drop_key("unet/diffusion_pytorch_model.safetensors", "conv_in.weight")),
+        (
+            "mis-shaped text encoder",
+            Box::new(|d: &std::path::Path| {
+                let f = d.join("text_encoder/model.safetensors");
+                crate::common::rewrite(
+                    &crate::common::fixture("sdxl-tiny").join("text_encoder/model.safetensors"),
+                    &f,
+                    |e| {
+                        let (_, t) = e.iter_mut().find(|(k, _)| k.ends_with("final_layer_norm.weight")).unwrap();
+                        let n = t.shape[0] - 1;
+                        t.shape = vec![n];
+                        t.data.truncate(n * 4);
+                    },
+                );
+            }),
+        ),
+        (
+            "extra tensor",
+            Box::new(|d: &std::path::Path| {
+                let f = d.join("text_encoder_2/model.safetensors");
+                crate::common::rewrite(
+                    &crate::common::fixture("sdxl-tiny").join("text_encoder_2/model.safetensors"),
+                    &f,
+                    |e| {
+                        e.push((
+                            "text_model.stray.weight".into(),
+                            hyperlora::files::output::RawTensor::f32(&[2], &[1.0, 2.0]),
+                        ));
+                    },
+                );
+            }),
+        ),
+        (
+            "empty VAE",
+            Box::new(|d: &std::path::Path| {
+                std::fs::write(d.join("vae/diffusion_pytorch_model.safetensors"), b"").unwrap();
+            }),
+        ),
+    ];
+    for (name, edit) in cases {
+        let dir = t.path().join(name.replace(' ', "-"));
+        crate::common::copy_tree(&crate::common::fixture("sdxl-tiny"), &dir);
+        edit(&dir);
+        let load = Sdxl::load(&dir, None, &opts).err().map(|e| e.to_string());
+        let c = hyperlora::models::doctor(&hyperlora::session::ModelPaths {
+            sdxl: Some(dir.clone()),
+            ..Default::default()
+        });
+        let s = c.iter().find(|c| c.component == "sdxl").unwrap();
+        match load {
+            None => assert!(
+                name == "intact" && s.status == hyperlora::models::Status::Ok,
+                "{name}: loads, doctor says {s:?}"
+            ),
+            Some(e) => {
+                assert!(name != "intact", "the intact copy did not load: {e}");
+                assert!(
+                    s.status == hyperlora::models::Status::Bad && s.detail.contains(&e),
+                    "{name}: the loader says {e}; doctor {s:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The same for a HyperLoRA variant: a resampler without one of its tensors, or a NaN in the bases, is BAD in
+/// `doctor` with the loader's message (doctor said ok to both before it ran the loader).
+#[test]
+fn doctor_refuses_what_the_hyperlora_loader_refuses() {
+    use hyperlora::hyper::{HyperLora, LoadOptions};
+    let t = tempfile::tempdir().unwrap();
+    let src = crate::common::fixture("hyperlora-tiny");
+    let drop_norm = |d: &std::path::Path| {
+        crate::common::rewrite(&src.join("resampler.safetensors"), &d.join("resampler.safetensors"), |e| {
+            e.retain(|(k, _)| k != "layers.0.norm_ff.bias")
+        })
+    };
+    let nan_basis = |d: &std::path::Path| {
+        crate::common::rewrite(
+            &src.join("hyper_lora_modules.safetensors"),
+            &d.join("hyper_lora_modules.safetensors"),
+            |e| {
+                let (_, t) = e.iter_mut().find(|(k, _)| k.ends_with("to_v.id_up_basis")).unwrap();
+                match t.dtype {
+                    safetensors::Dtype::F16 => t.data[..2].copy_from_slice(&half::f16::NAN.to_le_bytes()),
+                    _ => t.data[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+                }
+            },
+        )
+    };
+    let cases: [(&str, &dyn Fn(&std::path::Path)); 3] =
+        [("intact", &|_| {}), ("no norm_ff.bias", &drop_norm), ("NaN basis", &nan_basis)];
+    for (name, edit) in cases {
+        let dir = t.path().join(name.replace(' ', "-"));
+        crate::common::copy_tree(&src, &dir);
+        edit(&dir);
+        let load = HyperLora::load(&dir, &LoadOptions::default()).err().map(|e| e.to_string());
+        let c = hyperlora::models::doctor(&hyperlora::session::ModelPaths {
+            hyperlora: Some(dir.clone()),
+            ..Default::default()
+        });
+        let h = c.iter().find(|c| c.component == "hyperlora").unwrap();
+        match load {
+            None => assert!(
+                name == "intact" && h.status == hyperlora::models::Status::Ok,
+                "{name}: loads, doctor says {h:?}"
+            ),
+            Some(e) => assert!(
+                h.status == hyperlora::models::Status::Bad && h.detail.contains(&e),
+                "{name}: loader {e}; doctor {h:?}"
+            ),
+        }
+    }
+}
