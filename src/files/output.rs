@@ -215,6 +215,78 @@ impl RawTensor {
     }
 }
 
+/// One tensor of a streamed safetensors file: name, dtype, shape (its bytes come from the writer's callback).
+pub struct StreamedTensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+}
+
+/// Write a safetensors file tensor by tensor into `path` (a new file in a folder being assembled: no atomic
+/// rename here), so that multi-GB files never sit in memory: the header from names, dtypes and shapes, then
+/// `data(i, out)` writes tensor i's little-endian bytes, which must be exactly its size.
+pub fn stream_safetensors(
+    path: &Path,
+    tensors: &[StreamedTensor],
+    metadata: &HashMap<String, String>,
+    mut data: impl FnMut(usize, &mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings"));
+    }
+    let mut offset = 0usize;
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let n = t.shape.iter().product::<usize>() * t.dtype.bitsize() / 8;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": format!("{:?}", t.dtype), "shape": t.shape, "data_offsets": [offset, offset + n] }),
+        );
+        sizes.push(n);
+        offset += n;
+    }
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let io = |e| Error::write(path, e);
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, file);
+    f.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    f.write_all(&h).map_err(io)?;
+    for (i, n) in sizes.into_iter().enumerate() {
+        let mut counted = Counted { inner: &mut f, n: 0 };
+        data(i, &mut counted)?;
+        if counted.n != n {
+            return Err(Error::Mismatch(format!(
+                "{}: tensor `{}` wrote {} bytes, its shape needs {n}",
+                path.display(),
+                tensors[i].name,
+                counted.n
+            )));
+        }
+    }
+    let file = f.into_inner().map_err(|e| Error::write(path, e.into_error()))?;
+    file.sync_all().map_err(io)
+}
+
+struct Counted<'a, W: Write> {
+    inner: &'a mut W,
+    n: usize,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Serialize named tensors plus string metadata into a safetensors image.
 pub fn safetensors_bytes(tensors: &[(String, RawTensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let meta = if metadata.is_empty() { None } else { Some(metadata) };

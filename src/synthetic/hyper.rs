@@ -1,6 +1,7 @@
 //! Deterministic random-weight HyperLoRA variants in the real file layout, for real-size tests, benchmarks and
 //! the demo. The same key tables that drive strict loading drive the synthesis, so the files always load.
 use crate::error::{Error, Result};
+use crate::files::output::{stream_safetensors, StreamedTensor};
 use crate::hyper::config::HyperConfig;
 use crate::hyper::id_projector::IdProjector;
 use crate::hyper::modules::{self, ModuleSpec};
@@ -9,7 +10,6 @@ use crate::hyper::synth::Bases;
 use crate::hyper::{BASES_FILE, BASE_RESAMPLER_FILE, CONFIG_FILE, ID_PROJECTOR_FILE, MODULES_JSON, RESAMPLER_FILE};
 use crate::rng::Rng;
 use crate::weights::Expected;
-use std::io::Write;
 use std::path::Path;
 
 fn key_seed(seed: u64, key: &str) -> u64 {
@@ -37,27 +37,16 @@ fn init_for(key: &str, shape: &[usize]) -> (f32, f32) {
 pub fn write_f16_file(path: &Path, tensors: &[Expected], seed: u64) -> Result<()> {
     let mut sorted: Vec<&Expected> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for t in &sorted {
-        let n: usize = t.shape.iter().product::<usize>() * 2;
-        header.insert(
-            t.key.clone(),
-            serde_json::json!({ "dtype": "F16", "shape": t.shape, "data_offsets": [offset, offset + n] }),
-        );
-        offset += n;
+    let layout: Vec<StreamedTensor> = sorted
+        .iter()
+        .map(|t| StreamedTensor { name: t.key.clone(), dtype: safetensors::Dtype::F16, shape: t.shape.clone() })
+        .collect();
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
     }
-    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let io = |e| Error::io(path, e);
-    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).map_err(io)?);
-    f.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    f.write_all(&h).map_err(io)?;
-    let mut buf32 = Vec::new();
-    let mut buf16 = Vec::new();
-    for t in sorted {
+    let (mut buf32, mut buf16) = (Vec::new(), Vec::new());
+    stream_safetensors(path, &layout, &Default::default(), |i, out| {
+        let t = sorted[i];
         let n: usize = t.shape.iter().product();
         let (c, a) = init_for(&t.key, &t.shape);
         let mut rng = Rng::new(key_seed(seed, &t.key));
@@ -69,12 +58,11 @@ pub fn write_f16_file(path: &Path, tensors: &[Expected], seed: u64) -> Result<()
             buf16.resize(m, half::f16::ZERO);
             rng.fill(&mut buf32, c, a);
             half::slice::HalfFloatSliceExt::convert_from_f32_slice(buf16.as_mut_slice(), &buf32);
-            f.write_all(crate::weights::as_bytes(&buf16)).map_err(io)?;
+            out.write_all(crate::weights::as_bytes(&buf16)).map_err(|e| Error::io(path, e))?;
             left -= m;
         }
-    }
-    f.flush().map_err(io)?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Write a complete variant folder for `cfg` and `modules`. `with_config` writes a `config.json` (the release has

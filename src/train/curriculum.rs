@@ -4,7 +4,7 @@
 use super::adamw::{AdamW, AdamWConfig, Moments};
 use super::step::{staged_step, Batch, Branches, FullInputs};
 use crate::error::{Error, Result};
-use crate::files::output::{safetensors_bytes, write_file, RawTensor};
+use crate::files::output::{safetensors_bytes, stream_safetensors, write_file, RawTensor, StreamedTensor};
 use crate::hyper::config::HyperConfig;
 use crate::hyper::id_projector::IdProjector;
 use crate::hyper::modules::{self, ModuleSpec};
@@ -263,9 +263,14 @@ pub fn init_variant(dir: &Path, cfg: &HyperConfig, modules_: &[ModuleSpec], o: &
         write_bytes(&tmp.join(MODULES_JSON), modules::to_json(modules_).as_bytes())?;
         write_bytes(&tmp.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg.to_json()).expect("json").as_bytes())?;
         for (file, group, expected) in layout(cfg, modules_) {
-            let raw: Vec<(String, RawTensor)> =
-                expected.iter().map(|e| (e.key.clone(), RawTensor::f32(&e.shape, &init_tensor(group, e, o)))).collect();
-            write_bytes(&tmp.join(file), &safetensors_bytes(&raw, HashMap::new())?)?;
+            let tensors: Vec<StreamedTensor> = expected
+                .iter()
+                .map(|e| StreamedTensor { name: e.key.clone(), dtype: safetensors::Dtype::F32, shape: e.shape.clone() })
+                .collect();
+            stream_safetensors(&tmp.join(file), &tensors, &HashMap::new(), |i, out| {
+                let v = init_tensor(group, &expected[i], o);
+                out.write_all(crate::weights::as_bytes(&v)).map_err(|e| Error::write(tmp.join(file), e))
+            })?;
         }
         Ok(())
     })
@@ -344,20 +349,31 @@ pub fn write_checkpoint(dir: &Path, src: &HyperLora, tr: &Trainable, opt: &AdamW
             files.push((BASE_RESAMPLER_FILE, BASE_RESAMPLER));
         }
         for (file, group) in files {
+            // streamed tensor by tensor: a release-size bases file never sits in memory
             let f = StFile::open(src.dir().join(file))?;
-            let mut raw = Vec::new();
-            for key in f.keys() {
-                let t = match trained.get(format!("{group}.{key}").as_str()) {
-                    Some(v) => RawTensor::from_tensor(v.as_tensor(), DType::F32)?,
-                    None => RawTensor {
-                        dtype: f.dtype(&key).ok_or_else(|| Error::Mismatch(format!("no tensor {key}")))?,
-                        shape: f.shape(&key).unwrap_or(&[]).to_vec(),
-                        data: f.raw(&key).unwrap_or(&[]).to_vec(),
+            let keys: Vec<String> = f.keys().into_iter().collect();
+            let vars: Vec<Option<&Var>> =
+                keys.iter().map(|k| trained.get(format!("{group}.{k}").as_str()).copied()).collect();
+            let layout = keys
+                .iter()
+                .zip(&vars)
+                .map(|(k, v)| StreamedTensor {
+                    name: k.clone(),
+                    dtype: if v.is_some() {
+                        safetensors::Dtype::F32
+                    } else {
+                        f.dtype(k).unwrap_or(safetensors::Dtype::F32)
                     },
+                    shape: f.shape(k).unwrap_or(&[]).to_vec(),
+                })
+                .collect::<Vec<_>>();
+            stream_safetensors(&tmp.join(file), &layout, &f.metadata(), |i, out| {
+                let bytes = match vars[i] {
+                    Some(v) => RawTensor::from_tensor(v.as_tensor(), DType::F32)?.data,
+                    None => f.raw(&keys[i]).unwrap_or(&[]).to_vec(),
                 };
-                raw.push((key, t));
-            }
-            write_bytes(&tmp.join(file), &safetensors_bytes(&raw, f.metadata())?)?;
+                out.write_all(&bytes).map_err(|e| Error::write(tmp.join(file), e))
+            })?;
         }
         write_state(&tmp.join(STATE_FILE), tr, opt, state)
     })
