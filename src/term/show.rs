@@ -10,6 +10,32 @@ use std::time::Duration;
 
 static TYPED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static CHOICE: OnceLock<(Protocol, Option<String>)> = OnceLock::new();
+/// The cell size the terminal reported to `CSI 16 t` (when it answered), for protocols that scale to cells.
+static CELL: OnceLock<Option<(u16, u16)>> = OnceLock::new();
+
+/// The cells (columns, rows), at most `max_cols` × `max_rows`, to draw a `width` × `height` image in so that it
+/// keeps its aspect ratio, for a protocol that draws a cell as `cell` = (width, height) pixels: the limiting side
+/// is filled.
+pub fn fit_cells(width: usize, height: usize, max_cols: usize, max_rows: usize, cell: (f64, f64)) -> (usize, usize) {
+    let (w, h) = (width.max(1) as f64, height.max(1) as f64);
+    // columns per row that keep the aspect: (cols·cw) / (rows·ch) = w / h
+    let per_row = (w / h) * (cell.1 / cell.0);
+    let rows = (max_rows as f64).min(max_cols as f64 / per_row);
+    let cols = (rows * per_row).round().clamp(1.0, max_cols.max(1) as f64);
+    (cols as usize, (rows.round() as usize).clamp(1, max_rows.max(1)))
+}
+
+/// The size in pixels at which the terminal draws a cell: the window's pixel size over its cells (the
+/// `TIOCGWINSZ` ioctl, which xterm and many others fill although they ignore `CSI 16 t`), else the answer to
+/// `CSI 16 t`, else none.
+fn terminal_cell() -> Option<(f64, f64)> {
+    if let Ok(ws) = crossterm::terminal::window_size() {
+        if ws.width > 0 && ws.height > 0 && ws.columns > 0 && ws.rows > 0 {
+            return Some((ws.width as f64 / ws.columns as f64, ws.height as f64 / ws.rows as f64));
+        }
+    }
+    CELL.get().copied().flatten().filter(|(w, h)| *w > 0 && *h > 0).map(|(w, h)| (w as f64, h as f64))
+}
 
 /// Keys typed while the terminal was being asked (the REPL feeds them into its next line).
 pub fn take_typed() -> Vec<u8> {
@@ -63,6 +89,7 @@ fn choose() -> (Protocol, Option<String>) {
     if let Ok(mut t) = TYPED.lock() {
         t.extend_from_slice(&d.typed);
     }
+    let _ = CELL.set(d.answers.cell);
     match wish {
         None => (d.protocol, None),
         Some(p) => {
@@ -111,6 +138,14 @@ pub fn show(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize) {
         return;
     };
     let _ = std::io::stdout().flush();
+    // viuer draws a sixel cell as 6×12 pixels whatever the terminal's cells are, and stretches to the cells it is
+    // given; kitty and iTerm2 scale the image to the cells, which are the terminal's own size: either way the cells
+    // are chosen here so that the image keeps its aspect ratio
+    let cell = match p {
+        Protocol::Sixel => (6.0, 12.0),
+        _ => terminal_cell().unwrap_or((1.0, 2.0)),
+    };
+    let (cols, rows) = fit_cells(width, height, cols.min(166), rows, cell);
     let cfg = viuer::Config {
         absolute_offset: false,
         width: Some(cols as u32),
@@ -129,6 +164,16 @@ pub fn show(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cells_keep_the_aspect_ratio() {
+        // a square image in at most 60×24 cells of 6×12 pixels: 48×24 cells, 288×288 pixels
+        assert_eq!(super::fit_cells(128, 128, 60, 24, (6.0, 12.0)), (48, 24));
+        // cells of 10×20 pixels, a wide image: the width limits
+        assert_eq!(super::fit_cells(400, 100, 40, 24, (10.0, 20.0)), (40, 5));
+        // xterm's 6×13 cells: a square image 24 rows high is 52 columns wide
+        assert_eq!(super::fit_cells(128, 128, 80, 24, (6.0, 13.0)), (52, 24));
+    }
+
     #[test]
     fn typed_bytes_become_lines() {
         let (l, rest) = super::lines_from_typed(b"1 + 40\r2 +\x7f+ 40\n\x1b[A3 +");

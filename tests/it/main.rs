@@ -31,3 +31,4 @@ mod space;
 mod sweep;
 mod training;
 mod tui;
+mod xvfb;
