@@ -56,6 +56,18 @@ pub fn keys_from_bytes(bytes: &[u8]) -> Vec<crossterm::event::KeyEvent> {
     out
 }
 
+/// The size in pixels at which the terminal draws a cell: its answer to `CSI 16 t` when it gave one, else the
+/// window's pixel size over its cells from the `TIOCGWINSZ` ioctl (xterm fills that although it ignores the query),
+/// else none.
+pub fn cell_size(answer: Option<(u16, u16)>) -> Option<(u16, u16)> {
+    if let Some((w, h)) = answer.filter(|(w, h)| *w > 0 && *h > 0) {
+        return Some((w, h));
+    }
+    let ws = crossterm::terminal::window_size().ok()?;
+    (ws.width > 0 && ws.height > 0 && ws.columns > 0 && ws.rows > 0)
+        .then(|| ((ws.width / ws.columns).max(1), (ws.height / ws.rows).max(1)))
+}
+
 /// How images reach the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

@@ -25,18 +25,6 @@ pub fn fit_cells(width: usize, height: usize, max_cols: usize, max_rows: usize, 
     (cols as usize, (rows.round() as usize).clamp(1, max_rows.max(1)))
 }
 
-/// The size in pixels at which the terminal draws a cell: the window's pixel size over its cells (the
-/// `TIOCGWINSZ` ioctl, which xterm and many others fill although they ignore `CSI 16 t`), else the answer to
-/// `CSI 16 t`, else none.
-fn terminal_cell() -> Option<(f64, f64)> {
-    if let Ok(ws) = crossterm::terminal::window_size() {
-        if ws.width > 0 && ws.height > 0 && ws.columns > 0 && ws.rows > 0 {
-            return Some((ws.width as f64 / ws.columns as f64, ws.height as f64 / ws.rows as f64));
-        }
-    }
-    CELL.get().copied().flatten().filter(|(w, h)| *w > 0 && *h > 0).map(|(w, h)| (w as f64, h as f64))
-}
-
 /// Keys typed while the terminal was being asked (the REPL feeds them into its next line).
 pub fn take_typed() -> Vec<u8> {
     TYPED.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default()
@@ -143,7 +131,7 @@ pub fn show(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize) {
     // are chosen here so that the image keeps its aspect ratio
     let cell = match p {
         Protocol::Sixel => (6.0, 12.0),
-        _ => terminal_cell().unwrap_or((1.0, 2.0)),
+        _ => super::cell_size(CELL.get().copied().flatten()).map(|(w, h)| (w as f64, h as f64)).unwrap_or((1.0, 2.0)),
     };
     let (cols, rows) = fit_cells(width, height, cols.min(166), rows, cell);
     let cfg = viuer::Config {

@@ -119,7 +119,9 @@ fn picker_for(p: crate::term::Protocol, cell: Option<(u16, u16)>) -> Option<app:
         Protocol::Sixel => ProtocolType::Sixel,
         Protocol::Iterm2 => ProtocolType::Iterm2,
     };
-    let mut picker = Picker::from_fontsize(cell.unwrap_or((10, 20)));
+    // the terminal's cell size (its CSI 16 t answer, else TIOCGWINSZ's pixels), so that images keep their aspect
+    // and fill the pane; 10×20 only where neither says
+    let mut picker = Picker::from_fontsize(crate::term::cell_size(cell).unwrap_or((10, 20)));
     picker.set_protocol_type(t);
     Some(app::Graphics::new(picker))
 }

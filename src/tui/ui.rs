@@ -29,7 +29,7 @@ impl Widget for Halfblocks<'_> {
     }
 }
 
-/// Draw through the terminal's graphics protocol, re-encoding only when the image changes.
+/// Draw through the terminal's graphics protocol, re-encoding only when the image or the pane changes.
 fn protocol_image(f: &mut Frame, g: &super::app::Graphics, img: &Image, area: Rect) {
     let key = std::sync::Arc::as_ptr(&img.rgb) as usize;
     let mut st = g.state.borrow_mut();
@@ -41,7 +41,10 @@ fn protocol_image(f: &mut Frame, g: &super::app::Graphics, img: &Image, area: Re
         *st = Some((key, g.picker.new_resize_protocol(image::DynamicImage::ImageRgb8(rgb))));
     }
     if let Some((_, proto)) = st.as_mut() {
-        f.render_stateful_widget(ratatui_image::StatefulImage::default(), area, proto);
+        // scaled to fill the pane's limiting side (Fit never enlarges: a 128² image stayed a small patch), the aspect
+        // ratio kept through the terminal's real cell size (`term::cell_size`)
+        let widget = ratatui_image::StatefulImage::default().resize(ratatui_image::Resize::Scale(None));
+        f.render_stateful_widget(widget, area, proto);
     }
 }
 

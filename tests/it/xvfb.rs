@@ -1,5 +1,5 @@
 //! Previews in a real terminal: xterm as a VT340 (sixel) under Xvfb, with xterm's defaults — the user's path, no
-//! override. `.ci/run` installs Xvfb, xterm and ImageMagick's `import` as it installs tmux.
+//! override. `.ci/run` installs Xvfb, xterm, ImageMagick's `import` and xdotool as it installs tmux.
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,32 +20,18 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// The bounding box (width, height) of the colourful pixels (the drawn image; xterm's text is black on white).
-fn drawn_box(png: &Path) -> (u32, u32) {
-    let img = image::open(png).unwrap().to_rgb8();
-    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
-    for (x, y, p) in img.enumerate_pixels() {
-        let (lo, hi) = (p.0.iter().min().unwrap(), p.0.iter().max().unwrap());
-        if hi - lo > 40 {
-            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
-        }
-    }
-    assert!(x1 >= x0 && y1 >= y0, "no image was drawn");
-    (x1 - x0 + 1, y1 - y0 + 1)
-}
-
-/// `show` in `run` on xterm -ti vt340 (sixel): a square image is drawn square (it was 1.25–1.75× too wide: viuer
-/// draws a sixel cell as 6×12 pixels and stretched the image to the cells it was given).
-#[test]
-fn xterm_sixel_keeps_the_aspect_ratio() {
-    for tool in ["Xvfb", "xterm", "import"] {
+/// An Xvfb display of its own (killed when the guard drops).
+fn xvfb() -> (Killed, String) {
+    for tool in ["Xvfb", "xterm", "import", "xdotool"] {
         let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
-        assert!(found.status.success(), "{tool} is not installed (.ci/run installs xvfb, xterm and imagemagick)");
+        assert!(found.status.success(), "{tool} is not installed (.ci/run installs xvfb, xterm, imagemagick, xdotool)");
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let display = format!(":{}", 40 + std::process::id() % 200);
-    let socket = format!("/tmp/.X11-unix/X{}", &display[1..]);
-    let _x = Killed(
+    // a display number per test process and test (two tests of this file run at once)
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = 40 + (std::process::id() % 100) * 2 + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let display = format!(":{n}");
+    let socket = format!("/tmp/.X11-unix/X{n}");
+    let x = Killed(
         Command::new("Xvfb")
             .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
             .stdout(Stdio::null())
@@ -54,6 +40,57 @@ fn xterm_sixel_keeps_the_aspect_ratio() {
             .unwrap(),
     );
     wait_for("Xvfb start", Duration::from_secs(10), || Path::new(&socket).exists());
+    (x, display)
+}
+
+fn screenshot(display: &str, to: &Path) {
+    let st = Command::new("import").args(["-display", display, "-window", "root"]).arg(to).status().unwrap();
+    assert!(st.success(), "import failed");
+}
+
+/// xterm's 16 colours, in which the TUI draws its text, borders and status bar (bitmap fonts: no blended pixels).
+const XTERM_PALETTE: [[u8; 3]; 16] = [
+    [0, 0, 0],
+    [205, 0, 0],
+    [0, 205, 0],
+    [205, 205, 0],
+    [0, 0, 238],
+    [205, 0, 205],
+    [0, 205, 205],
+    [229, 229, 229],
+    [127, 127, 127],
+    [255, 0, 0],
+    [0, 255, 0],
+    [255, 255, 0],
+    [92, 92, 255],
+    [255, 0, 255],
+    [0, 255, 255],
+    [255, 255, 255],
+];
+
+/// The bounding box (width, height) of the colourful pixels that are not xterm's own colours: the drawn image.
+fn drawn_box(png: &Path) -> (u32, u32) {
+    try_drawn_box(png).expect("no image was drawn")
+}
+
+fn try_drawn_box(png: &Path) -> Option<(u32, u32)> {
+    let img = image::open(png).unwrap().to_rgb8();
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+    for (x, y, p) in img.enumerate_pixels() {
+        let (lo, hi) = (p.0.iter().min().unwrap(), p.0.iter().max().unwrap());
+        if hi - lo > 40 && !XTERM_PALETTE.contains(&p.0) {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
+    }
+    (x1 >= x0 && y1 >= y0).then(|| (x1 - x0 + 1, y1 - y0 + 1))
+}
+
+/// `show` in `run` on xterm -ti vt340 (sixel): a square image is drawn square (it was 1.25–1.75× too wide: viuer
+/// draws a sixel cell as 6×12 pixels and stretched the image to the cells it was given).
+#[test]
+fn xterm_sixel_keeps_the_aspect_ratio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_x, display) = xvfb();
     let script = tmp.path().join("show.rhai");
     std::fs::write(
         &script,
@@ -82,11 +119,54 @@ fn xterm_sixel_keeps_the_aspect_ratio() {
     wait_for("the recipe", Duration::from_secs(120), || done.exists());
     std::thread::sleep(Duration::from_millis(800));
     let shot = tmp.path().join("shot.png");
-    let st = Command::new("import").args(["-display", &display, "-window", "root"]).arg(&shot).status().unwrap();
-    assert!(st.success());
+    screenshot(&display, &shot);
     let log = std::fs::read_to_string(tmp.path().join("log")).unwrap_or_default();
     let (w, h) = drawn_box(&shot);
     let aspect = w as f64 / h as f64;
     assert!(w > 100 && h > 100, "drawn {w}×{h} px\n{log}");
     assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px (aspect {aspect:.3})\n{log}");
+}
+
+/// The TUI on xterm -ti vt340: `show(img)` typed into the real window (xdotool) draws the square image square and
+/// large in the preview pane (it was 78×91 px in a pane of about 345×290: ratatui-image assumed 10×20-pixel cells
+/// where xterm, which does not answer `CSI 16 t`, has 6×13 ones — now taken from TIOCGWINSZ).
+#[test]
+fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_x, display) = xvfb();
+    let _term = Killed(
+        Command::new("xterm")
+            .args(["-ti", "vt340", "-geometry", "120x40+0+0", "-e", env!("CARGO_BIN_EXE_hyperlora"), "--demo"])
+            .env("DISPLAY", &display)
+            .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
+            .env("HYPERLORA_HISTORY", tmp.path().join("history"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let xdo = |args: &[&str]| {
+        let st = Command::new("xdotool").args(args).env("DISPLAY", &display).status().unwrap();
+        assert!(st.success(), "xdotool {args:?}");
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    // no window manager: the pointer over the window gives it the keyboard
+    xdo(&["mousemove", "200", "200"]);
+    xdo(&["type", "--delay", "15", "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))"]);
+    xdo(&["key", "Return"]);
+    let shot = tmp.path().join("tui.png");
+    let t = Instant::now();
+    let (w, h) = loop {
+        screenshot(&display, &shot);
+        if let Some(_b) = try_drawn_box(&shot).filter(|(w, h)| *w > 40 && *h > 40) {
+            std::thread::sleep(Duration::from_millis(500));
+            screenshot(&display, &shot);
+            break drawn_box(&shot);
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no image appeared in the TUI");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let aspect = w as f64 / h as f64;
+    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in the TUI (aspect {aspect:.3})");
+    assert!(w.min(h) > 150, "the image is {w}×{h} px: it should fill most of the preview pane");
 }
