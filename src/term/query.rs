@@ -1,6 +1,6 @@
 //! Asking the terminal which graphics it draws, without losing a keystroke.
 //!
-//! The queries (kitty graphics, cell size, DA1 for sixel, then a status report that every terminal answers) are
+//! The queries (kitty graphics, XTVERSION, cell size, DA1 for sixel, then a status report that every terminal answers) are
 //! written once; the answers are read on the calling thread with `poll`, until the status report arrives or
 //! the timeout passes. No reader thread is left behind (the cause of lost keys with a parked reader), and every
 //! byte read that is not part of an answer — keys typed while we waited — is handed back to the caller, which
@@ -19,6 +19,8 @@ pub struct Answers {
     pub da1: bool,
     /// Cell size in pixels (width, height), from `CSI 16 t`.
     pub cell: Option<(u16, u16)>,
+    /// kitty's version (major, minor, patch), from its answer to XTVERSION (`CSI > 0 q` → `DCS >| kitty(0.26.5) ST`).
+    pub kitty_version: Option<(u16, u16, u16)>,
     /// The final status report arrived: every earlier answer is in.
     pub complete: bool,
 }
@@ -44,7 +46,7 @@ pub fn query_bytes(tmux: bool) -> Vec<u8> {
     } else {
         q.push_str(kitty);
     }
-    q.push_str("\x1b[16t\x1b[c\x1b[5n");
+    q.push_str("\x1b[>0q\x1b[16t\x1b[c\x1b[5n");
     q.into_bytes()
 }
 
@@ -112,6 +114,20 @@ impl Scanner {
                 }
                 Piece::Other(end + 2)
             }
+            // DCS: the XTVERSION answer `ESC P >| name(version) ESC \`
+            b'P' => {
+                let Some(end) = b.windows(2).position(|w| w == b"\x1b\\") else {
+                    return if b.len() > 256 { Piece::Other(2) } else { Piece::Incomplete };
+                };
+                let body = &b[2..end];
+                match body.strip_prefix(b">|") {
+                    Some(name) => {
+                        self.answers.kitty_version = kitty_version(&String::from_utf8_lossy(name));
+                        Piece::Answer(end + 2)
+                    }
+                    None => Piece::Other(end + 2),
+                }
+            }
             b'[' => {
                 // CSI: parameters then one final byte in 0x40..=0x7e
                 let Some(fin) = b[2..].iter().position(|&c| (0x40..=0x7e).contains(&c)) else {
@@ -144,6 +160,13 @@ impl Scanner {
             _ => Piece::Other(1),
         }
     }
+}
+
+/// `kitty(0.26.5)` → (0, 26, 5); another terminal's name → None.
+fn kitty_version(name: &str) -> Option<(u16, u16, u16)> {
+    let v = name.trim().strip_prefix("kitty(")?.split(')').next()?;
+    let mut n = v.split('.').map(|p| p.parse::<u16>().ok());
+    Some((n.next()??, n.next().flatten().unwrap_or(0), n.next().flatten().unwrap_or(0)))
 }
 
 /// Write the query to `out` and read the answers from `input` (both the terminal, in raw mode) until the status
@@ -239,12 +262,27 @@ mod tests {
             s.push(chunk);
         }
         s.flush();
-        assert_eq!(s.answers, Answers { kitty: true, sixel: true, da1: true, cell: Some((10, 20)), complete: true });
+        assert_eq!(
+            s.answers,
+            Answers { kitty: true, sixel: true, da1: true, cell: Some((10, 20)), complete: true, kitty_version: None }
+        );
         assert_eq!(s.other, b"1 + 40\r\x1b[A2 x");
         let mut s = Scanner::default();
         s.push(b"\x1b[?1;2c\x1b_Gi=31;ENOTSUPPORTED\x1b\\\x1b[0n");
         assert_eq!(s.answers, Answers { da1: true, complete: true, ..Default::default() });
         assert!(s.other.is_empty());
+    }
+
+    #[test]
+    fn xtversion_names_kittys_version() {
+        let mut s = Scanner::default();
+        s.push(b"a\x1bP>|kitty(0.26.5)\x1b\\b\x1b_Gi=31;OK\x1b\\\x1b[0n");
+        assert_eq!(s.answers.kitty_version, Some((0, 26, 5)));
+        assert_eq!(s.other, b"ab");
+        let mut s = Scanner::default();
+        s.push(b"\x1bP>|XTerm(379)\x1b\\\x1b[0n");
+        assert_eq!(s.answers.kitty_version, None);
+        assert!(s.other.is_empty() && s.answers.complete);
     }
 
     #[test]

@@ -107,6 +107,18 @@ fn graphics(tty: Option<&std::fs::File>) -> (Option<app::Graphics>, crate::term:
         },
         Ok(None) => detect(tty, QUERY_TIMEOUT),
     };
+    let mut d = d;
+    // kitty draws the TUI's images through Unicode placeholders, which it has from 0.28 on: older kittys showed a
+    // block of empty-box glyphs, so they get halfblocks (the line REPL's direct placement works on them)
+    if let (crate::term::Protocol::Kitty, Some(v)) = (d.protocol, d.answers.kitty_version) {
+        if v < (0, 28, 0) {
+            d.protocol = crate::term::Protocol::Halfblocks;
+            d.why = format!(
+                "kitty {}.{}.{} has no Unicode placeholders (from 0.28), which the TUI's kitty images need",
+                v.0, v.1, v.2
+            );
+        }
+    }
     (picker_for(d.protocol, d.answers.cell), d)
 }
 

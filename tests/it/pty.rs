@@ -23,6 +23,9 @@ pub enum Answer {
     Silent,
     /// kitty, but every answer comes 1.2 s late (after the start-up timeout).
     Slow,
+    /// kitty 0.26.5 (Debian 12's): answers as kitty, and XTVERSION with its version, which predates the Unicode
+    /// placeholders the TUI's kitty images need.
+    OldKitty,
 }
 
 pub struct FakeTerm {
@@ -57,7 +60,7 @@ fn answers(a: Answer, out: &[u8]) -> Vec<u8> {
         if let Some(body) = s.strip_prefix("\x1b_G") {
             let end = body.find("\x1b\\").unwrap_or(body.len());
             let query = &body[..end];
-            if matches!(a, Answer::Kitty | Answer::Slow) && query.contains("a=q") {
+            if matches!(a, Answer::Kitty | Answer::Slow | Answer::OldKitty) && query.contains("a=q") {
                 if query.contains("t=t") {
                     r.extend_from_slice(b"\x1b_Gi=31;EBADF:cannot read the file\x1b\\");
                 } else {
@@ -74,8 +77,13 @@ fn answers(a: Answer, out: &[u8]) -> Vec<u8> {
                 _ => r.extend_from_slice(b"\x1b[?62;22c"),
             }
             step = 3;
+        } else if s.starts_with("\x1b[>0q") {
+            if a == Answer::OldKitty {
+                r.extend_from_slice(b"\x1bP>|kitty(0.26.5)\x1b\\");
+            }
+            step = 5;
         } else if s.starts_with("\x1b[16t") {
-            if matches!(a, Answer::Kitty | Answer::Slow) {
+            if matches!(a, Answer::Kitty | Answer::Slow | Answer::OldKitty) {
                 r.extend_from_slice(b"\x1b[6;20;10t");
             }
             step = 5;
@@ -264,6 +272,13 @@ fn tui_under_the_terms_ssh_and_multiplexers_set() {
 #[test]
 fn tui_kitty_terminal() {
     tui_case(Answer::Kitty, "kitty");
+}
+
+/// kitty before 0.28 (no Unicode placeholders: the TUI's kitty images showed empty-box glyphs) gets halfblocks,
+/// told by its XTVERSION answer.
+#[test]
+fn tui_old_kitty_terminal() {
+    tui_case(Answer::OldKitty, "halfblocks");
 }
 
 #[test]
