@@ -20,9 +20,10 @@ pub fn fit_cells(width: usize, height: usize, max_cols: usize, max_rows: usize, 
     let (w, h) = (width.max(1) as f64, height.max(1) as f64);
     // columns per row that keep the aspect: (cols·cw) / (rows·ch) = w / h
     let per_row = (w / h) * (cell.1 / cell.0);
-    let rows = (max_rows as f64).min(max_cols as f64 / per_row);
-    let cols = (rows * per_row).round().clamp(1.0, max_cols.max(1) as f64);
-    (cols as usize, (rows.round() as usize).clamp(1, max_rows.max(1)))
+    // whole rows first, then the columns that match them (rounding both on their own skews the aspect by a cell)
+    let rows = ((max_rows as f64).min(max_cols as f64 / per_row).floor() as usize).clamp(1, max_rows.max(1));
+    let cols = (rows as f64 * per_row).round().clamp(1.0, max_cols.max(1) as f64);
+    (cols as usize, rows)
 }
 
 /// Keys typed while the terminal was being asked (the REPL feeds them into its next line).
@@ -160,6 +161,8 @@ mod tests {
         assert_eq!(super::fit_cells(400, 100, 40, 24, (10.0, 20.0)), (40, 5));
         // xterm's 6×13 cells: a square image 24 rows high is 52 columns wide
         assert_eq!(super::fit_cells(128, 128, 80, 24, (6.0, 13.0)), (52, 24));
+        // kitty's 9×20 cells in at most 42 columns: 18 whole rows and the 40 columns that match (not 42×19)
+        assert_eq!(super::fit_cells(128, 128, 42, 24, (9.0, 20.0)), (40, 18));
     }
 
     #[test]

@@ -170,3 +170,49 @@ fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
     assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in the TUI (aspect {aspect:.3})");
     assert!(w.min(h) > 150, "the image is {w}×{h} px: it should fill most of the preview pane");
 }
+
+/// `show` in `run` on Debian's kitty (0.26.5) under Xvfb, default path: a square image is drawn square (it was
+/// 600×456 px: the cells given to kitty, which scales the image to them, assumed a 1:2 cell; now the cells follow
+/// the terminal's cell size, from its CSI 16 t answer or TIOCGWINSZ).
+#[test]
+fn kitty_show_keeps_the_aspect_ratio() {
+    let found = Command::new("sh").args(["-c", "command -v kitty"]).output().unwrap();
+    assert!(found.status.success(), "kitty is not installed (.ci/run installs it)");
+    let tmp = tempfile::tempdir().unwrap();
+    let (_x, display) = xvfb();
+    let script = tmp.path().join("show.rhai");
+    std::fs::write(
+        &script,
+        "let img = generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 });\nshow(img);\n",
+    )
+    .unwrap();
+    let done = tmp.path().join("done");
+    // stdout is the terminal; the window stays (no --hold, whose green prompt would count as drawn pixels)
+    let cmd = format!(
+        "{} run --demo {} 2> {}; touch {}; sleep 60",
+        env!("CARGO_BIN_EXE_hyperlora"),
+        script.display(),
+        tmp.path().join("log").display(),
+        done.display()
+    );
+    let _term = Killed(
+        Command::new("kitty")
+            .args(["--config", "NONE", "sh", "-c", &cmd])
+            .env("DISPLAY", &display)
+            .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
+            .env("LIBGL_ALWAYS_SOFTWARE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the recipe in kitty", Duration::from_secs(120), || done.exists());
+    std::thread::sleep(Duration::from_millis(1500));
+    let shot = tmp.path().join("kitty.png");
+    screenshot(&display, &shot);
+    let log = std::fs::read_to_string(tmp.path().join("log")).unwrap_or_default();
+    let (w, h) = drawn_box(&shot);
+    let aspect = w as f64 / h as f64;
+    assert!(w > 100 && h > 100, "drawn {w}×{h} px\n{log}");
+    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in kitty (aspect {aspect:.3})\n{log}");
+}
