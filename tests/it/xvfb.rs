@@ -85,10 +85,10 @@ fn try_drawn_box(png: &Path) -> Option<(u32, u32)> {
     (x1 >= x0 && y1 >= y0).then(|| (x1 - x0 + 1, y1 - y0 + 1))
 }
 
-/// `show` in `run` on xterm -ti vt340 (sixel): a square image is drawn square (it was 1.25–1.75× too wide: viuer
-/// draws a sixel cell as 6×12 pixels and stretched the image to the cells it was given).
-#[test]
-fn xterm_sixel_keeps_the_aspect_ratio() {
+/// `show` of a square 128² image in `run`, in a terminal started by `terminal` (its arguments up to the shell command,
+/// then `sh -c CMD`) under Xvfb: stdout is the terminal (the preview's default path, drawn because it is one),
+/// stderr a log. Checks that the drawn image is square within 5%; `name` goes into the messages.
+fn run_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)], linger: Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let (_x, display) = xvfb();
     let script = tmp.path().join("show.rhai");
@@ -98,17 +98,19 @@ fn xterm_sixel_keeps_the_aspect_ratio() {
     )
     .unwrap();
     let done = tmp.path().join("done");
-    // stdout is the terminal (the preview's default path: drawn because it is a terminal); stderr goes to a log
     let cmd = format!(
-        "{} run --demo {} 2> {}; touch {}",
+        "{} run --demo {} 2> {}; touch {}; sleep 60",
         env!("CARGO_BIN_EXE_hyperlora"),
         script.display(),
         tmp.path().join("log").display(),
         done.display()
     );
+    let (program, args) = terminal.split_first().expect("a terminal");
     let _term = Killed(
-        Command::new("xterm")
-            .args(["-ti", "vt340", "-geometry", "100x40+0+0", "-hold", "-e", "sh", "-c", &cmd])
+        Command::new(program)
+            .args(args)
+            .args(["sh", "-c", &cmd])
+            .envs(env.iter().copied())
             .env("DISPLAY", &display)
             .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
             .stdout(Stdio::null())
@@ -116,15 +118,28 @@ fn xterm_sixel_keeps_the_aspect_ratio() {
             .spawn()
             .unwrap(),
     );
-    wait_for("the recipe", Duration::from_secs(120), || done.exists());
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for(&format!("the recipe in {name}"), Duration::from_secs(120), || done.exists());
+    std::thread::sleep(linger);
     let shot = tmp.path().join("shot.png");
     screenshot(&display, &shot);
     let log = std::fs::read_to_string(tmp.path().join("log")).unwrap_or_default();
     let (w, h) = drawn_box(&shot);
     let aspect = w as f64 / h as f64;
-    assert!(w > 100 && h > 100, "drawn {w}×{h} px\n{log}");
-    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px (aspect {aspect:.3})\n{log}");
+    assert!(w > 100 && h > 100, "drawn {w}×{h} px in {name}\n{log}");
+    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in {name} (aspect {aspect:.3})\n{log}");
+}
+
+/// `show` in `run` on xterm -ti vt340 (sixel): a square image is drawn square (it was 1.25–1.75× too wide: viuer
+/// draws a sixel cell as 6×12 pixels and stretched the image to the cells it was given).
+#[test]
+fn xterm_sixel_keeps_the_aspect_ratio() {
+    // the shell's `sleep` keeps the window (no -hold, so nothing of xterm's own is drawn)
+    run_show_is_square(
+        "xterm",
+        &["xterm", "-ti", "vt340", "-geometry", "100x40+0+0", "-e"],
+        &[],
+        Duration::from_millis(800),
+    );
 }
 
 /// The TUI on xterm -ti vt340: `show(img)` typed into the real window (xdotool) draws the square image square and
@@ -178,41 +193,11 @@ fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
 fn kitty_show_keeps_the_aspect_ratio() {
     let found = Command::new("sh").args(["-c", "command -v kitty"]).output().unwrap();
     assert!(found.status.success(), "kitty is not installed (.ci/run installs it)");
-    let tmp = tempfile::tempdir().unwrap();
-    let (_x, display) = xvfb();
-    let script = tmp.path().join("show.rhai");
-    std::fs::write(
-        &script,
-        "let img = generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 });\nshow(img);\n",
-    )
-    .unwrap();
-    let done = tmp.path().join("done");
-    // stdout is the terminal; the window stays (no --hold, whose green prompt would count as drawn pixels)
-    let cmd = format!(
-        "{} run --demo {} 2> {}; touch {}; sleep 60",
-        env!("CARGO_BIN_EXE_hyperlora"),
-        script.display(),
-        tmp.path().join("log").display(),
-        done.display()
+    // no --hold, whose green prompt would count as drawn pixels; software GL under Xvfb
+    run_show_is_square(
+        "kitty",
+        &["kitty", "--config", "NONE"],
+        &[("LIBGL_ALWAYS_SOFTWARE", "1")],
+        Duration::from_millis(1500),
     );
-    let _term = Killed(
-        Command::new("kitty")
-            .args(["--config", "NONE", "sh", "-c", &cmd])
-            .env("DISPLAY", &display)
-            .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
-            .env("LIBGL_ALWAYS_SOFTWARE", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the recipe in kitty", Duration::from_secs(120), || done.exists());
-    std::thread::sleep(Duration::from_millis(1500));
-    let shot = tmp.path().join("kitty.png");
-    screenshot(&display, &shot);
-    let log = std::fs::read_to_string(tmp.path().join("log")).unwrap_or_default();
-    let (w, h) = drawn_box(&shot);
-    let aspect = w as f64 / h as f64;
-    assert!(w > 100 && h > 100, "drawn {w}×{h} px\n{log}");
-    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in kitty (aspect {aspect:.3})\n{log}");
 }
