@@ -39,17 +39,16 @@ pub struct Trainable {
 /// Which weights get a variable (and so a gradient): the others are constants, which a backward pass skips.
 pub type Selects<'a> = &'a dyn Fn(&str) -> bool;
 
-/// Variables (for the selected keys; constants for the rest) for the expected keys of one file, and a VarBuilder
-/// over them.
-fn vars_of(
+/// The expected keys of one file in f32 on `device`: a variable (pushed to `out` as `group.key`) where `selects`
+/// says so, a constant elsewhere.
+fn tensors_of(
     file: &StFile,
     expected: &[Expected],
     group: &str,
     device: &Device,
     selects: Selects,
     out: &mut Vec<(String, Var)>,
-) -> Result<VarBuilder<'static>> {
-    file.check_strict(expected, "")?;
+) -> Result<HashMap<String, Tensor>> {
     let mut map = HashMap::new();
     for e in expected {
         let t = file.tensor(&e.key, DType::F32, device)?;
@@ -62,6 +61,20 @@ fn vars_of(
             map.insert(e.key.clone(), t);
         }
     }
+    Ok(map)
+}
+
+/// `tensors_of` one file, checked strictly first, as a VarBuilder for its module.
+fn vars_of(
+    file: &StFile,
+    expected: &[Expected],
+    group: &str,
+    device: &Device,
+    selects: Selects,
+    out: &mut Vec<(String, Var)>,
+) -> Result<VarBuilder<'static>> {
+    file.check_strict(expected, "")?;
+    let map = tensors_of(file, expected, group, device, selects, out)?;
     Ok(VarBuilder::from_tensors(map, DType::F32, device))
 }
 
@@ -92,19 +105,7 @@ impl HyperLora {
         };
         let (k, rank, base_rank) = (self.config.hyper_dim, self.config.lora_rank, self.config.base_lora_rank);
         let expected = Bases::expected(&self.modules, k, rank, base_rank);
-        let f = self.bases.file();
-        let mut bases = HashMap::new();
-        for e in &expected {
-            let t = f.tensor(&e.key, DType::F32, device)?;
-            let name = format!("{BASES}.{}", e.key);
-            if selects(&name) {
-                let v = Var::from_tensor(&t)?;
-                bases.insert(e.key.clone(), v.as_tensor().clone());
-                vars.push((name, v));
-            } else {
-                bases.insert(e.key.clone(), t);
-            }
-        }
+        let bases = tensors_of(self.bases.file(), &expected, BASES, device, selects, &mut vars)?;
         Ok(Trainable {
             vars,
             id_projector,
