@@ -164,7 +164,13 @@ fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
         let st = Command::new("xdotool").args(args).env("DISPLAY", &display).status().unwrap();
         assert!(st.success(), "xdotool {args:?}");
     };
-    std::thread::sleep(Duration::from_secs(3));
+    // typed only once the TUI is up: its status bar (xterm's blue) is on the screen (a fixed wait lost the keys on
+    // a loaded machine, before the window was mapped)
+    let ready = tmp.path().join("ready.png");
+    wait_for("the TUI's status bar", Duration::from_secs(90), || {
+        screenshot(&display, &ready);
+        image::open(&ready).map(|i| i.to_rgb8().pixels().any(|p| p.0 == [0, 0, 238])).unwrap_or(false)
+    });
     // no window manager: the pointer over the window gives it the keyboard
     xdo(&["mousemove", "200", "200"]);
     xdo(&["type", "--delay", "15", "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))"]);
@@ -178,7 +184,7 @@ fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
             screenshot(&display, &shot);
             break drawn_box(&shot);
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "no image appeared in the TUI");
+        assert!(t.elapsed() < Duration::from_secs(120), "no image appeared in the TUI");
         std::thread::sleep(Duration::from_millis(500));
     };
     let aspect = w as f64 / h as f64;
