@@ -117,7 +117,10 @@ pub fn show(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize) {
             eprintln!("{n}");
         }
     }
-    let half = || print!("{}", super::halfblocks::halfblocks(rgb, width, height, cols, rows));
+    // the terminal's own cell size (its CSI 16 t answer, else TIOCGWINSZ), else the 1:2 cell most fonts have
+    let term_cell =
+        || super::cell_size(CELL.get().copied().flatten()).map(|(w, h)| (w as f64, h as f64)).unwrap_or((1.0, 2.0));
+    let half = || print!("{}", super::halfblocks::halfblocks(rgb, width, height, cols, rows, term_cell()));
     if p == Protocol::Halfblocks {
         half();
         return;
@@ -132,7 +135,7 @@ pub fn show(rgb: &[u8], width: usize, height: usize, cols: usize, rows: usize) {
     // are chosen here so that the image keeps its aspect ratio
     let cell = match p {
         Protocol::Sixel => (6.0, 12.0),
-        _ => super::cell_size(CELL.get().copied().flatten()).map(|(w, h)| (w as f64, h as f64)).unwrap_or((1.0, 2.0)),
+        _ => term_cell(),
     };
     let (cols, rows) = fit_cells(width, height, cols.min(166), rows, cell);
     let cfg = viuer::Config {

@@ -103,6 +103,9 @@ pub struct App {
     pub frame: std::time::Duration,
     /// None: halfblocks.
     pub graphics: Option<Graphics>,
+    /// The terminal's cell in pixels (width, height), which halfblocks keep the aspect ratio by: its answer to
+    /// `CSI 16 t` or TIOCGWINSZ, else (1, 2).
+    pub cell: (f64, f64),
     pub input: String,
     /// Byte offset of the cursor in `input`.
     pub cursor: usize,
@@ -137,6 +140,7 @@ impl App {
             memory: "?".into(),
             frame: std::time::Duration::ZERO,
             graphics: None,
+            cell: (1.0, 2.0),
             input: String::new(),
             cursor: 0,
             history: Vec::new(),

@@ -244,6 +244,9 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     let (gfx, detected) = graphics(tty.as_ref());
     drop(tty);
     app.graphics = gfx;
+    if let Some((w, h)) = crate::term::cell_size(detected.answers.cell) {
+        app.cell = (w as f64, h as f64);
+    }
     app.info(format!(
         "preview: {} ({}{})",
         detected.protocol.name(),

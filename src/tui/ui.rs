@@ -8,14 +8,15 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Widget, Wrap};
 use ratatui::Frame;
 
-/// An image drawn with upper-half blocks (the shared sampler in `term::halfblocks`), scaled to fit and centred.
-pub struct Halfblocks<'a>(pub &'a Image);
+/// An image drawn with upper-half blocks (the shared sampler in `term::halfblocks`), scaled to fit and centred;
+/// the second field is the terminal's cell in pixels (`App::cell`), which keeps the aspect ratio.
+pub struct Halfblocks<'a>(pub &'a Image, pub (f64, f64));
 
 impl Widget for Halfblocks<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let img = self.0;
-        let c =
-            crate::term::halfblocks::sample(&img.rgb, img.width, img.height, area.width as usize, area.height as usize);
+        let (img, cell) = (self.0, self.1);
+        let (cols, rows) = (area.width as usize, area.height as usize);
+        let c = crate::term::halfblocks::sample(&img.rgb, img.width, img.height, cols, rows, cell);
         if c.cols == 0 {
             return;
         }
@@ -30,12 +31,12 @@ impl Widget for Halfblocks<'_> {
 }
 
 /// Draw through the terminal's graphics protocol, re-encoding only when the image or the pane changes.
-fn protocol_image(f: &mut Frame, g: &super::app::Graphics, img: &Image, area: Rect) {
+fn protocol_image(f: &mut Frame, g: &super::app::Graphics, img: &Image, area: Rect, cell: (f64, f64)) {
     let key = std::sync::Arc::as_ptr(&img.rgb) as usize;
     let mut st = g.state.borrow_mut();
     if st.as_ref().is_none_or(|(k, _)| *k != key) {
         let Some(rgb) = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.as_ref().clone()) else {
-            f.render_widget(Halfblocks(img), area);
+            f.render_widget(Halfblocks(img, cell), area);
             return;
         };
         *st = Some((key, g.picker.new_resize_protocol(image::DynamicImage::ImageRgb8(rgb))));
@@ -141,7 +142,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     let live = app.latents.as_ref().filter(|_| app.job.is_some()).map(|(_, _, i)| i);
     if let (true, Some(img)) = (app.preview, live) {
         // a running job's latents: halfblocks (cheap, redrawn every few steps)
-        f.render_widget(Halfblocks(img), pin);
+        f.render_widget(Halfblocks(img, app.cell), pin);
     } else if let (true, Some(p), None) = (app.preview, &app.plot, app.selected) {
         chart(f, p, pin);
     } else {
@@ -149,8 +150,8 @@ pub fn draw(f: &mut Frame, app: &App) {
             (true, Some(img)) if pin.height > 1 => {
                 let img_area = Rect { height: pin.height - 1, ..pin };
                 match &app.graphics {
-                    Some(g) => protocol_image(f, g, img, img_area),
-                    None => f.render_widget(Halfblocks(img), img_area),
+                    Some(g) => protocol_image(f, g, img, img_area, app.cell),
+                    None => f.render_widget(Halfblocks(img, app.cell), img_area),
                 }
                 let saved = img
                     .path

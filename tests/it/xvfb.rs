@@ -142,19 +142,26 @@ fn xterm_sixel_keeps_the_aspect_ratio() {
     );
 }
 
-/// The TUI on xterm -ti vt340: `show(img)` typed into the real window (xdotool) draws the square image square and
-/// large in the preview pane (it was 78×91 px in a pane of about 345×290: ratatui-image assumed 10×20-pixel cells
-/// where xterm, which does not answer `CSI 16 t`, has 6×13 ones — now taken from TIOCGWINSZ).
-#[test]
-fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_x, display) = xvfb();
-    let _term = Killed(
-        Command::new("xterm")
-            .args(["-ti", "vt340", "-geometry", "120x40+0+0", "-e", env!("CARGO_BIN_EXE_hyperlora"), "--demo"])
+/// The TUI on the demo set in a terminal under Xvfb (`terminal`: its command line up to the program to run),
+/// typed into once its status bar (`status_bar`, the terminal's blue) is on the screen, as a user types: a fixed
+/// wait lost the keys on a loaded machine, before the window was mapped. Returns the guards and the display.
+fn tui_typed(
+    tmp: &Path,
+    terminal: &[&str],
+    env: &[(&str, &str)],
+    status_bar: [u8; 3],
+    line: &str,
+) -> (Killed, Killed, String) {
+    let (x, display) = xvfb();
+    let (program, args) = terminal.split_first().expect("a terminal");
+    let term = Killed(
+        Command::new(program)
+            .args(args)
+            .args([env!("CARGO_BIN_EXE_hyperlora"), "--demo"])
+            .envs(env.iter().copied())
             .env("DISPLAY", &display)
             .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
-            .env("HYPERLORA_HISTORY", tmp.path().join("history"))
+            .env("HYPERLORA_HISTORY", tmp.join("history"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -164,17 +171,31 @@ fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
         let st = Command::new("xdotool").args(args).env("DISPLAY", &display).status().unwrap();
         assert!(st.success(), "xdotool {args:?}");
     };
-    // typed only once the TUI is up: its status bar (xterm's blue) is on the screen (a fixed wait lost the keys on
-    // a loaded machine, before the window was mapped)
-    let ready = tmp.path().join("ready.png");
+    let ready = tmp.join("ready.png");
     wait_for("the TUI's status bar", Duration::from_secs(90), || {
         screenshot(&display, &ready);
-        image::open(&ready).map(|i| i.to_rgb8().pixels().any(|p| p.0 == [0, 0, 238])).unwrap_or(false)
+        image::open(&ready).map(|i| i.to_rgb8().pixels().any(|p| p.0 == status_bar)).unwrap_or(false)
     });
     // no window manager: the pointer over the window gives it the keyboard
     xdo(&["mousemove", "200", "200"]);
-    xdo(&["type", "--delay", "15", "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))"]);
+    xdo(&["type", "--delay", "15", line]);
     xdo(&["key", "Return"]);
+    (x, term, display)
+}
+
+/// The TUI on xterm -ti vt340: `show(img)` typed into the real window (xdotool) draws the square image square and
+/// large in the preview pane (it was 78×91 px in a pane of about 345×290: ratatui-image assumed 10×20-pixel cells
+/// where xterm, which does not answer `CSI 16 t`, has 6×13 ones — now taken from TIOCGWINSZ).
+#[test]
+fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_x, _term, display) = tui_typed(
+        tmp.path(),
+        &["xterm", "-ti", "vt340", "-geometry", "120x40+0+0", "-e"],
+        &[],
+        [0, 0, 238],
+        "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))",
+    );
     let shot = tmp.path().join("tui.png");
     let t = Instant::now();
     let (w, h) = loop {
@@ -206,4 +227,71 @@ fn kitty_show_keeps_the_aspect_ratio() {
         &[("LIBGL_ALWAYS_SOFTWARE", "1")],
         Duration::from_millis(1500),
     );
+}
+
+/// The TUI in Debian's kitty (0.26.5) under Xvfb, default path: kitty answers the graphics query, but its TUI
+/// images need Unicode placeholders (kitty 0.28), which showed as a block of empty-box glyphs; the XTVERSION
+/// answer sends it to halfblocks, which now sample by kitty's 9×20 cells (a 1:2 cell drew squares 10 % narrow).
+/// A solid-colour square is shown, so each drawn pixel is known: the block of that colour must be square within
+/// 5 %, solid (no glyph drawn over it), and fill the preview pane's limiting side, found by its border lines.
+#[test]
+fn kitty_tui_preview_keeps_the_aspect_ratio_with_no_placeholder_glyphs() {
+    let found = Command::new("sh").args(["-c", "command -v kitty"]).output().unwrap();
+    assert!(found.status.success(), "kitty is not installed (.ci/run installs it)");
+    let tmp = tempfile::tempdir().unwrap();
+    const ORANGE: [u8; 3] = [250, 120, 30];
+    let square = tmp.path().join("square.png");
+    image::RgbImage::from_pixel(128, 128, image::Rgb(ORANGE)).save(&square).unwrap();
+    let (_x, _term, display) = tui_typed(
+        tmp.path(),
+        &["kitty", "--config", "NONE", "-o", "remember_window_size=no", "-o", "initial_window_width=1000"],
+        &[("LIBGL_ALWAYS_SOFTWARE", "1")],
+        // kitty's color4, the status bar's blue
+        [13, 115, 204],
+        &format!("show(load_image(\"{}\"))", square.display()),
+    );
+    let shot = tmp.path().join("tui.png");
+    let is_orange = |p: &image::Rgb<u8>| p.0.iter().zip(ORANGE).all(|(a, b)| a.abs_diff(b) <= 2);
+    let t = Instant::now();
+    let img = loop {
+        screenshot(&display, &shot);
+        let img = image::open(&shot).unwrap().to_rgb8();
+        if img.pixels().filter(|p| is_orange(p)).count() > 400 {
+            std::thread::sleep(Duration::from_millis(500));
+            screenshot(&display, &shot);
+            break image::open(&shot).unwrap().to_rgb8();
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no image appeared in the TUI (screenshot {})", shot.display());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (mut x0, mut y0, mut x1, mut y1, mut n) = (u32::MAX, u32::MAX, 0, 0, 0u64);
+    for (x, y, p) in img.enumerate_pixels() {
+        if is_orange(p) {
+            (x0, y0, x1, y1, n) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y), n + 1);
+        }
+    }
+    let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
+    let keep = tmp.keep();
+    let at = format!("(screenshot kept at {})", keep.join("tui.png").display());
+    let aspect = w as f64 / h as f64;
+    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in kitty's TUI (aspect {aspect:.3}) {at}");
+    let solid = n as f64 / (w as f64 * h as f64);
+    assert!(solid > 0.995, "only {:.1} % of the image's box is the image: glyphs over it? {at}", solid * 100.0);
+    // the pane: its border lines left, right and above (the nearest light-grey pixels, kitty's foreground, from the
+    // image's centre); below, the first row with anything drawn (the "saved:" line under the image)
+    let grey = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y).0;
+        p.iter().all(|&c| c > 150) && p.iter().max().unwrap() - p.iter().min().unwrap() < 20
+    };
+    let (cx, cy) = ((x0 + x1) / 2, (y0 + y1) / 2);
+    let left = (0..x0).rev().find(|&x| grey(x, cy)).unwrap_or(0);
+    let right = (x1 + 1..img.width()).find(|&x| grey(x, cy)).unwrap_or(img.width());
+    let top = (0..y0).rev().find(|&y| grey(cx, y)).unwrap_or(0);
+    let bottom = (y1 + 1..img.height())
+        .find(|&y| (left + 2..right - 1).any(|x| img.get_pixel(x, y).0.iter().any(|&c| c > 60)))
+        .unwrap_or(img.height());
+    let (pw, ph) = ((right - left) as f64, (bottom - top) as f64);
+    let fill = (w as f64 / pw).max(h as f64 / ph);
+    assert!(fill > 0.8, "the image is {w}×{h} px in a pane of about {pw}×{ph}: it should fill its limiting side {at}");
+    std::fs::remove_dir_all(keep).unwrap();
 }
