@@ -6,8 +6,9 @@ demo's tiny one) with random weights, frozen; a rank-8
 LoRA (scale 0.5 = alpha/rank) on to_q, to_k, to_v and to_out.0 of every attention, its factors the only trainable
 tensors; the ε-prediction MSE at timestep 500 of SDXL's scaled-linear schedule; forward and backward. Once without
 and once with diffusers' gradient checkpointing (`enable_gradient_checkpointing`, non-reentrant). One warm-up step,
-then the median of --repeat. Peak memory is the resident set's high-water mark during a step minus the resident set
-before it (Linux /proc), as ours is measured.
+then one step from a trimmed heap for the peak memory: the resident set's high-water mark during it minus the
+resident set before it (Linux /proc), as ours is measured; then the median of --repeat steps run one after another,
+as a training loop runs them.
 
     python3 bench/compare_train.py --config sdxl_unet_config.json --size 256 --repeat 2 --threads 2
     python3 bench/compare_train.py --config ../shared/fixtures/sdxl-tiny/unet/config.json --size 128
@@ -114,16 +115,19 @@ def main():
         if checkpointing:
             unet.enable_gradient_checkpointing()
         step()  # warm-up
-        times, peak = [], 0
+        # the peak: one step from a trimmed heap, its high-water mark over the resident set before it
+        trim()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status("VmRSS")
+        step()
+        peak = status("VmHWM") - before
+        # the time: steps one after another, as a training loop runs them (the heap warm from the step before)
+        times = []
         for _ in range(max(1, a.repeat)):
-            trim()
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            before = status("VmRSS")
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-            peak = max(peak, status("VmHWM") - before)
         rows.append({"checkpointing": checkpointing, "step_s": statistics.median(times), "peak_bytes": peak})
         print(f"torch, checkpointing {checkpointing}: {statistics.median(times):.2f} s, peak {peak / 1e6:.0f} MB", flush=True)
     print(json.dumps({

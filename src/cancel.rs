@@ -24,6 +24,11 @@ impl Drop for Scope {
     }
 }
 
+/// The flag this thread reads now, to lend to another thread that does part of its work.
+pub fn current() -> Option<Arc<AtomicBool>> {
+    FLAG.with(|f| f.borrow().clone())
+}
+
 /// Whether the work on this thread should stop (Ctrl-C); false outside any scope.
 pub fn requested() -> bool {
     FLAG.with(|f| f.borrow().as_ref().is_some_and(|a| a.load(Ordering::Relaxed)))

@@ -2,6 +2,13 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // candle's elementwise kernels fan out to a pool whose workers spin 25,000 rounds after each kernel before they
+    // sleep; between kernels (a matmul on the rayon threads, a serial copy) that spinning takes a core from the work:
+    // 14.5 % of a 256² training step's samples on 2 cores. A short spin, unless the user set one (before any thread
+    // starts, so candle reads it when it builds the pool).
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
+    }
     let cli = hyperlora::cli::Cli::parse();
     // scripts may build and print deeply nested values (Rhai formats and drops them recursively): the command runs
     // on a thread with a stack large enough for the deepest value the sandbox's size limits allow

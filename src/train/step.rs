@@ -200,6 +200,18 @@ pub fn unet_stage(
     alphas_cumprod: &[f64],
     opts: LossOptions,
 ) -> Result<UnetGrads> {
+    // on a worker of the compute pool: the serial ops between candle's parallel kernels then share the cores with
+    // one spinning worker instead of two (`nn::pool`)
+    crate::nn::pool::install(|| unet_stage_here(unet, layers, batch, alphas_cumprod, opts))
+}
+
+fn unet_stage_here(
+    unet: &mut UNet,
+    layers: &[LoraLayer],
+    batch: &Batch,
+    alphas_cumprod: &[f64],
+    opts: LossOptions,
+) -> Result<UnetGrads> {
     let vars: Vec<(Var, Var)> = layers
         .iter()
         .map(|l| Ok((Var::from_tensor(&l.down.detach())?, Var::from_tensor(&l.up.detach())?)))

@@ -108,17 +108,17 @@ fn measure(
         Ok(())
     };
     run()?; // warm-up
+    // the peak: one step from a trimmed heap, its high-water mark over the resident set before it
+    reset_peak();
+    let before = status_bytes("VmRSS:");
+    run()?;
+    let peak = before.zip(status_bytes("VmHWM:")).map(|(b, p)| p - b);
+    // the time: steps one after another, as a training loop runs them (the heap warm from the step before)
     let mut times = Vec::new();
-    let mut peak: Option<f64> = None;
     for _ in 0..repeat.max(1) {
-        reset_peak();
-        let before = status_bytes("VmRSS:");
         let t = Instant::now();
         run()?;
         times.push(t.elapsed());
-        if let (Some(b), Some(p)) = (before, status_bytes("VmHWM:")) {
-            peak = Some(peak.unwrap_or(0f64).max(p - b));
-        }
     }
     unet.set_gradient_checkpointing(false);
     times.sort();
