@@ -80,7 +80,8 @@ fn lora_on_every_projection(unet: &mut UNet) -> anyhow::Result<Vec<LoraLayer>> {
     Ok(layers)
 }
 
-/// Time one step (median of `repeat` after a warm-up) and its peak memory beyond the resident set before it.
+/// Time one step (the median of `repeat` steps run one after another, after a warm-up) and its peak memory beyond
+/// the resident set before it (on a step of its own, from a trimmed heap).
 fn measure(
     unet: &mut UNet,
     size: usize,
@@ -107,8 +108,8 @@ fn measure(
         anyhow::ensure!(g.loss.is_finite(), "the loss is {}", g.loss);
         Ok(())
     };
-    run()?; // warm-up
-    // the peak: one step from a trimmed heap, its high-water mark over the resident set before it
+    // a warm-up step, then the peak: one step from a trimmed heap, its high-water mark over the resident set before it
+    run()?;
     reset_peak();
     let before = status_bytes("VmRSS:");
     run()?;
