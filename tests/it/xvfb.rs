@@ -1,5 +1,6 @@
-//! Previews in a real terminal: xterm as a VT340 (sixel) under Xvfb, with xterm's defaults — the user's path, no
-//! override. `.ci/run` installs Xvfb, xterm, ImageMagick's `import` and xdotool as it installs tmux.
+//! Previews in real terminals under Xvfb — xterm as a VT340 (sixel) with xterm's defaults, and Debian's kitty — typed
+//! into with xdotool, in the line REPL and in the TUI: the user's path, no override. `.ci/run` installs Xvfb, xterm,
+//! kitty, ImageMagick's `import` and xdotool as it installs tmux.
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,61 +86,62 @@ fn try_drawn_box(png: &Path) -> Option<(u32, u32)> {
     (x1 >= x0 && y1 >= y0).then(|| (x1 - x0 + 1, y1 - y0 + 1))
 }
 
-/// `show` of a square 128² image in `run`, in a terminal started by `terminal` (its arguments up to the shell command,
-/// then `sh -c CMD`) under Xvfb: stdout is the terminal (the preview's default path, drawn because it is one),
-/// stderr a log. Checks that the drawn image is square within 5%; `name` goes into the messages.
-fn run_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)], linger: Duration) {
+/// `show` of a square 128² image typed into the line REPL (`hyperlora repl --demo`) in a terminal started by
+/// `terminal` (its command line up to the program to run) under Xvfb, with xdotool as a user types: the preview's
+/// default path. Checks that the drawn image is square within 5%; `name` goes into the messages.
+fn repl_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)]) {
     let tmp = tempfile::tempdir().unwrap();
     let (_x, display) = xvfb();
-    let script = tmp.path().join("show.rhai");
-    std::fs::write(
-        &script,
-        "let img = generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 });\nshow(img);\n",
-    )
-    .unwrap();
-    let done = tmp.path().join("done");
-    let cmd = format!(
-        "{} run --demo {} 2> {}; touch {}; sleep 60",
-        env!("CARGO_BIN_EXE_hyperlora"),
-        script.display(),
-        tmp.path().join("log").display(),
-        done.display()
-    );
     let (program, args) = terminal.split_first().expect("a terminal");
     let _term = Killed(
         Command::new(program)
             .args(args)
-            .args(["sh", "-c", &cmd])
+            .args([env!("CARGO_BIN_EXE_hyperlora"), "repl", "--demo"])
             .envs(env.iter().copied())
             .env("DISPLAY", &display)
             .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
+            .env("HYPERLORA_HISTORY", tmp.path().join("history"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for(&format!("the recipe in {name}"), Duration::from_secs(120), || done.exists());
-    std::thread::sleep(linger);
+    // typed once the window shows something (the REPL keeps lines typed before its prompt; X does not keep keys
+    // sent before the window is mapped)
     let shot = tmp.path().join("shot.png");
-    screenshot(&display, &shot);
-    let log = std::fs::read_to_string(tmp.path().join("log")).unwrap_or_default();
-    let (w, h) = drawn_box(&shot);
+    wait_for(&format!("{name}'s window"), Duration::from_secs(90), || {
+        screenshot(&display, &shot);
+        image::open(&shot).map(|i| i.to_rgb8().pixels().filter(|p| p.0 != [0, 0, 0]).count() > 50).unwrap_or(false)
+    });
+    let xdo = |args: &[&str]| {
+        let st = Command::new("xdotool").args(args).env("DISPLAY", &display).status().unwrap();
+        assert!(st.success(), "xdotool {args:?}");
+    };
+    xdo(&["mousemove", "200", "200"]);
+    xdo(&["type", "--delay", "15", "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))"]);
+    xdo(&["key", "Return"]);
+    let t = Instant::now();
+    let (w, h) = loop {
+        screenshot(&display, &shot);
+        if try_drawn_box(&shot).is_some_and(|(w, h)| w > 40 && h > 40) {
+            // drawn: once more after it settles
+            std::thread::sleep(Duration::from_millis(1500));
+            screenshot(&display, &shot);
+            break drawn_box(&shot);
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no image appeared in {name}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let aspect = w as f64 / h as f64;
-    assert!(w > 100 && h > 100, "drawn {w}×{h} px in {name}\n{log}");
-    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in {name} (aspect {aspect:.3})\n{log}");
+    assert!(w > 100 && h > 100, "drawn {w}×{h} px in {name}");
+    assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in {name} (aspect {aspect:.3})");
 }
 
-/// `show` in `run` on xterm -ti vt340 (sixel): a square image is drawn square (it was 1.25–1.75× too wide: viuer
-/// draws a sixel cell as 6×12 pixels and stretched the image to the cells it was given).
+/// `show` typed into the line REPL on xterm -ti vt340 (sixel): a square image is drawn square (it was 1.25–1.75× too
+/// wide: viuer draws a sixel cell as 6×12 pixels and stretched the image to the cells it was given).
 #[test]
 fn xterm_sixel_keeps_the_aspect_ratio() {
-    // the shell's `sleep` keeps the window (no -hold, so nothing of xterm's own is drawn)
-    run_show_is_square(
-        "xterm",
-        &["xterm", "-ti", "vt340", "-geometry", "100x40+0+0", "-e"],
-        &[],
-        Duration::from_millis(800),
-    );
+    repl_show_is_square("xterm", &["xterm", "-ti", "vt340", "-geometry", "100x40+0+0", "-e"], &[]);
 }
 
 /// The TUI on the demo set in a terminal under Xvfb (`terminal`: its command line up to the program to run),
@@ -213,20 +215,15 @@ fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
     assert!(w.min(h) > 150, "the image is {w}×{h} px: it should fill most of the preview pane");
 }
 
-/// `show` in `run` on Debian's kitty (0.26.5) under Xvfb, default path: a square image is drawn square (it was
-/// 600×456 px: the cells given to kitty, which scales the image to them, assumed a 1:2 cell; now the cells follow
-/// the terminal's cell size, from its CSI 16 t answer or TIOCGWINSZ).
+/// `show` typed into the line REPL on Debian's kitty (0.26.5) under Xvfb, default path: a square image is drawn
+/// square (it was 600×456 px: the cells given to kitty, which scales the image to them, assumed a 1:2 cell; now the
+/// cells follow the terminal's cell size, from its CSI 16 t answer or TIOCGWINSZ).
 #[test]
 fn kitty_show_keeps_the_aspect_ratio() {
     let found = Command::new("sh").args(["-c", "command -v kitty"]).output().unwrap();
     assert!(found.status.success(), "kitty is not installed (.ci/run installs it)");
-    // no --hold, whose green prompt would count as drawn pixels; software GL under Xvfb
-    run_show_is_square(
-        "kitty",
-        &["kitty", "--config", "NONE"],
-        &[("LIBGL_ALWAYS_SOFTWARE", "1")],
-        Duration::from_millis(1500),
-    );
+    // software GL under Xvfb
+    repl_show_is_square("kitty", &["kitty", "--config", "NONE"], &[("LIBGL_ALWAYS_SOFTWARE", "1")]);
 }
 
 /// The TUI in Debian's kitty (0.26.5) under Xvfb, default path: kitty answers the graphics query, but its TUI
