@@ -27,20 +27,21 @@ fn xvfb() -> (Killed, String) {
         let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
         assert!(found.status.success(), "{tool} is not installed (.ci/run installs xvfb, xterm, imagemagick, xdotool)");
     }
-    // a display number per test process and test (two tests of this file run at once)
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = 40 + (std::process::id() % 100) * 2 + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let display = format!(":{n}");
-    let socket = format!("/tmp/.X11-unix/X{n}");
-    let x = Killed(
+    // Xvfb picks a free display itself and writes its number once it takes connections (-displayfd): a number
+    // chosen here could still be held by a server of an earlier run that is going away, and a terminal started on
+    // it died with "Failed to open display"
+    let mut x = Killed(
         Command::new("Xvfb")
-            .args([display.as_str(), "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
+            .args(["-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for("Xvfb start", Duration::from_secs(10), || Path::new(&socket).exists());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(x.0.stdout.take().unwrap()), &mut line).unwrap();
+    let n: u32 = line.trim().parse().unwrap_or_else(|_| panic!("Xvfb gave no display number: {line:?}"));
+    let display = format!(":{n}");
     (x, display)
 }
 
@@ -93,7 +94,8 @@ fn repl_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)]) {
     let tmp = tempfile::tempdir().unwrap();
     let (_x, display) = xvfb();
     let (program, args) = terminal.split_first().expect("a terminal");
-    let _term = Killed(
+    let log = tmp.path().join("terminal.log");
+    let mut term = Killed(
         Command::new(program)
             .args(args)
             .args([env!("CARGO_BIN_EXE_hyperlora"), "repl", "--demo"])
@@ -102,7 +104,7 @@ fn repl_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)]) {
             .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
             .env("HYPERLORA_HISTORY", tmp.path().join("history"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -110,6 +112,9 @@ fn repl_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)]) {
     // sent before the window is mapped)
     let shot = tmp.path().join("shot.png");
     wait_for(&format!("{name}'s window"), Duration::from_secs(90), || {
+        if let Ok(Some(st)) = term.0.try_wait() {
+            panic!("{name} exited ({st}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
         screenshot(&display, &shot);
         image::open(&shot).map(|i| i.to_rgb8().pixels().filter(|p| p.0 != [0, 0, 0]).count() > 50).unwrap_or(false)
     });
