@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod nn;
 pub mod pixels;
+pub mod pool;
 pub mod rng;
 pub mod weights;
 

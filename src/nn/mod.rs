@@ -12,7 +12,6 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 mod frozen;
-pub mod pool;
 pub use frozen::{conv2d, linear, Conv2d, Linear, Precomputed};
 
 /// True when `t` is a variable or was computed from one: a backward pass will want its gradient.

@@ -201,8 +201,8 @@ pub fn unet_stage(
     opts: LossOptions,
 ) -> Result<UnetGrads> {
     // on a worker of the compute pool: the serial ops between candle's parallel kernels then share the cores with
-    // one spinning worker instead of two (`nn::pool`)
-    crate::nn::pool::install(|| unet_stage_here(unet, layers, batch, alphas_cumprod, opts))
+    // one spinning worker instead of two (`crate::pool`)
+    crate::pool::install(|| unet_stage_here(unet, layers, batch, alphas_cumprod, opts))
 }
 
 fn unet_stage_here(

@@ -1,10 +1,10 @@
 //! The compute pool: a training step runs on a worker of a rayon pool instead of the caller's thread.
 //!
-//! candle's matmuls (the `gemm` crate) and its larger elementwise kernels fan out over rayon. Called from a thread
-//! outside the pool, the caller sleeps during each fan-out, and between fan-outs — the serial ops: copies,
-//! reductions, small kernels — the pool's workers spin waiting for more, so on a 2-core machine two spinning
-//! workers share the cores with the caller's serial work (15 % of a 256² step's samples were that spinning).
-//! Called from a worker, the caller takes part in each fan-out and at most one other worker spins.
+//! candle's matmuls (the `gemm` crate) and convolutions fan out over rayon. Called from a thread outside the pool,
+//! the caller sleeps during each fan-out, and between fan-outs — the serial ops: copies, reductions, small kernels —
+//! the pool's workers spin waiting for more, so on a 2-core machine two spinning workers share the cores with the
+//! caller's serial work. Called from a worker, the caller takes part in each fan-out and at most one other worker
+//! spins. (candle's elementwise kernels use a pool of their own, whose spinning `main` shortens.)
 //!
 //! The pool has as many threads as candle uses for its kernels, and a large stack: candle's backward walks the
 //! graph recursively, which the main thread's 8 MB held and a worker's default 2 MB might not.
