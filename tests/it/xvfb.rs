@@ -87,56 +87,83 @@ fn try_drawn_box(png: &Path) -> Option<(u32, u32)> {
     (x1 >= x0 && y1 >= y0).then(|| (x1 - x0 + 1, y1 - y0 + 1))
 }
 
-/// `show` of a square 128² image typed into the line REPL (`hyperlora repl --demo`) in a terminal started by
-/// `terminal` (its command line up to the program to run) under Xvfb, with xdotool as a user types: the preview's
-/// default path. Checks that the drawn image is square within 5%; `name` goes into the messages.
-fn repl_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_x, display) = xvfb();
+/// `hyperlora ARGS` on the demo set in a terminal under Xvfb (`terminal`: its command line up to the program to
+/// run), and `line` typed into its real window with xdotool, as a user types — once `ready` holds for a screenshot
+/// (a fixed wait lost the keys on a loaded machine, before the window was mapped; `what` names the wait). A terminal
+/// that exits first fails the test with its own output. Returns the guards and the display.
+fn typed_into(
+    tmp: &Path,
+    terminal: &[&str],
+    env: &[(&str, &str)],
+    hyperlora: &[&str],
+    what: &str,
+    mut ready: impl FnMut(&image::RgbImage) -> bool,
+    line: &str,
+) -> (Killed, Killed, String) {
+    let (x, display) = xvfb();
     let (program, args) = terminal.split_first().expect("a terminal");
-    let log = tmp.path().join("terminal.log");
+    let log = tmp.join("terminal.log");
     let mut term = Killed(
         Command::new(program)
             .args(args)
-            .args([env!("CARGO_BIN_EXE_hyperlora"), "repl", "--demo"])
+            .arg(env!("CARGO_BIN_EXE_hyperlora"))
+            .args(hyperlora)
             .envs(env.iter().copied())
             .env("DISPLAY", &display)
             .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
-            .env("HYPERLORA_HISTORY", tmp.path().join("history"))
+            .env("HYPERLORA_HISTORY", tmp.join("history"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
-    // typed once the window shows something (the REPL keeps lines typed before its prompt; X does not keep keys
-    // sent before the window is mapped)
-    let shot = tmp.path().join("shot.png");
-    wait_for(&format!("{name}'s window"), Duration::from_secs(90), || {
+    let shot = tmp.join("ready.png");
+    wait_for(what, Duration::from_secs(90), || {
         if let Ok(Some(st)) = term.0.try_wait() {
-            panic!("{name} exited ({st}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!("{program} exited ({st}): {}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         screenshot(&display, &shot);
-        image::open(&shot).map(|i| i.to_rgb8().pixels().filter(|p| p.0 != [0, 0, 0]).count() > 50).unwrap_or(false)
+        image::open(&shot).map(|i| ready(&i.to_rgb8())).unwrap_or(false)
     });
     let xdo = |args: &[&str]| {
         let st = Command::new("xdotool").args(args).env("DISPLAY", &display).status().unwrap();
         assert!(st.success(), "xdotool {args:?}");
     };
+    // no window manager: the pointer over the window gives it the keyboard
     xdo(&["mousemove", "200", "200"]);
-    xdo(&["type", "--delay", "15", "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))"]);
+    xdo(&["type", "--delay", "15", line]);
     xdo(&["key", "Return"]);
+    (x, term, display)
+}
+
+/// The drawn image's box once one larger than 40×40 px is on the screen, screenshot again after `settle`.
+fn drawn_once_settled(display: &str, shot: &Path, settle: Duration, name: &str) -> (u32, u32) {
     let t = Instant::now();
-    let (w, h) = loop {
-        screenshot(&display, &shot);
-        if try_drawn_box(&shot).is_some_and(|(w, h)| w > 40 && h > 40) {
-            // drawn: once more after it settles
-            std::thread::sleep(Duration::from_millis(1500));
-            screenshot(&display, &shot);
-            break drawn_box(&shot);
+    loop {
+        screenshot(display, shot);
+        if try_drawn_box(shot).is_some_and(|(w, h)| w > 40 && h > 40) {
+            std::thread::sleep(settle);
+            screenshot(display, shot);
+            return drawn_box(shot);
         }
         assert!(t.elapsed() < Duration::from_secs(120), "no image appeared in {name}");
         std::thread::sleep(Duration::from_millis(500));
-    };
+    }
+}
+
+const SHOW_128: &str = "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))";
+
+/// `show` of a square 128² image typed into the line REPL (`hyperlora repl --demo`) in a terminal started by
+/// `terminal` under Xvfb: the preview's default path. Checks that the drawn image is square within 5%; `name` goes
+/// into the messages.
+fn repl_show_is_square(name: &str, terminal: &[&str], env: &[(&str, &str)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    // typed once the window shows something (the REPL keeps lines typed before its prompt; X does not keep keys
+    // sent before the window is mapped)
+    let shows = |i: &image::RgbImage| i.pixels().filter(|p| p.0 != [0, 0, 0]).count() > 50;
+    let (_x, _term, display) =
+        typed_into(tmp.path(), terminal, env, &["repl", "--demo"], &format!("{name}'s window"), shows, SHOW_128);
+    let (w, h) = drawn_once_settled(&display, &tmp.path().join("shot.png"), Duration::from_millis(1500), name);
     let aspect = w as f64 / h as f64;
     assert!(w > 100 && h > 100, "drawn {w}×{h} px in {name}");
     assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in {name} (aspect {aspect:.3})");
@@ -149,9 +176,8 @@ fn xterm_sixel_keeps_the_aspect_ratio() {
     repl_show_is_square("xterm", &["xterm", "-ti", "vt340", "-geometry", "100x40+0+0", "-e"], &[]);
 }
 
-/// The TUI on the demo set in a terminal under Xvfb (`terminal`: its command line up to the program to run),
-/// typed into once its status bar (`status_bar`, the terminal's blue) is on the screen, as a user types: a fixed
-/// wait lost the keys on a loaded machine, before the window was mapped. Returns the guards and the display.
+/// The TUI (`hyperlora --demo`) in a terminal under Xvfb, `line` typed once its status bar (`status_bar`, the
+/// terminal's blue) is on the screen.
 fn tui_typed(
     tmp: &Path,
     terminal: &[&str],
@@ -159,35 +185,8 @@ fn tui_typed(
     status_bar: [u8; 3],
     line: &str,
 ) -> (Killed, Killed, String) {
-    let (x, display) = xvfb();
-    let (program, args) = terminal.split_first().expect("a terminal");
-    let term = Killed(
-        Command::new(program)
-            .args(args)
-            .args([env!("CARGO_BIN_EXE_hyperlora"), "--demo"])
-            .envs(env.iter().copied())
-            .env("DISPLAY", &display)
-            .env("HYPERLORA_DEMO_DIR", crate::common::demo_dir())
-            .env("HYPERLORA_HISTORY", tmp.join("history"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let xdo = |args: &[&str]| {
-        let st = Command::new("xdotool").args(args).env("DISPLAY", &display).status().unwrap();
-        assert!(st.success(), "xdotool {args:?}");
-    };
-    let ready = tmp.join("ready.png");
-    wait_for("the TUI's status bar", Duration::from_secs(90), || {
-        screenshot(&display, &ready);
-        image::open(&ready).map(|i| i.to_rgb8().pixels().any(|p| p.0 == status_bar)).unwrap_or(false)
-    });
-    // no window manager: the pointer over the window gives it the keyboard
-    xdo(&["mousemove", "200", "200"]);
-    xdo(&["type", "--delay", "15", line]);
-    xdo(&["key", "Return"]);
-    (x, term, display)
+    let up = |i: &image::RgbImage| i.pixels().any(|p| p.0 == status_bar);
+    typed_into(tmp, terminal, env, &["--demo"], "the TUI's status bar", up, line)
 }
 
 /// The TUI on xterm -ti vt340: `show(img)` typed into the real window (xdotool) draws the square image square and
@@ -196,25 +195,9 @@ fn tui_typed(
 #[test]
 fn xterm_tui_preview_keeps_the_aspect_ratio_and_fills_the_pane() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_x, _term, display) = tui_typed(
-        tmp.path(),
-        &["xterm", "-ti", "vt340", "-geometry", "120x40+0+0", "-e"],
-        &[],
-        [0, 0, 238],
-        "show(generate(\"a photo\", #{ steps: 2, width: 128, height: 128, seed: 1 }))",
-    );
-    let shot = tmp.path().join("tui.png");
-    let t = Instant::now();
-    let (w, h) = loop {
-        screenshot(&display, &shot);
-        if let Some(_b) = try_drawn_box(&shot).filter(|(w, h)| *w > 40 && *h > 40) {
-            std::thread::sleep(Duration::from_millis(500));
-            screenshot(&display, &shot);
-            break drawn_box(&shot);
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "no image appeared in the TUI");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let (_x, _term, display) =
+        tui_typed(tmp.path(), &["xterm", "-ti", "vt340", "-geometry", "120x40+0+0", "-e"], &[], [0, 0, 238], SHOW_128);
+    let (w, h) = drawn_once_settled(&display, &tmp.path().join("tui.png"), Duration::from_millis(500), "the TUI");
     let aspect = w as f64 / h as f64;
     assert!((aspect - 1.0).abs() < 0.05, "a square image drawn {w}×{h} px in the TUI (aspect {aspect:.3})");
     assert!(w.min(h) > 150, "the image is {w}×{h} px: it should fill most of the preview pane");
