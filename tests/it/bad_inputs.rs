@@ -648,7 +648,6 @@ fn second_round_causes_stay_fixed() {
 #[test]
 fn doctor_refuses_what_the_sdxl_loader_refuses() {
     use hyperlora::sdxl::model::{Sdxl, SdxlOptions};
-    let t = tempfile::tempdir().unwrap();
     let opts = SdxlOptions {
         device: candle_core::Device::Cpu,
         dtype: candle_core::DType::F32,
@@ -705,23 +704,40 @@ fn doctor_refuses_what_the_sdxl_loader_refuses() {
             }),
         ),
     ];
+    let cases: Vec<(&str, &dyn Fn(&std::path::Path))> = cases.iter().map(|(n, e)| (*n, e.as_ref())).collect();
+    doctor_agrees_with_the_loader(
+        &crate::common::fixture("sdxl-tiny"),
+        &cases,
+        "sdxl",
+        |dir| hyperlora::session::ModelPaths { sdxl: Some(dir), ..Default::default() },
+        |dir| Sdxl::load(dir, None, &opts).err().map(|e| e.to_string()),
+    );
+}
+
+/// For each (name, edit) of a copy of `src`: where `load` refuses the edited copy, `doctor` on it (its `component`
+/// line) says BAD with the loader's message; where it loads — the "intact" case alone — doctor says ok.
+fn doctor_agrees_with_the_loader(
+    src: &std::path::Path,
+    cases: &[(&str, &dyn Fn(&std::path::Path))],
+    component: &str,
+    paths: impl Fn(std::path::PathBuf) -> hyperlora::session::ModelPaths,
+    load: impl Fn(&std::path::Path) -> Option<String>,
+) {
+    let t = tempfile::tempdir().unwrap();
     for (name, edit) in cases {
         let dir = t.path().join(name.replace(' ', "-"));
-        crate::common::copy_tree(&crate::common::fixture("sdxl-tiny"), &dir);
+        crate::common::copy_tree(src, &dir);
         edit(&dir);
-        let load = Sdxl::load(&dir, None, &opts).err().map(|e| e.to_string());
-        let c = hyperlora::models::doctor(&hyperlora::session::ModelPaths {
-            sdxl: Some(dir.clone()),
-            ..Default::default()
-        });
-        let s = c.iter().find(|c| c.component == "sdxl").unwrap();
+        let load = load(&dir);
+        let c = hyperlora::models::doctor(&paths(dir.clone()));
+        let s = c.iter().find(|c| c.component == component).unwrap();
         match load {
             None => assert!(
-                name == "intact" && s.status == hyperlora::models::Status::Ok,
+                *name == "intact" && s.status == hyperlora::models::Status::Ok,
                 "{name}: loads, doctor says {s:?}"
             ),
             Some(e) => {
-                assert!(name != "intact", "the intact copy did not load: {e}");
+                assert!(*name != "intact", "the intact copy did not load: {e}");
                 assert!(
                     s.status == hyperlora::models::Status::Bad && s.detail.contains(&e),
                     "{name}: the loader says {e}; doctor {s:?}"
@@ -736,7 +752,6 @@ fn doctor_refuses_what_the_sdxl_loader_refuses() {
 #[test]
 fn doctor_refuses_what_the_hyperlora_loader_refuses() {
     use hyperlora::hyper::{HyperLora, LoadOptions};
-    let t = tempfile::tempdir().unwrap();
     let src = crate::common::fixture("hyperlora-tiny");
     let drop_norm = |d: &std::path::Path| {
         crate::common::rewrite(&src.join("resampler.safetensors"), &d.join("resampler.safetensors"), |e| {
@@ -758,25 +773,11 @@ fn doctor_refuses_what_the_hyperlora_loader_refuses() {
     };
     let cases: [(&str, &dyn Fn(&std::path::Path)); 3] =
         [("intact", &|_| {}), ("no norm_ff.bias", &drop_norm), ("NaN basis", &nan_basis)];
-    for (name, edit) in cases {
-        let dir = t.path().join(name.replace(' ', "-"));
-        crate::common::copy_tree(&src, &dir);
-        edit(&dir);
-        let load = HyperLora::load(&dir, &LoadOptions::default()).err().map(|e| e.to_string());
-        let c = hyperlora::models::doctor(&hyperlora::session::ModelPaths {
-            hyperlora: Some(dir.clone()),
-            ..Default::default()
-        });
-        let h = c.iter().find(|c| c.component == "hyperlora").unwrap();
-        match load {
-            None => assert!(
-                name == "intact" && h.status == hyperlora::models::Status::Ok,
-                "{name}: loads, doctor says {h:?}"
-            ),
-            Some(e) => assert!(
-                h.status == hyperlora::models::Status::Bad && h.detail.contains(&e),
-                "{name}: loader {e}; doctor {h:?}"
-            ),
-        }
-    }
+    doctor_agrees_with_the_loader(
+        &src,
+        &cases,
+        "hyperlora",
+        |dir| hyperlora::session::ModelPaths { hyperlora: Some(dir), ..Default::default() },
+        |dir| HyperLora::load(dir, &LoadOptions::default()).err().map(|e| e.to_string()),
+    );
 }
