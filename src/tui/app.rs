@@ -103,9 +103,9 @@ pub struct App {
     pub frame: std::time::Duration,
     /// None: halfblocks.
     pub graphics: Option<Graphics>,
-    /// The terminal's cell in pixels (width, height), which halfblocks keep the aspect ratio by: its answer to
-    /// `CSI 16 t` or TIOCGWINSZ, else (1, 2).
-    pub cell: (f64, f64),
+    /// The terminal's cell in pixels (width, height), from its answer to `CSI 16 t` or TIOCGWINSZ, when either
+    /// says: images keep their aspect ratio by it.
+    pub cell: Option<(u16, u16)>,
     pub input: String,
     /// Byte offset of the cursor in `input`.
     pub cursor: usize,
@@ -135,12 +135,17 @@ pub struct App {
 }
 
 impl App {
+    /// The cell as halfblocks take it: the terminal's, else the 1:2 cell most fonts have.
+    pub fn halfblock_cell(&self) -> (f64, f64) {
+        self.cell.map(|(w, h)| (w as f64, h as f64)).unwrap_or((1.0, 2.0))
+    }
+
     pub fn new(device: String) -> Self {
         App {
             memory: "?".into(),
             frame: std::time::Duration::ZERO,
             graphics: None,
-            cell: (1.0, 2.0),
+            cell: None,
             input: String::new(),
             cursor: 0,
             history: Vec::new(),

@@ -87,8 +87,8 @@ pub use crate::front::input::rss;
 /// The preview's graphics: `HYPERLORA_GRAPHICS` = kitty | sixel | iterm2 | halfblocks, or the terminal's
 /// answers to one query on the controlling terminal (`term::detect`, read with poll on this thread, so no key
 /// is lost; keys typed meanwhile come back in `Detected::typed`). Inside tmux the kitty query and the images go
-/// through passthrough. Halfblocks when nothing better answers.
-fn graphics(tty: Option<&std::fs::File>) -> (Option<app::Graphics>, crate::term::Detected) {
+/// through passthrough. Halfblocks when nothing better answers. Also the terminal's cell size in pixels, when known.
+fn graphics(tty: Option<&std::fs::File>) -> (Option<app::Graphics>, crate::term::Detected, Option<(u16, u16)>) {
     use crate::term::{detect, forced, Detected, Protocol, QUERY_TIMEOUT};
     let d = match forced() {
         Err(e) => Detected {
@@ -119,9 +119,12 @@ fn graphics(tty: Option<&std::fs::File>) -> (Option<app::Graphics>, crate::term:
             );
         }
     }
-    (picker_for(d.protocol, d.answers.cell), d)
+    // the terminal's cell size (its CSI 16 t answer, else TIOCGWINSZ's pixels), asked once
+    let cell = crate::term::cell_size(d.answers.cell);
+    (picker_for(d.protocol, cell), d, cell)
 }
 
+/// The picker for protocol `p` on cells of `cell` pixels (`term::cell_size`).
 fn picker_for(p: crate::term::Protocol, cell: Option<(u16, u16)>) -> Option<app::Graphics> {
     use crate::term::Protocol;
     use ratatui_image::picker::{Picker, ProtocolType};
@@ -133,7 +136,7 @@ fn picker_for(p: crate::term::Protocol, cell: Option<(u16, u16)>) -> Option<app:
     };
     // the terminal's cell size (its CSI 16 t answer, else TIOCGWINSZ's pixels), so that images keep their aspect
     // and fill the pane; 10×20 only where neither says
-    let mut picker = Picker::from_fontsize(crate::term::cell_size(cell).unwrap_or((10, 20)));
+    let mut picker = Picker::from_fontsize(cell.unwrap_or((10, 20)));
     picker.set_protocol_type(t);
     Some(app::Graphics::new(picker))
 }
@@ -241,12 +244,10 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
     }
     let mut terminal = ratatui::init();
     let tty = crate::term::query::open_tty();
-    let (gfx, detected) = graphics(tty.as_ref());
+    let (gfx, detected, cell) = graphics(tty.as_ref());
     drop(tty);
     app.graphics = gfx;
-    if let Some((w, h)) = crate::term::cell_size(detected.answers.cell) {
-        app.cell = (w as f64, h as f64);
-    }
+    app.cell = cell;
     app.info(format!(
         "preview: {} ({}{})",
         detected.protocol.name(),
@@ -279,7 +280,7 @@ pub fn run(models: &ModelArgs) -> anyhow::Result<()> {
                     TermEvent::Key(k) if k.kind != KeyEventKind::Release => {
                         match late.as_mut().and_then(|l| l.filter(&k)) {
                             Some(true) => {
-                                app.graphics = picker_for(crate::term::Protocol::Kitty, None);
+                                app.graphics = picker_for(crate::term::Protocol::Kitty, app.cell);
                                 app.info("preview: kitty (the terminal answered the graphics query late)");
                                 None
                             }

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragra
 use ratatui::Frame;
 
 /// An image drawn with upper-half blocks (the shared sampler in `term::halfblocks`), scaled to fit and centred;
-/// the second field is the terminal's cell in pixels (`App::cell`), which keeps the aspect ratio.
+/// the second field is the terminal's cell in pixels (`App::halfblock_cell`), which keeps the aspect ratio.
 pub struct Halfblocks<'a>(pub &'a Image, pub (f64, f64));
 
 impl Widget for Halfblocks<'_> {
@@ -142,7 +142,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     let live = app.latents.as_ref().filter(|_| app.job.is_some()).map(|(_, _, i)| i);
     if let (true, Some(img)) = (app.preview, live) {
         // a running job's latents: halfblocks (cheap, redrawn every few steps)
-        f.render_widget(Halfblocks(img, app.cell), pin);
+        f.render_widget(Halfblocks(img, app.halfblock_cell()), pin);
     } else if let (true, Some(p), None) = (app.preview, &app.plot, app.selected) {
         chart(f, p, pin);
     } else {
@@ -150,8 +150,8 @@ pub fn draw(f: &mut Frame, app: &App) {
             (true, Some(img)) if pin.height > 1 => {
                 let img_area = Rect { height: pin.height - 1, ..pin };
                 match &app.graphics {
-                    Some(g) => protocol_image(f, g, img, img_area, app.cell),
-                    None => f.render_widget(Halfblocks(img, app.cell), img_area),
+                    Some(g) => protocol_image(f, g, img, img_area, app.halfblock_cell()),
+                    None => f.render_widget(Halfblocks(img, app.halfblock_cell()), img_area),
                 }
                 let saved = img
                     .path
