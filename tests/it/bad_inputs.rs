@@ -654,48 +654,43 @@ fn doctor_refuses_what_the_sdxl_loader_refuses() {
         vae_dtype: candle_core::DType::F32,
     };
     type Edit = Box<dyn Fn(&std::path::Path)>;
-    let drop_key = |file: &'static str, key: &'static str| -> Edit {
+    type Entries = Vec<(String, hyperlora::files::output::RawTensor)>;
+    // the copy's `file`, rewritten from the fixture's with `edit` applied to its tensors
+    let edited = |file: &'static str, edit: Box<dyn Fn(&mut Entries)>| -> Edit {
         Box::new(move |d: &std::path::Path| {
-            let f = d.join(file);
-            crate::common::rewrite(&crate::common::fixture("sdxl-tiny").join(file), &f, |e| {
-                e.retain(|(k, _)| k != key)
-            });
+            crate::common::rewrite(&crate::common::fixture("sdxl-tiny").join(file), &d.join(file), |e| edit(e))
         })
     };
     let cases: Vec<(&str, Edit)> = vec![
         ("intact", Box::new(|_: &std::path::Path| {})),
-        ("no conv_in", drop_key("unet/diffusion_pytorch_model.safetensors", "conv_in.weight")),
+        (
+            "no conv_in",
+            edited(
+                "unet/diffusion_pytorch_model.safetensors",
+                Box::new(|e: &mut Entries| e.retain(|(k, _)| k != "conv_in.weight")),
+            ),
+        ),
         (
             "mis-shaped text encoder",
-            Box::new(|d: &std::path::Path| {
-                let f = d.join("text_encoder/model.safetensors");
-                crate::common::rewrite(
-                    &crate::common::fixture("sdxl-tiny").join("text_encoder/model.safetensors"),
-                    &f,
-                    |e| {
-                        let (_, t) = e.iter_mut().find(|(k, _)| k.ends_with("final_layer_norm.weight")).unwrap();
-                        let n = t.shape[0] - 1;
-                        t.shape = vec![n];
-                        t.data.truncate(n * 4);
-                    },
-                );
-            }),
+            edited(
+                "text_encoder/model.safetensors",
+                Box::new(|e: &mut Entries| {
+                    let (_, t) = e.iter_mut().find(|(k, _)| k.ends_with("final_layer_norm.weight")).unwrap();
+                    let n = t.shape[0] - 1;
+                    t.shape = vec![n];
+                    t.data.truncate(n * 4);
+                }),
+            ),
         ),
         (
             "extra tensor",
-            Box::new(|d: &std::path::Path| {
-                let f = d.join("text_encoder_2/model.safetensors");
-                crate::common::rewrite(
-                    &crate::common::fixture("sdxl-tiny").join("text_encoder_2/model.safetensors"),
-                    &f,
-                    |e| {
-                        e.push((
-                            "text_model.stray.weight".into(),
-                            hyperlora::files::output::RawTensor::f32(&[2], &[1.0, 2.0]),
-                        ));
-                    },
-                );
-            }),
+            edited(
+                "text_encoder_2/model.safetensors",
+                Box::new(|e: &mut Entries| {
+                    let stray = hyperlora::files::output::RawTensor::f32(&[2], &[1.0, 2.0]);
+                    e.push(("text_model.stray.weight".into(), stray));
+                }),
+            ),
         ),
         (
             "empty VAE",
