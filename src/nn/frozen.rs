@@ -1,8 +1,10 @@
-//! Linear and Conv2d for frozen weights. In inference, and whenever the weight itself is trained, they are
-//! candle-nn's. When the input is on an autograd graph and the weight is not, the product is computed off the graph
-//! and enters it through a custom op whose backward is the input's gradient alone (`g·W` for a Linear, the
-//! transposed convolution for a Conv2d): candle's own matmul and conv2d backward would also compute a gradient for
-//! the frozen weight — as much work again — and keep it in the gradient store until the backward ends.
+//! Linear and Conv2d for frozen weights. Whenever the weight itself is trained they are candle-nn's. Otherwise:
+//! - the product is computed off the graph, on the CPU in the layouts that run fastest there (`product`,
+//!   `conv2d_forward`; candle's elsewhere), in inference and in training alike;
+//! - when the input is on an autograd graph, the product enters it through a custom op whose backward is the input's
+//!   gradient alone (`g·W` for a Linear, the transposed convolution for a Conv2d): candle's own matmul and conv2d
+//!   backward would also compute a gradient for the frozen weight — as much work again — and keep it in the gradient
+//!   store until the backward ends.
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Module, Result, Shape, Storage, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -75,11 +77,6 @@ fn input_only(
     x.apply_op1(InputOnly { out: Precomputed::new(y), grad_x })
 }
 
-/// True when `x` wants a gradient and `w` does not: the frozen-weight path.
-fn frozen_path(x: &Tensor, w: &Tensor) -> bool {
-    x.track_op() && !w.track_op()
-}
-
 /// `x·Wᵀ + b` (diffusers/torch `nn.Linear`).
 #[derive(Clone, Debug)]
 pub struct Linear(candle_nn::Linear);
@@ -101,17 +98,63 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.0.weight();
-        if !frozen_path(x, w) {
+        if w.track_op() {
             return self.0.forward(x);
         }
-        let y = candle_nn::Linear::new(w.clone(), None).forward(&x.detach())?;
-        let w = w.clone();
-        let y = input_only(x, y, move |g| g.broadcast_matmul(&w))?;
+        let y = product(&x.detach(), w)?;
+        let y = match x.track_op() {
+            true => {
+                let w = w.clone();
+                input_only(x, y, move |g| g.broadcast_matmul(&w))?
+            }
+            false => y,
+        };
         match self.0.bias() {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// `x·Wᵀ` for the frozen path. On a CPU with AVX-512 and at most 128 rows (the 1280- and 640-wide blocks' tokens at
+/// 256², the text's 77), computed as `W·xᵀ` and transposed back: with the weight on the left as it lies and `xᵀ`
+/// copied (a few rows), the gemm crate packs neither operand, where `x·Wᵀ` has it repack the whole weight on every
+/// call — at 64 rows its AVX-512 kernels then ran at 60–120 GFLOP/s, against 130–190 this way (`bench train`, and a
+/// probe of the gemm crate alone on these shapes). Elsewhere: candle-nn's.
+fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && rows <= 128 && avx512()) {
+        return candle_nn::Linear::new(w.clone(), None).forward(x);
+    }
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
+    let xt = transposed(&x.reshape((rows, k))?)?;
+    transposed(&w.matmul(&xt)?)?.reshape(dims)
+}
+
+/// A CPU f32 matrix's transpose, contiguous: the `transpose` crate's cache-blocked copy, where candle copies a
+/// transposed view an element at a time.
+fn transposed(t: &Tensor) -> Result<Tensor> {
+    let (r, c) = t.dims2()?;
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let src = match &*s {
+        Storage::Cpu(CpuStorage::F32(v)) => &v[l.start_offset()..l.start_offset() + r * c],
+        _ => candle_core::bail!("transposed: not an f32 CPU tensor"),
+    };
+    let mut out = vec![0f32; r * c];
+    transpose::transpose(src, &mut out, c, r);
+    drop(s);
+    Tensor::from_vec(out, (c, r), t.device())
+}
+
+/// Whether this CPU has AVX-512F, which the gemm crate's widest kernels need.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// 2-D convolution (groups 1), as candle-nn's.
@@ -131,17 +174,62 @@ pub fn conv2d(i: usize, o: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, cfg) = (self.0.weight(), *self.0.config());
-        if !frozen_path(x, w) || cfg.groups != 1 {
+        if w.track_op() || cfg.groups != 1 {
             return self.0.forward(x);
         }
-        let y = x.detach().conv2d(w, cfg.padding, cfg.stride, cfg.dilation, 1)?;
-        let (w, in_h) = (w.clone(), x.dim(2)?);
-        let y = input_only(x, y, move |g| conv2d_input_grad(g, &w, cfg, in_h))?;
+        let y = conv2d_forward(&x.detach(), w, cfg)?;
+        let y = match x.track_op() {
+            true => {
+                let (w, in_h) = (w.clone(), x.dim(2)?);
+                input_only(x, y, move |g| conv2d_input_grad(g, &w, cfg, in_h))?
+            }
+            false => y,
+        };
         match self.0.bias() {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
         }
     }
+}
+
+/// A convolution without bias. On the CPU, with stride 1 (every convolution of SDXL's UNet but its two
+/// downsamplers): `im2col` into [C·k², H·W] — each row a shifted copy of an input plane, copied a row at a time — then
+/// one product `W·cols` (the weight as it lies) that comes out in NCHW order. candle's own CPU convolution builds
+/// [H·W, C·k²] an element at a time and transposes its product back, which took most of a convolution's time in a
+/// training step (`bench train`). Elsewhere: candle's.
+fn conv2d_forward(x: &Tensor, w: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> {
+    let (o, i, kh, kw) = w.dims4()?;
+    let (b, c, ih, iw) = x.dims4()?;
+    let p = cfg.padding;
+    let fast = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && cfg.stride == 1 && cfg.dilation == 1;
+    if !fast || c != i || ih + 2 * p < kh || iw + 2 * p < kw {
+        return x.conv2d(w, p, cfg.stride, cfg.dilation, 1);
+    }
+    let (oh, ow) = (ih + 2 * p + 1 - kh, iw + 2 * p + 1 - kw);
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let rows = i * kh * kw;
+    let mut cols = vec![0f32; b * rows * oh * ow];
+    {
+        use rayon::prelude::*;
+        cols.par_chunks_exact_mut(oh * ow).enumerate().for_each(|(n, plane)| {
+            let (bi, row) = (n / rows, n % rows);
+            let (ci, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+            let src = &xs[(bi * i + ci) * ih * iw..(bi * i + ci + 1) * ih * iw];
+            // x = xo + kx − p within [0, iw)
+            let (x0, x1) = (p.saturating_sub(kx), (iw + p).saturating_sub(kx).min(ow));
+            for yo in 0..oh {
+                let y = yo + ky;
+                if y < p || y - p >= ih || x0 >= x1 {
+                    continue;
+                }
+                let src_row = &src[(y - p) * iw..(y - p + 1) * iw];
+                plane[yo * ow + x0..yo * ow + x1].copy_from_slice(&src_row[x0 + kx - p..x1 + kx - p]);
+            }
+        });
+    }
+    let cols = Tensor::from_vec(cols, (b, rows, oh * ow), x.device())?;
+    let y = w.reshape((o, rows))?.broadcast_left(b)?.matmul(&cols)?;
+    y.reshape((b, o, oh, ow))
 }
 
 /// The gradient of a convolution's input. On the CPU, with stride 1 (every convolution of SDXL's UNet but its two
@@ -259,6 +347,38 @@ mod tests {
             }
         }
     }
+
+    /// The frozen product `x·Wᵀ` gives candle-nn's in f32 at 1, 64 and 77 rows (computed as `W·xᵀ` where the CPU has
+    /// AVX-512) and at 300 (candle-nn's own).
+    #[test]
+    fn frozen_product_gives_candles() {
+        for (n, dims) in [vec![1usize, 1, 48], vec![1, 64, 48], vec![77, 48], vec![2, 150, 48]].into_iter().enumerate()
+        {
+            let x = rand(&dims, 60 + n as u64).to_dtype(DType::F32).unwrap();
+            let w = rand(&[33, 48], 70 + n as u64).to_dtype(DType::F32).unwrap();
+            let ours = product(&x, &w).unwrap();
+            let theirs = candle_nn::Linear::new(w.clone(), None).forward(&x).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let (ours, theirs) = (ours.to_dtype(DType::F64).unwrap(), theirs.to_dtype(DType::F64).unwrap());
+            assert!(rel(&ours, &theirs) < 1e-6, "{dims:?}: {}", rel(&ours, &theirs));
+        }
+    }
+
+    /// The CPU forward (im2col by rows, one product) gives candle's convolution in f32: padding 0 and 1, 1×1 and 3×3
+    /// kernels, a batch of 2, a wide image; stride 2 is candle's own.
+    #[test]
+    fn cpu_convolution_forward_gives_candles() {
+        let cases = [(1usize, 1usize, 3usize, 5usize, 9usize), (0, 1, 3, 6, 7), (0, 1, 1, 4, 4), (1, 2, 3, 5, 8)];
+        for (n, (p, s, k, h, w_)) in cases.into_iter().enumerate() {
+            let x = rand(&[2, 3, h, w_], 40 + n as u64).to_dtype(DType::F32).unwrap();
+            let w = rand(&[4, 3, k, k], 50 + n as u64).to_dtype(DType::F32).unwrap();
+            let cfg = Conv2dConfig { padding: p, stride: s, ..Default::default() };
+            let ours = conv2d_forward(&x, &w, cfg).unwrap().to_dtype(DType::F64).unwrap();
+            let theirs = x.conv2d(&w, p, s, 1, 1).unwrap().to_dtype(DType::F64).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(rel(&ours, &theirs) < 1e-6, "case {n}: {}", rel(&ours, &theirs));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -266,7 +386,7 @@ mod speed {
     use super::*;
     use candle_core::Device;
 
-    /// Not a test: which input gradient is faster on this CPU (run with --ignored --nocapture).
+    /// Not a test: which input gradient and which forward are faster on this CPU (run with --ignored --nocapture).
     #[test]
     #[ignore]
     fn conv_input_grad_speed() {
@@ -289,7 +409,36 @@ mod speed {
                 g.conv2d(&w, 1, 1, 1, 1).unwrap();
             }
             let fwd = t.elapsed() / 3;
-            eprintln!("{c}×{side}²: ours (Wᵀ·g, col2im) {ours:?}, conv_transpose2d {theirs:?}, forward conv2d {fwd:?}");
+            let t = std::time::Instant::now();
+            for _ in 0..3 {
+                conv2d_forward(&g, &w, cfg).unwrap();
+            }
+            let our_fwd = t.elapsed() / 3;
+            eprintln!(
+                "{c}×{side}²: input gradient: ours (Wᵀ·g, col2im) {ours:?}, conv_transpose2d {theirs:?}; forward: ours \
+                 {our_fwd:?}, candle's conv2d {fwd:?}"
+            );
+        }
+    }
+
+    /// Not a test: the frozen product at a training step's shapes, ours against candle-nn's (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn product_speed() {
+        for (m, n, k) in [(64usize, 1280usize, 1280usize), (64, 10240, 1280), (64, 1280, 5120), (77, 1280, 2048)] {
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu).unwrap();
+            let time = |f: &dyn Fn() -> Tensor| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..10 {
+                    f();
+                }
+                2.0 * (m * n * k) as f64 / (t.elapsed().as_secs_f64() / 10.0) / 1e9
+            };
+            let ours = time(&|| product(&x, &w).unwrap());
+            let theirs = time(&|| candle_nn::Linear::new(w.clone(), None).forward(&x).unwrap());
+            eprintln!("{m}×{k} · ({n}×{k})ᵀ: ours {ours:.0} GFLOP/s, candle-nn's {theirs:.0}");
         }
     }
 }
