@@ -9,6 +9,12 @@ fn main() -> ExitCode {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
     }
+    // candle asks for its thread count on every CPU matmul, and unless RAYON_NUM_THREADS is set it counts the
+    // physical cores by reading /proc/cpuinfo each time: 12 % of the demo model's training step went to that. The
+    // same count, read once and set here, unless the user set one.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
+    }
     let cli = hyperlora::cli::Cli::parse();
     // scripts may build and print deeply nested values (Rhai formats and drops them recursively): the command runs
     // on a thread with a stack large enough for the deepest value the sandbox's size limits allow
