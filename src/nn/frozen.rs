@@ -69,12 +69,26 @@ impl<F: Fn(&Tensor) -> Result<Tensor> + Send + Sync> CustomOp1 for InputOnly<F> 
     }
 }
 
+/// `y` on `x`'s graph (as it is when `x` is on none).
 fn input_only(
     x: &Tensor,
     y: Tensor,
     grad_x: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
 ) -> Result<Tensor> {
-    x.apply_op1(InputOnly { out: Precomputed::new(y), grad_x })
+    match x.track_op() {
+        true => x.apply_op1(InputOnly { out: Precomputed::new(y), grad_x }),
+        false => Ok(y),
+    }
+}
+
+/// `f` of a CPU f32 tensor's elements in order, borrowed where it is contiguous (copied once where it is a view).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok(f(&v[l.start_offset()..l.start_offset() + t.elem_count()])),
+        _ => candle_core::bail!("not an f32 CPU tensor"),
+    }
 }
 
 /// `x·Wᵀ + b` (diffusers/torch `nn.Linear`).
@@ -102,13 +116,8 @@ impl Module for Linear {
             return self.0.forward(x);
         }
         let y = product(&x.detach(), w)?;
-        let y = match x.track_op() {
-            true => {
-                let w = w.clone();
-                input_only(x, y, move |g| g.broadcast_matmul(&w))?
-            }
-            false => y,
-        };
+        let w = w.clone();
+        let y = input_only(x, y, move |g| g.broadcast_matmul(&w))?;
         match self.0.bias() {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -122,11 +131,17 @@ impl Module for Linear {
 /// call — at 64 rows its AVX-512 kernels then ran at 60–120 GFLOP/s, against 130–190 this way (`bench train`, and a
 /// probe of the gemm crate alone on these shapes). Elsewhere: candle-nn's.
 fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+    match x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && rows <= 128 && avx512() {
+        true => weight_left(x, w),
+        false => candle_nn::Linear::new(w.clone(), None).forward(x),
+    }
+}
+
+/// `x·Wᵀ` as `(W·xᵀ)ᵀ`, for a CPU f32 `x`.
+fn weight_left(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let k = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / k.max(1);
-    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && rows <= 128 && avx512()) {
-        return candle_nn::Linear::new(w.clone(), None).forward(x);
-    }
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank ≥ 1") = w.dim(0)?;
     let xt = transposed(&x.reshape((rows, k))?)?;
@@ -137,15 +152,8 @@ fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// transposed view an element at a time.
 fn transposed(t: &Tensor) -> Result<Tensor> {
     let (r, c) = t.dims2()?;
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    let src = match &*s {
-        Storage::Cpu(CpuStorage::F32(v)) => &v[l.start_offset()..l.start_offset() + r * c],
-        _ => candle_core::bail!("transposed: not an f32 CPU tensor"),
-    };
     let mut out = vec![0f32; r * c];
-    transpose::transpose(src, &mut out, c, r);
-    drop(s);
+    with_f32(t, |src| transpose::transpose(src, &mut out, c, r))?;
     Tensor::from_vec(out, (c, r), t.device())
 }
 
@@ -178,13 +186,8 @@ impl Module for Conv2d {
             return self.0.forward(x);
         }
         let y = conv2d_forward(&x.detach(), w, cfg)?;
-        let y = match x.track_op() {
-            true => {
-                let (w, in_h) = (w.clone(), x.dim(2)?);
-                input_only(x, y, move |g| conv2d_input_grad(g, &w, cfg, in_h))?
-            }
-            false => y,
-        };
+        let (w, in_h) = (w.clone(), x.dim(2)?);
+        let y = input_only(x, y, move |g| conv2d_input_grad(g, &w, cfg, in_h))?;
         match self.0.bias() {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
@@ -206,30 +209,39 @@ fn conv2d_forward(x: &Tensor, w: &Tensor, cfg: Conv2dConfig) -> Result<Tensor> {
         return x.conv2d(w, p, cfg.stride, cfg.dilation, 1);
     }
     let (oh, ow) = (ih + 2 * p + 1 - kh, iw + 2 * p + 1 - kw);
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let rows = i * kh * kw;
     let mut cols = vec![0f32; b * rows * oh * ow];
-    {
+    with_f32(x, |xs| {
         use rayon::prelude::*;
         cols.par_chunks_exact_mut(oh * ow).enumerate().for_each(|(n, plane)| {
             let (bi, row) = (n / rows, n % rows);
             let (ci, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
             let src = &xs[(bi * i + ci) * ih * iw..(bi * i + ci + 1) * ih * iw];
-            // x = xo + kx − p within [0, iw)
-            let (x0, x1) = (p.saturating_sub(kx), (iw + p).saturating_sub(kx).min(ow));
-            for yo in 0..oh {
-                let y = yo + ky;
-                if y < p || y - p >= ih || x0 >= x1 {
-                    continue;
-                }
-                let src_row = &src[(y - p) * iw..(y - p + 1) * iw];
-                plane[yo * ow + x0..yo * ow + x1].copy_from_slice(&src_row[x0 + kx - p..x1 + kx - p]);
+            for (yo, y, xs) in tap_rows((oh, ow), (ih, iw), p, ky, kx) {
+                let from = y * iw + xs.start + kx - p;
+                plane[yo * ow + xs.start..yo * ow + xs.end].copy_from_slice(&src[from..from + xs.len()]);
             }
         });
-    }
+    })?;
     let cols = Tensor::from_vec(cols, (b, rows, oh * ow), x.device())?;
     let y = w.reshape((o, rows))?.broadcast_left(b)?.matmul(&cols)?;
     y.reshape((b, o, oh, ow))
+}
+
+/// One im2col row's tap (`ky`, `kx`) of a stride-1 convolution padded by `p`: each output row `yo` that reads an
+/// input row `y`, with the output columns that read the input (column `xo` reads `xo + kx − p`; the rest read padding).
+fn tap_rows(
+    (oh, ow): (usize, usize),
+    (ih, iw): (usize, usize),
+    p: usize,
+    ky: usize,
+    kx: usize,
+) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
+    let xs = p.saturating_sub(kx)..(iw + p).saturating_sub(kx).min(ow);
+    (0..oh).filter_map(move |yo| {
+        let y = (yo + ky).checked_sub(p).filter(|&y| y < ih && !xs.is_empty())?;
+        Some((yo, y, xs.clone()))
+    })
 }
 
 /// The gradient of a convolution's input. On the CPU, with stride 1 (every convolution of SDXL's UNet but its two
@@ -254,17 +266,9 @@ fn conv2d_input_grad(g: &Tensor, w: &Tensor, cfg: Conv2dConfig, in_h: usize) -> 
             for (row, plane) in per_b.chunks_exact(oh * ow).enumerate() {
                 let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
                 let dst = &mut out[(bi * i + c) * ih * iw..(bi * i + c + 1) * ih * iw];
-                for yo in 0..oh {
-                    let y = yo + ky;
-                    if y < p || y - p >= ih {
-                        continue;
-                    }
-                    let (src_row, dst_row) = (&plane[yo * ow..(yo + 1) * ow], &mut dst[(y - p) * iw..(y - p + 1) * iw]);
-                    // x = xo + kx − p within [0, iw)
-                    let x0 = p.saturating_sub(kx);
-                    let x1 = (iw + p).saturating_sub(kx).min(ow);
-                    for xo in x0..x1 {
-                        dst_row[xo + kx - p] += src_row[xo];
+                for (yo, y, xs) in tap_rows((oh, ow), (ih, iw), p, ky, kx) {
+                    for xo in xs {
+                        dst[y * iw + xo + kx - p] += plane[yo * ow + xo];
                     }
                 }
             }
@@ -348,24 +352,25 @@ mod tests {
         }
     }
 
-    /// The frozen product `x·Wᵀ` gives candle-nn's in f32 at 1, 64 and 77 rows (computed as `W·xᵀ` where the CPU has
-    /// AVX-512) and at 300 (candle-nn's own).
+    /// The frozen product `x·Wᵀ` gives candle-nn's in f32 at 1, 64, 77 and 300 rows, both as `W·xᵀ` (on any CPU) and
+    /// as `product` chooses on this one (`W·xᵀ` up to 128 rows with AVX-512, candle-nn's own otherwise).
     #[test]
     fn frozen_product_gives_candles() {
         for (n, dims) in [vec![1usize, 1, 48], vec![1, 64, 48], vec![77, 48], vec![2, 150, 48]].into_iter().enumerate()
         {
             let x = rand(&dims, 60 + n as u64).to_dtype(DType::F32).unwrap();
             let w = rand(&[33, 48], 70 + n as u64).to_dtype(DType::F32).unwrap();
-            let ours = product(&x, &w).unwrap();
             let theirs = candle_nn::Linear::new(w.clone(), None).forward(&x).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            let (ours, theirs) = (ours.to_dtype(DType::F64).unwrap(), theirs.to_dtype(DType::F64).unwrap());
-            assert!(rel(&ours, &theirs) < 1e-6, "{dims:?}: {}", rel(&ours, &theirs));
+            for ours in [weight_left(&x, &w).unwrap(), product(&x, &w).unwrap()] {
+                assert_eq!(ours.dims(), theirs.dims());
+                let (ours, theirs) = (ours.to_dtype(DType::F64).unwrap(), theirs.to_dtype(DType::F64).unwrap());
+                assert!(rel(&ours, &theirs) < 1e-6, "{dims:?}: {}", rel(&ours, &theirs));
+            }
         }
     }
 
-    /// The CPU forward (im2col by rows, one product) gives candle's convolution in f32: padding 0 and 1, 1×1 and 3×3
-    /// kernels, a batch of 2, a wide image; stride 2 is candle's own.
+    /// The CPU forward (im2col by rows, one product) and input gradient (one product, col2im) give candle's in f32:
+    /// padding 0 and 1, 1×1 and 3×3 kernels, a batch of 2, a wide image; stride 2 is candle's own.
     #[test]
     fn cpu_convolution_forward_gives_candles() {
         let cases = [(1usize, 1usize, 3usize, 5usize, 9usize), (0, 1, 3, 6, 7), (0, 1, 1, 4, 4), (1, 2, 3, 5, 8)];
@@ -377,6 +382,18 @@ mod tests {
             let theirs = x.conv2d(&w, p, s, 1, 1).unwrap().to_dtype(DType::F64).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
             assert!(rel(&ours, &theirs) < 1e-6, "case {n}: {}", rel(&ours, &theirs));
+            // the input gradient (col2im on the CPU at stride 1) against candle's autograd
+            if s != 1 {
+                continue;
+            }
+            let g = rand(theirs.dims(), 80 + n as u64).to_dtype(DType::F32).unwrap();
+            let xv = Var::from_tensor(&x).unwrap();
+            let y = xv.as_tensor().conv2d(&w, p, s, 1, 1).unwrap();
+            let store = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let theirs = store.get(xv.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+            let ours = conv2d_input_grad(&g, &w, cfg, h).unwrap().to_dtype(DType::F64).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(rel(&ours, &theirs) < 1e-6, "case {n} input gradient: {}", rel(&ours, &theirs));
         }
     }
 }
