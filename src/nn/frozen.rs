@@ -260,19 +260,20 @@ fn conv2d_input_grad(g: &Tensor, w: &Tensor, cfg: Conv2dConfig, in_h: usize) -> 
     {
         let wt = w.reshape((o, i * kh * kw))?.t()?;
         let cols = wt.broadcast_left(b)?.matmul(&g.reshape((b, o, oh * ow))?.contiguous()?)?;
-        let cols = cols.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; b * i * ih * iw];
-        for (bi, per_b) in cols.chunks_exact(i * kh * kw * oh * ow).enumerate() {
-            for (row, plane) in per_b.chunks_exact(oh * ow).enumerate() {
-                let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
-                let dst = &mut out[(bi * i + c) * ih * iw..(bi * i + c + 1) * ih * iw];
-                for (yo, y, xs) in tap_rows((oh, ow), (ih, iw), p, ky, kx) {
-                    for xo in xs {
-                        dst[y * iw + xo + kx - p] += plane[yo * ow + xo];
+        with_f32(&cols, |cols| {
+            for (bi, per_b) in cols.chunks_exact(i * kh * kw * oh * ow).enumerate() {
+                for (row, plane) in per_b.chunks_exact(oh * ow).enumerate() {
+                    let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+                    let dst = &mut out[(bi * i + c) * ih * iw..(bi * i + c + 1) * ih * iw];
+                    for (yo, y, xs) in tap_rows((oh, ow), (ih, iw), p, ky, kx) {
+                        for xo in xs {
+                            dst[y * iw + xo + kx - p] += plane[yo * ow + xo];
+                        }
                     }
                 }
             }
-        }
+        })?;
         return Tensor::from_vec(out, (b, i, ih, iw), g.device());
     }
     let full = (oh - 1) * cfg.stride + cfg.dilation * (kh - 1) + 1 - 2 * p;
